@@ -1,0 +1,356 @@
+"""Small helpers the model-zoo configs are built from.
+
+Every key mirrors a Detectron2 config key, lower-cased and nested the same way
+(`MODEL.RPN.NMS_THRESH` -> `config.model.rpn.nms_thresh`), with Detectron2's default value
+(`detectron2/config/defaults.py` plus `Base-RCNN-FPN.yaml`). Keys that Detectron2 does not
+have (static sizes, padding buckets, kernel choice, data paths) are marked "jax_rcnn:".
+
+A config file calls `base_config()` and then adjusts the few values it changes, exactly as a
+Detectron2 model-zoo YAML sets `_BASE_` and overrides a handful of keys.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Detectron2's ResNet depth -> blocks per stage (res2..res5), `resnet.py:build_resnet_backbone`.
+RESNET_BLOCKS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+COCO_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
+
+def resnet(depth: int = 50) -> ml_collections.ConfigDict:
+    """`MODEL.RESNETS` and `MODEL.BACKBONE` of Detectron2 (MSRA ResNet, FrozenBN)."""
+    return ml_collections.ConfigDict(
+        {
+            "depth": depth,
+            "norm": "FrozenBN",  # FrozenBN | BN | SyncBN | GN | "" (none)
+            "num_groups": 1,
+            "width_per_group": 64,
+            "stem_out_channels": 64,
+            "res2_out_channels": 256,
+            "stride_in_1x1": True,
+            "res5_dilation": 1,
+            "out_features": ("res2", "res3", "res4", "res5"),
+        }
+    )
+
+
+def fpn(out_channels: int = 256) -> ml_collections.ConfigDict:
+    """`MODEL.FPN`: lateral 1x1 + output 3x3 convs, nearest x2 top-down, sum, p6 by max-pool."""
+    return ml_collections.ConfigDict(
+        {
+            "in_features": ("res2", "res3", "res4", "res5"),
+            "out_channels": out_channels,
+            "norm": "",
+            "fuse_type": "sum",
+        }
+    )
+
+
+def anchor_generator() -> ml_collections.ConfigDict:
+    """`MODEL.ANCHOR_GENERATOR` of Base-RCNN-FPN (offset 0.0, one size per level)."""
+    return ml_collections.ConfigDict(
+        {
+            "sizes": ((32,), (64,), (128,), (256,), (512,)),
+            "aspect_ratios": ((0.5, 1.0, 2.0),),
+            "offset": 0.0,
+        }
+    )
+
+
+def rpn() -> ml_collections.ConfigDict:
+    """`MODEL.RPN` plus `MODEL.PROPOSAL_GENERATOR.MIN_SIZE` (as `min_size`)."""
+    return ml_collections.ConfigDict(
+        {
+            "in_features": ("p2", "p3", "p4", "p5", "p6"),
+            "conv_dims": (-1,),
+            "boundary_thresh": -1,
+            "iou_thresholds": (0.3, 0.7),
+            "iou_labels": (0, -1, 1),
+            "batch_size_per_image": 256,
+            "positive_fraction": 0.5,
+            "bbox_reg_loss_type": "smooth_l1",
+            "bbox_reg_loss_weight": 1.0,
+            "bbox_reg_weights": (1.0, 1.0, 1.0, 1.0),
+            "smooth_l1_beta": 0.0,
+            "loss_weight": 1.0,
+            "pre_nms_topk_train": 2000,
+            "pre_nms_topk_test": 1000,
+            "post_nms_topk_train": 1000,
+            "post_nms_topk_test": 1000,
+            "nms_thresh": 0.7,
+            "min_size": 0.0,
+        }
+    )
+
+
+def roi_heads(num_classes: int = 80) -> ml_collections.ConfigDict:
+    """`MODEL.ROI_HEADS` (StandardROIHeads)."""
+    return ml_collections.ConfigDict(
+        {
+            "num_classes": num_classes,
+            "in_features": ("p2", "p3", "p4", "p5"),
+            "iou_thresholds": (0.5,),
+            "iou_labels": (0, 1),
+            "batch_size_per_image": 512,
+            "positive_fraction": 0.25,
+            "score_thresh_test": 0.05,
+            "nms_thresh_test": 0.5,
+            "proposal_append_gt": True,
+        }
+    )
+
+
+def roi_box_head(fc_dim: int = 1024) -> ml_collections.ConfigDict:
+    """`MODEL.ROI_BOX_HEAD` (FastRCNNConvFCHead, 2 fc) and its ROIAlignV2 pooler."""
+    return ml_collections.ConfigDict(
+        {
+            "num_conv": 0,
+            "conv_dim": 256,
+            "num_fc": 2,
+            "fc_dim": fc_dim,
+            "norm": "",
+            "pooler_resolution": 7,
+            "pooler_sampling_ratio": 0,
+            "pooler_type": "ROIAlignV2",
+            "bbox_reg_weights": (10.0, 10.0, 5.0, 5.0),
+            "bbox_reg_loss_type": "smooth_l1",
+            "bbox_reg_loss_weight": 1.0,
+            "smooth_l1_beta": 0.0,
+            "cls_agnostic_bbox_reg": False,
+        }
+    )
+
+
+def roi_mask_head(conv_dim: int = 256) -> ml_collections.ConfigDict:
+    """`MODEL.ROI_MASK_HEAD` (MaskRCNNConvUpsampleHead) and its ROIAlignV2 pooler."""
+    return ml_collections.ConfigDict(
+        {
+            "num_conv": 4,
+            "conv_dim": conv_dim,
+            "norm": "",
+            "pooler_resolution": 14,
+            "pooler_sampling_ratio": 0,
+            "pooler_type": "ROIAlignV2",
+            "cls_agnostic_mask": False,
+        }
+    )
+
+
+def model(*, mask_on: bool, depth: int = 50, num_classes: int = 80) -> ml_collections.ConfigDict:
+    """`MODEL.*` of `Base-RCNN-FPN.yaml` (+ `MODEL.MASK_ON`)."""
+    return ml_collections.ConfigDict(
+        {
+            "mask_on": mask_on,
+            # A Detectron2 `.pkl` (model zoo or MSRA `R-50.pkl`) or an orbax checkpoint dir.
+            "weights": "",
+            # jax_rcnn: "auto" = Pallas kernels on GPU, pure-JAX references elsewhere.
+            "kernels": "auto",
+            "pixel_mean": (103.53, 116.28, 123.675),
+            "pixel_std": (1.0, 1.0, 1.0),
+            "backbone": {"freeze_at": 2},
+            "resnets": resnet(depth),
+            "fpn": fpn(),
+            "anchor_generator": anchor_generator(),
+            "rpn": rpn(),
+            "roi_heads": roi_heads(num_classes),
+            "roi_box_head": roi_box_head(),
+            "roi_mask_head": roi_mask_head(),
+        }
+    )
+
+
+def input_config() -> ml_collections.ConfigDict:
+    """`INPUT.*` plus jax_rcnn's static-shape padding policy."""
+    return ml_collections.ConfigDict(
+        {
+            "format": "BGR",
+            "min_size_train": (640, 672, 704, 736, 768, 800),
+            "min_size_train_sampling": "choice",
+            "max_size_train": 1333,
+            "min_size_test": 800,
+            "max_size_test": 1333,
+            "random_flip": "horizontal",
+            "mask_format": "bitmask",
+            # jax_rcnn: "buckets" pads every image into the smallest bucket (H, W) that holds it
+            # (one compile per bucket); "size_divisibility" pads like Detectron2 to a multiple of
+            # `size_divisibility` of the batch's largest image (one compile per padded shape).
+            "pad_mode": "buckets",
+            "size_divisibility": 32,
+            # (H, W) padded shapes, each a multiple of `size_divisibility`. The defaults hold any
+            # image resized to short side <= 800, long side <= 1333 (landscape and portrait).
+            "buckets": ((800, 1344), (1344, 800)),
+            # jax_rcnn: static cap on ground-truth instances per image (overflow is counted and
+            # logged, never silent) and the side of the fixed-size training mask representation.
+            "max_gt": 100,
+            "gt_mask_size": 112,
+        }
+    )
+
+
+def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
+    """jax_rcnn: where the data comes from (Detectron2's `DATASETS` names a registry instead)."""
+    return ml_collections.ConfigDict(
+        {
+            # "coco": the COCO-format paths below; "shapes": the built-in synthetic dataset;
+            # "tfds": a TFDS detection dataset (extra `tfds`).
+            "source": "coco",
+            "name": dataset,
+            "train": {"json": "", "images": ""},
+            "test": {"json": "", "images": ""},
+            "tfds_name": "coco/2017",
+            "tfds_train_split": "train",
+            "tfds_test_split": "validation",
+            "cache_dir": "",  # "" = $JAX_RCNN_CACHE or ~/.cache/jax_rcnn
+            "class_names": (),  # filled from the dataset when empty
+        }
+    )
+
+
+def dataloader() -> ml_collections.ConfigDict:
+    """`DATALOADER.*`."""
+    return ml_collections.ConfigDict(
+        {
+            "num_workers": 4,
+            "aspect_ratio_grouping": True,
+            "filter_empty_annotations": True,
+        }
+    )
+
+
+def solver() -> ml_collections.ConfigDict:
+    """`SOLVER.*` of `Base-RCNN-FPN.yaml` (1x schedule)."""
+    return ml_collections.ConfigDict(
+        {
+            "ims_per_batch": 16,
+            "base_lr": 0.02,
+            "momentum": 0.9,
+            "nesterov": False,
+            "weight_decay": 1e-4,
+            "weight_decay_norm": 0.0,
+            "bias_lr_factor": 1.0,
+            "lr_scheduler_name": "WarmupMultiStepLR",
+            "steps": (60000, 80000),
+            "max_iter": 90000,
+            "gamma": 0.1,
+            "warmup_factor": 1.0 / 1000,
+            "warmup_iters": 1000,
+            "warmup_method": "linear",
+            "checkpoint_period": 5000,
+            "clip_gradients": {
+                "enabled": False,
+                "clip_type": "value",
+                "clip_value": 1.0,
+                "norm_type": 2.0,
+            },
+            # jax_rcnn: orbax keeps this many checkpoints in the work dir.
+            "max_to_keep": 3,
+        }
+    )
+
+
+def test_config() -> ml_collections.ConfigDict:
+    """`TEST.*` plus jax_rcnn's static evaluation batch."""
+    return ml_collections.ConfigDict(
+        {
+            "eval_period": 0,
+            "detections_per_image": 100,
+            "ims_per_batch": 1,  # jax_rcnn: images per evaluation step (last batch padded)
+        }
+    )
+
+
+def train_config() -> ml_collections.ConfigDict:
+    """jax_rcnn: numerics of the train step."""
+    return ml_collections.ConfigDict({"compute_dtype": "float32"})
+
+
+def base_config(*, mask_on: bool, depth: int = 50) -> ml_collections.ConfigDict:
+    """The whole `Base-RCNN-FPN.yaml` config, unlocked so a config file can adjust it."""
+    return ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "log_period": 20,
+            "model": model(mask_on=mask_on, depth=depth),
+            "input": input_config(),
+            "data": data(),
+            "dataloader": dataloader(),
+            "solver": solver(),
+            "test": test_config(),
+            "train": train_config(),
+        }
+    )
+
+
+def schedule_3x(config: ml_collections.ConfigDict) -> None:
+    """Detectron2's `3x` schedule (`mask_rcnn_R_50_FPN_3x.yaml`): 270k iterations."""
+    config.solver.steps = (210000, 250000)
+    config.solver.max_iter = 270000
+
+
+def smoke(config: ml_collections.ConfigDict) -> None:
+    """Shrink a config to a tiny network and tiny images for tests (seconds on a CPU).
+
+    Keeps the architecture (depth 50 bottlenecks, FPN p2-p6, both heads) and every
+    behaviour; only widths, image sizes and static counts shrink.
+    """
+    m = config.model
+    m.resnets.stem_out_channels = 8
+    m.resnets.res2_out_channels = 32
+    m.resnets.width_per_group = 8
+    m.fpn.out_channels = 16
+    m.roi_box_head.fc_dim = 32
+    m.roi_mask_head.conv_dim = 16
+    m.roi_heads.num_classes = 3
+    m.rpn.pre_nms_topk_train = 200
+    m.rpn.post_nms_topk_train = 100
+    m.rpn.pre_nms_topk_test = 100
+    m.rpn.post_nms_topk_test = 50
+    m.roi_heads.batch_size_per_image = 64
+    m.rpn.batch_size_per_image = 64
+    config.test.detections_per_image = 20
+    i = config.input
+    i.min_size_train = (96, 128)
+    i.max_size_train = 160
+    i.min_size_test = 128
+    i.max_size_test = 160
+    i.buckets = ((128, 160), (160, 128))
+    i.max_gt = 8
+    i.gt_mask_size = 32
+    config.data.source = "shapes"
+    config.data.name = "shapes"
+    config.data.class_names = ()
+    config.dataloader.num_workers = 0
+    config.solver.ims_per_batch = 2
+    config.solver.base_lr = 0.01
+    config.solver.steps = (8,)
+    config.solver.max_iter = 10
+    config.solver.warmup_iters = 2
+    config.solver.checkpoint_period = 5
+    config.test.eval_period = 0
+    config.test.ims_per_batch = 2
+    config.log_period = 1
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Lock the config: a typo in an override is an error, never a silently new key."""
+    config.lock()
+    return config
