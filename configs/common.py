@@ -220,6 +220,8 @@ def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
             "tfds_train_split": "train",
             "tfds_test_split": "validation",
             "cache_dir": "",  # "" = $JAX_RCNN_CACHE or ~/.cache/jax_rcnn
+            # The built-in synthetic dataset (`source = "shapes"`), generated on first use.
+            "shapes": {"num_train": 1000, "num_val": 200, "image_size": (128, 160), "seed": 0},
             "class_names": (),  # filled from the dataset when empty
         }
     )
@@ -333,7 +335,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     i.min_size_test = 128
     i.max_size_test = 160
     i.buckets = ((128, 160), (160, 128))
-    i.max_gt = 8
+    i.max_gt = 16
     i.gt_mask_size = 32
     config.data.source = "shapes"
     config.data.name = "shapes"

@@ -1,0 +1,246 @@
+"""COCO-format instance annotations -> Detectron2-style dataset records (host-side).
+
+Parity: `detectron2/data/datasets/coco.py:load_coco_json` -- images sorted by id; category ids
+sorted and mapped to contiguous 0..K-1 (`thing_dataset_id_to_contiguous_id`), class names in id
+order (`thing_classes`); polygons with fewer than 3 points (odd length or < 6 coordinates)
+removed and an instance left without a valid polygon dropped (counted, warned); crowd
+annotations kept. `filter_for_training` is `data/build.py:filter_images_with_only_crowd_
+annotations` plus the mapper's crowd removal (`dataset_mapper.py`): crowd instances and images
+without a non-crowd instance are removed for training.
+
+Deviations (all counted and logged, never silent): the JSON is validated with errors that name
+the file and the offending entry (Detectron2 asserts or raises a KeyError); boxes are converted
+to XYXY and clipped to the image at load time (Detectron2 clips after the transforms, which for
+resize + flip gives the same box up to float rounding) and boxes empty after clipping are
+dropped here (Detectron2 drops them in the mapper). An RLE whose `size` is not the image's
+(height, width) is an error.
+
+Record layout (one dict per image)::
+
+    {"file_name": str (image_root joined), "height": int, "width": int, "image_id": int,
+     "annotations": [{"bbox": f32[4] xyxy abs px, "bbox_mode": BOX_MODE_XYXY_ABS,
+                      "category_id": int in [0, K), "iscrowd": 0 | 1,
+                      "segmentation": list of flat polygons | RLE dict (optional)}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Detectron2's `BoxMode` IntEnum values (records store them as plain ints).
+BOX_MODE_XYXY_ABS = 0
+BOX_MODE_XYWH_ABS = 1
+
+_IMAGE_FIELDS = ("id", "file_name", "height", "width")
+_ANNOTATION_FIELDS = ("image_id", "bbox", "category_id")
+_CATEGORY_FIELDS = ("id", "name")
+
+
+def _require(entry, fields: Sequence[str], where: str, json_file: str) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{json_file}: {where} must be an object, got {type(entry).__name__}")
+    for f in fields:
+        if f not in entry:
+            raise ValueError(f"{json_file}: {where} is missing required field '{f}'")
+
+
+def _read_json(json_file: str) -> dict:
+    if not os.path.exists(json_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {json_file}")
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{json_file}: invalid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_file}: top level must be an object, got {type(data).__name__}")
+    for key in ("images", "categories"):
+        if key not in data:
+            raise ValueError(f"{json_file}: missing required field '{key}'")
+        if not isinstance(data[key], list):
+            raise ValueError(f"{json_file}: field '{key}' must be a list")
+    if not isinstance(data.get("annotations", []), list):
+        raise ValueError(f"{json_file}: field 'annotations' must be a list")
+    return data
+
+
+def load_coco_json(
+    json_file: str | os.PathLike, image_root: str | os.PathLike, *, dataset_name: str | None = None
+) -> tuple[list[dict], dict]:
+    """Loads COCO instance annotations as Detectron2-style records.
+
+    Images are not opened here; a missing image file is reported when it is read.
+
+    Args:
+        json_file: COCO instances JSON (`images`, `categories`, optional `annotations`).
+        image_root: directory the images' `file_name`s are relative to.
+        dataset_name: only used in log messages.
+
+    Returns:
+        `(records, meta)`: records sorted by image id (layout in the module docstring) and
+        `meta = {"thing_classes": [name, ...] (contiguous-id order),
+        "thing_dataset_id_to_contiguous_id": {json id: contiguous id}}`.
+
+    Raises:
+        FileNotFoundError: `json_file` does not exist.
+        ValueError: invalid JSON, a missing required field, a malformed bbox or RLE, an
+            annotation whose image or category id is unknown, duplicate ids, or no images.
+    """
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    name = dataset_name or json_file
+    data = _read_json(json_file)
+
+    for i, c in enumerate(data["categories"]):
+        _require(c, _CATEGORY_FIELDS, f"categories[{i}]", json_file)
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    cat_ids = [c["id"] for c in cats]
+    if len(set(cat_ids)) != len(cat_ids):
+        raise ValueError(f"{json_file}: duplicate category ids in 'categories'")
+    id_map = {cid: i for i, cid in enumerate(cat_ids)}
+    meta = {"thing_classes": [c["name"] for c in cats], "thing_dataset_id_to_contiguous_id": id_map}
+    if cat_ids and not (min(cat_ids) == 1 and max(cat_ids) == len(cat_ids)):
+        logger.info(
+            "%s: category ids are not 1..%d; mapped to 0..%d", name, len(cats), len(cats) - 1
+        )
+
+    images = {}
+    for i, img in enumerate(data["images"]):
+        _require(img, _IMAGE_FIELDS, f"images[{i}]", json_file)
+        if img["id"] in images:
+            raise ValueError(f"{json_file}: duplicate image id {img['id']} (images[{i}])")
+        if not (int(img["height"]) > 0 and int(img["width"]) > 0):
+            raise ValueError(f"{json_file}: images[{i}] (id {img['id']}) has a non-positive size")
+        images[img["id"]] = img
+    if not images:
+        raise ValueError(f"{json_file}: no images (empty dataset)")
+
+    anns_per_image: dict = {k: [] for k in images}
+    ann_ids: set = set()
+    num_clipped = num_empty_box = num_bad_segm = 0
+    for i, ann in enumerate(data.get("annotations", [])):
+        _require(ann, _ANNOTATION_FIELDS, f"annotations[{i}]", json_file)
+        where = f"annotations[{i}] (id {ann.get('id', '?')})"
+        if "id" in ann:
+            if ann["id"] in ann_ids:
+                raise ValueError(f"{json_file}: duplicate annotation id {ann['id']}")
+            ann_ids.add(ann["id"])
+        if ann["image_id"] not in images:
+            raise ValueError(f"{json_file}: {where} refers to unknown image id {ann['image_id']}")
+        if ann["category_id"] not in id_map:
+            raise ValueError(
+                f"{json_file}: {where} has unknown category id {ann['category_id']} "
+                f"(categories: {cat_ids})"
+            )
+        img = images[ann["image_id"]]
+        h, w = int(img["height"]), int(img["width"])
+        bbox = ann["bbox"]
+        if (
+            not isinstance(bbox, list | tuple)
+            or len(bbox) != 4
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
+        ):
+            raise ValueError(
+                f"{json_file}: {where} field 'bbox' must be 4 finite numbers [x,y,w,h]"
+            )
+        x, y, bw, bh = (float(v) for v in bbox)
+        xyxy = np.array([x, y, x + bw, y + bh], np.float64)
+        clipped = np.clip(xyxy, 0.0, [w, h, w, h])
+        if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
+            num_empty_box += 1
+            continue
+        if not np.array_equal(clipped, xyxy):
+            num_clipped += 1
+        obj = {
+            "bbox": clipped.astype(np.float32),
+            "bbox_mode": BOX_MODE_XYXY_ABS,
+            "category_id": id_map[ann["category_id"]],
+            "iscrowd": int(ann.get("iscrowd", 0)),
+        }
+        segm = ann.get("segmentation")
+        if segm:
+            if isinstance(segm, dict):
+                _require(segm, ("size", "counts"), f"{where} 'segmentation'", json_file)
+                if list(segm["size"]) != [h, w]:
+                    raise ValueError(
+                        f"{json_file}: {where} RLE size {list(segm['size'])} != image size "
+                        f"[{h}, {w}] of image id {img['id']}"
+                    )
+            elif isinstance(segm, list):
+                segm = [p for p in segm if len(p) % 2 == 0 and len(p) >= 6]
+                if not segm:
+                    num_bad_segm += 1
+                    continue
+            else:
+                raise ValueError(f"{json_file}: {where} 'segmentation' must be polygons or RLE")
+            obj["segmentation"] = segm
+        anns_per_image[ann["image_id"]].append(obj)
+
+    records = []
+    for image_id in sorted(images):
+        img = images[image_id]
+        records.append(
+            {
+                "file_name": os.path.join(image_root, img["file_name"]),
+                "height": int(img["height"]),
+                "width": int(img["width"]),
+                "image_id": image_id,
+                "annotations": anns_per_image[image_id],
+            }
+        )
+    num_anns = sum(len(r["annotations"]) for r in records)
+    logger.info("%s: loaded %d images, %d instances", name, len(records), num_anns)
+    if num_clipped:
+        logger.warning("%s: clipped %d boxes extending outside their image", name, num_clipped)
+    if num_empty_box:
+        logger.warning(
+            "%s: dropped %d instances whose box is empty (zero/negative size) after clipping",
+            name,
+            num_empty_box,
+        )
+    if num_bad_segm:
+        logger.warning(
+            "%s: dropped %d instances without a valid polygon (< 3 points)", name, num_bad_segm
+        )
+    return records, meta
+
+
+def filter_for_training(records: list[dict], filter_empty: bool = True) -> list[dict]:
+    """Removes crowd instances, and (if `filter_empty`) images left without instances.
+
+    Detectron2 keeps crowd regions for evaluation only; training sees non-crowd instances
+    (`DATALOADER.FILTER_EMPTY_ANNOTATIONS` drops images without any).
+
+    Args:
+        records: output of `load_coco_json` (not modified).
+        filter_empty: drop images without a non-crowd instance.
+
+    Returns:
+        New records (shallow copies with filtered `annotations`).
+    """
+    out, num_crowd, num_empty = [], 0, 0
+    for r in records:
+        anns = [a for a in r["annotations"] if not a.get("iscrowd", 0)]
+        num_crowd += len(r["annotations"]) - len(anns)
+        if filter_empty and not anns:
+            num_empty += 1
+            continue
+        out.append({**r, "annotations": anns})
+    logger.info(
+        "filter_for_training: removed %d crowd instances and %d images without instances; "
+        "%d of %d images left",
+        num_crowd,
+        num_empty,
+        len(out),
+        len(records),
+    )
+    if not out:
+        raise ValueError("filter_for_training: no training images left after filtering")
+    return out

@@ -1,0 +1,290 @@
+"""`shapes`: a deterministic synthetic instance-segmentation dataset, small enough for a CPU.
+
+Each image has a textured, noisy background and 0..`max_instances` shapes of 8 classes
+(`CLASS_NAMES`). Every instance gets a random colour and a random shading, so the class is only
+given away by its outline. Sizes are log-uniform from 8 px to half the short image side; shapes
+overlap, later ones occluding earlier ones, and each annotation is the *visible* part of its shape
+(COCO RLE); a shape left with less than `_MIN_VISIBLE_FRACTION` of its area (or fewer than
+`_MIN_VISIBLE_PIXELS` pixels) is not drawn at all, so nothing visible is unannotated. About 6 %
+of the images are empty. Train and val come from different seeds.
+
+The dataset is written on first use as COCO JSON + PNG files under
+`cache_dir/shapes_v{version}_{hash of the parameters}/` (written to a temporary directory and
+renamed, so an interrupted run leaves nothing half-made); a changed generator version or
+parameter set lands in a new directory. Files are identical for identical parameters.
+
+Usage::
+
+    paths = ensure_shapes_dataset(cache_dir)
+    records, meta = load_coco_json(paths["train_json"], paths["train_images"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pycocotools.mask as mask_util
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ("circle", "square", "triangle", "star", "ring", "cross", "ellipse", "hexagon")
+GENERATOR_VERSION = 1
+
+_EMPTY_IMAGE_PROB = 0.06
+_MIN_SIZE = 8.0
+_MIN_VISIBLE_FRACTION = 0.3
+_MIN_VISIBLE_PIXELS = 12
+
+
+def default_cache_dir() -> str:
+    """`$JAX_RCNN_CACHE` or `~/.cache/jax_rcnn` (what `config.data.cache_dir = ""` means)."""
+    return os.environ.get("JAX_RCNN_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "jax_rcnn"
+    )
+
+
+def _polygon_vertices(cls: str, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
+    """f64[V, 2] outline (x, y) of a polygonal class inscribed in a circle of radius r."""
+    if cls == "square":
+        ang = theta + np.pi / 4 + np.arange(4) * np.pi / 2
+        rad = np.full(4, r)
+    elif cls == "triangle":
+        ang = theta + np.arange(3) * 2 * np.pi / 3
+        rad = np.full(3, r)
+    elif cls == "hexagon":
+        ang = theta + np.arange(6) * np.pi / 3
+        rad = np.full(6, r)
+    elif cls == "star":
+        ang = theta + np.arange(10) * np.pi / 5
+        rad = np.where(np.arange(10) % 2 == 0, r, 0.42 * r)
+    elif cls == "cross":
+        a, t = r * 0.95, r * 0.32  # arm half-length, arm half-width
+        pts = np.array(
+            [[t, t], [a, t], [a, -t], [t, -t], [t, -a], [-t, -a]]
+            + [[-t, -t], [-a, -t], [-a, t], [-t, t], [-t, a], [t, a]]
+        )
+        c, s = np.cos(theta), np.sin(theta)
+        pts = pts @ np.array([[c, s], [-s, c]])
+        return pts + np.array([cx, cy])
+    else:
+        raise ValueError(cls)
+    return np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], -1)
+
+
+def _shape_mask(cls: str, h: int, w: int, cx, cy, r, theta, rng) -> np.ndarray:
+    """bool[h, w] full mask of one shape (pixel centres at i + 0.5)."""
+    if cls in ("circle", "ring", "ellipse"):
+        mask = np.zeros((h, w), bool)
+        y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, h)
+        x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, w)
+        if y1 <= y0 or x1 <= x0:
+            return mask
+        yy, xx = np.mgrid[y0:y1, x0:x1] + 0.5
+        dx, dy = xx - cx, yy - cy
+        if cls == "ellipse":
+            c, s = np.cos(theta), np.sin(theta)
+            u, v = c * dx + s * dy, -s * dx + c * dy
+            minor = r * rng.uniform(0.35, 0.6)
+            inside = (u / r) ** 2 + (v / minor) ** 2 <= 1.0
+        else:
+            d2 = dx * dx + dy * dy
+            inside = d2 <= r * r
+            if cls == "ring":
+                inside &= d2 >= (r * rng.uniform(0.45, 0.65)) ** 2
+        mask[y0:y1, x0:x1] = inside
+        return mask
+    poly = _polygon_vertices(cls, cx, cy, r, theta).reshape(-1).tolist()
+    rle = mask_util.frPyObjects([poly], h, w)
+    return mask_util.decode(rle)[:, :, 0].astype(bool)
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """f32[h, w, 3] smooth random colour field + optional stripes + pixel noise."""
+    cells = int(rng.integers(2, 9))
+    low = rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8)
+    field = np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BILINEAR), np.float32)
+    base = rng.uniform(0, 255, 3).astype(np.float32)
+    mix = rng.uniform(0.3, 0.9)
+    bg = mix * field + (1 - mix) * base
+    if rng.random() < 0.3:
+        period = rng.uniform(6, 24)
+        ang = rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:h, 0:w]
+        phase = (np.cos(ang) * xx + np.sin(ang) * yy) * 2 * np.pi / period
+        bg += (rng.uniform(10, 40) * np.sin(phase))[..., None]
+    bg += rng.normal(0, rng.uniform(2, 14), (h, w, 3))
+    return bg
+
+
+def render_image(
+    rng: np.random.Generator, image_size: tuple[int, int], max_instances: int
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """Draws one image.
+
+    Args:
+        rng: the image's own generator.
+        image_size: (height, width).
+        max_instances: most shapes placed before occlusion culling.
+
+    Returns:
+        `(image u8[h, w, 3] RGB, [(class index, visible bool[h, w] mask), ...])` in drawing
+        order (later instances on top).
+    """
+    h, w = image_size
+    img = _background(rng, h, w)
+    n = 0 if rng.random() < _EMPTY_IMAGE_PROB else int(rng.integers(1, max_instances + 1))
+    max_r = min(h, w) / 4.0  # diameter up to half the short side
+    shapes = []
+    for _ in range(n):
+        cls = int(rng.integers(len(CLASS_NAMES)))
+        r = float(np.exp(rng.uniform(np.log(_MIN_SIZE / 2), np.log(max_r))))
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        mask = _shape_mask(CLASS_NAMES[cls], h, w, cx, cy, r, rng.uniform(0, 2 * np.pi), rng)
+        colour = rng.uniform(0, 255, 3)
+        grad = rng.normal(0, 1.2, 2) * rng.uniform(0, 60) / max(r, 1.0)
+        shapes.append((cls, mask, colour, grad, (cx, cy), rng.uniform(0, 12)))
+    # Occlusion: a shape's visible part is what no later (kept) shape covers.
+    covered = np.zeros((h, w), bool)
+    kept = []
+    for cls, mask, colour, grad, centre, noise in reversed(shapes):
+        area = mask.sum()
+        visible = mask & ~covered
+        nvis = visible.sum()
+        if area == 0 or nvis < _MIN_VISIBLE_PIXELS or nvis < _MIN_VISIBLE_FRACTION * area:
+            continue
+        covered |= mask
+        kept.append((cls, mask, visible, colour, grad, centre, noise))
+    kept.reverse()
+    for _, mask, _, colour, grad, (cx, cy), noise in kept:
+        ys, xs = np.nonzero(mask)
+        shade = (xs + 0.5 - cx) * grad[0] + (ys + 0.5 - cy) * grad[1]
+        img[ys, xs] = colour + shade[:, None] + rng.normal(0, noise, (len(ys), 3))
+    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return image, [(cls, visible) for cls, _, visible, *_ in kept]
+
+
+def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict) -> None:
+    h, w = params["image_size"]
+    img_dir = os.path.join(out_dir, split)
+    os.makedirs(img_dir)
+    images, annotations = [], []
+    for i in range(num):
+        rng = np.random.default_rng([params["seed"], split_id, i])
+        image, instances = render_image(rng, (h, w), params["max_instances"])
+        file_name = f"{i:06d}.png"
+        Image.fromarray(image).save(os.path.join(img_dir, file_name), compress_level=1)
+        images.append({"id": i + 1, "file_name": file_name, "height": h, "width": w})
+        for cls, visible in instances:
+            rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
+            ys, xs = np.nonzero(visible)
+            x0, y0 = int(xs.min()), int(ys.min())
+            bbox = [float(x0), float(y0), float(xs.max() + 1 - x0), float(ys.max() + 1 - y0)]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cls + 1,
+                    "bbox": bbox,
+                    "area": float(visible.sum()),
+                    "iscrowd": 0,
+                    "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                }
+            )
+    coco = {
+        "info": {"description": f"jax_rcnn synthetic shapes ({split})", **params},
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CLASS_NAMES)
+        ],
+    }
+    with open(os.path.join(out_dir, f"{split}.json"), "w") as f:
+        json.dump(coco, f)
+
+
+def _paths(root: str) -> dict:
+    return {
+        "train_json": os.path.join(root, "train.json"),
+        "train_images": os.path.join(root, "train"),
+        "val_json": os.path.join(root, "val.json"),
+        "val_images": os.path.join(root, "val"),
+    }
+
+
+def _is_complete(root: str, params: dict) -> bool:
+    try:
+        with open(os.path.join(root, "stamp.json")) as f:
+            if json.load(f) != params:
+                return False
+    except (OSError, ValueError):
+        return False
+    p = _paths(root)
+    return all(os.path.exists(v) for v in p.values()) and (
+        len(os.listdir(p["train_images"])) == params["num_train"]
+        and len(os.listdir(p["val_images"])) == params["num_val"]
+    )
+
+
+def ensure_shapes_dataset(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    num_train: int = 1000,
+    num_val: int = 200,
+    image_size: tuple[int, int] = (128, 160),
+    seed: int = 0,
+    max_instances: int = 12,
+) -> dict:
+    """Returns the paths of the shapes dataset, generating it on first use.
+
+    Args:
+        cache_dir: parent directory (None or "": `default_cache_dir()`).
+        num_train: training images.
+        num_val: validation images.
+        image_size: (height, width) of every image.
+        seed: base seed; train uses (seed, 0, i), val (seed, 1, i) for image i.
+        max_instances: most shapes per image (before occlusion culling).
+
+    Returns:
+        dict with `train_json`, `train_images`, `val_json`, `val_images` (absolute paths).
+    """
+    params = {
+        "version": GENERATOR_VERSION,
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "seed": int(seed),
+        "max_instances": int(max_instances),
+    }
+    cache_dir = os.path.abspath(os.fspath(cache_dir or default_cache_dir()))
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    root = os.path.join(cache_dir, f"shapes_v{GENERATOR_VERSION}_{digest}")
+    if _is_complete(root, params):
+        return _paths(root)
+    if os.path.exists(root):
+        logger.warning("shapes dataset at %s is incomplete or stale; regenerating", root)
+        shutil.rmtree(root)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=cache_dir)
+    try:
+        logger.info("generating shapes dataset (%d train, %d val) in %s", num_train, num_val, root)
+        _write_split(tmp, "train", 0, params["num_train"], params)
+        _write_split(tmp, "val", 1, params["num_val"], params)
+        with open(os.path.join(tmp, "stamp.json"), "w") as f:
+            json.dump(params, f)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            # Another process finished first; keep its copy if it is complete.
+            if not _is_complete(root, params):
+                raise
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return _paths(root)
