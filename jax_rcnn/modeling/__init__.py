@@ -1,1 +1,249 @@
-"""jax_rcnn.modeling."""
+"""jax_rcnn.modeling: the Flax modules that own parameters, gathered in `GeneralizedRCNN`.
+
+`GeneralizedRCNN` holds only the networks, in Detectron2's hierarchy; the geometry between
+them (anchors, proposals, ROIAlign, sampling, losses, postprocessing) lives in `jax_rcnn/*.py`
+and is wired by `rcnn.py`. Every network is reached through a method of the container:
+
+    model = build_model(config)                        # train=False: BN uses running stats
+    variables = init_variables(model, key)              # or convert a Detectron2 checkpoint
+    feats = model.apply(variables, images, method=GeneralizedRCNN.features)
+    logits, deltas = model.apply(variables, feats, method=GeneralizedRCNN.rpn_head)
+    cls_logits, box_deltas = model.apply(variables, box_pooled, method=GeneralizedRCNN.box_head)
+    mask_logits = model.apply(variables, mask_pooled, method=GeneralizedRCNN.mask_head)
+
+Shapes (NHWC, f32 outputs):
+  * `features(images f32[B, H, W, 3])` -> {"p2": [B, H/4, W/4, C], ..., "p6": [B, H/64, W/64, C]};
+    images are BGR, normalised `(x - pixel_mean) / pixel_std`, zero-padded bottom/right *after*
+    normalisation, H and W multiples of 32.
+  * `rpn_head(features dict)` -> (logits, deltas): lists over `config.model.rpn.in_features`
+    of f32[B, Hi*Wi*A] and f32[B, Hi*Wi*A, 4], flat index (y * Wi + x) * A + a.
+  * `box_head(pooled f32[..., S, S, C])` -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
+  * `mask_head(pooled f32[..., S', S', C])` -> mask_logits f32[..., 2S', 2S', K].
+
+Variable collections:
+  * `params`: everything trainable. Paths mirror Detectron2 names, e.g.
+    `backbone/bottom_up/res2_0/conv1/kernel` <-> `backbone.bottom_up.res2.0.conv1.weight`,
+    `proposal_generator/rpn_head/conv/kernel`, `roi_heads/box_predictor/cls_score/kernel`.
+  * `frozen`: FrozenBN buffers (`.../norm/{weight,bias,running_mean,running_var}`); pass them
+    to `apply`, never differentiate or update them.
+  * `batch_stats`: only with BN/SyncBN norms; `mutable=["batch_stats"]` when `train=True`.
+  `frozen_param_mask(params, config)` marks the `params` leaves frozen by `FREEZE_AT`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax_rcnn.modeling.fpn import FPN, build_resnet_fpn_backbone
+from jax_rcnn.modeling.heads import (
+    FastRCNNConvFCHead,
+    FastRCNNOutputLayers,
+    MaskRCNNConvUpsampleHead,
+    StandardRPNHead,
+)
+from jax_rcnn.modeling.layers import FROZEN
+from jax_rcnn.modeling.resnet import frozen_module_prefixes, frozen_param_mask
+
+__all__ = [
+    "FROZEN",
+    "GeneralizedRCNN",
+    "RPN",
+    "StandardROIHeads",
+    "abstract_variables",
+    "build_backbone",
+    "build_model",
+    "frozen_module_prefixes",
+    "frozen_param_mask",
+    "init_variables",
+]
+
+
+class RPN(nn.Module):
+    """Parameter holder of Detectron2's `proposal_generator` (only `rpn_head` has weights).
+
+    Attributes:
+      rpn_head: the shared head.
+      in_features: FPN levels fed to the head, in order (`MODEL.RPN.IN_FEATURES`).
+    """
+
+    rpn_head: StandardRPNHead
+    in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
+
+    def __call__(self, features: dict[str, jax.Array]):
+        """See `StandardRPNHead.__call__`; `features` is the FPN dict."""
+        return self.rpn_head([features[f] for f in self.in_features])
+
+
+class StandardROIHeads(nn.Module):
+    """Parameter holder of Detectron2's `roi_heads` (box head, box predictor, mask head).
+
+    Attributes:
+      box_head: `FastRCNNConvFCHead`.
+      box_predictor: `FastRCNNOutputLayers`.
+      mask_head: `MaskRCNNConvUpsampleHead`, or None without masks.
+    """
+
+    box_head: FastRCNNConvFCHead
+    box_predictor: FastRCNNOutputLayers
+    mask_head: MaskRCNNConvUpsampleHead | None = None
+
+    def box(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """pooled f32[..., S, S, C] -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K])."""
+        return self.box_predictor(self.box_head(pooled))
+
+    def mask(self, pooled: jax.Array) -> jax.Array:
+        """pooled f32[..., S, S, C] -> mask logits f32[..., 2S, 2S, K]."""
+        if self.mask_head is None:
+            raise ValueError("this model has no mask head (config.model.mask_on=False)")
+        return self.mask_head(pooled)
+
+
+class GeneralizedRCNN(nn.Module):
+    """The parameterised networks of Faster / Mask R-CNN (see the module docstring).
+
+    Attributes:
+      backbone: ResNet-FPN.
+      proposal_generator: RPN head holder.
+      roi_heads: box (and mask) heads holder.
+      box_pooler_resolution: S of the box pooler (used by `__call__` to initialise).
+      mask_pooler_resolution: S of the mask pooler.
+    """
+
+    backbone: FPN
+    proposal_generator: RPN
+    roi_heads: StandardROIHeads
+    box_pooler_resolution: int = 7
+    mask_pooler_resolution: int = 14
+
+    def features(self, images: jax.Array) -> dict[str, jax.Array]:
+        """images f32[B, H, W, 3] -> {"p2": f32[B, H/4, W/4, C], ..., "p6": ...}."""
+        return self.backbone(images)
+
+    def rpn_head(self, features: dict[str, jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+        """FPN dict -> (objectness logits [B, HiWiA] per level, anchor deltas [B, HiWiA, 4])."""
+        return self.proposal_generator(features)
+
+    def box_head(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """pooled f32[..., S, S, C] -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K])."""
+        return self.roi_heads.box(pooled)
+
+    def mask_head(self, pooled: jax.Array) -> jax.Array:
+        """pooled f32[..., S, S, C] -> mask logits f32[..., 2S, 2S, K]."""
+        return self.roi_heads.mask(pooled)
+
+    def __call__(self, images: jax.Array) -> dict[str, Any]:
+        """Runs every network once (on dummy ROI features); used by `init`.
+
+        Args:
+          images: f32[B, H, W, 3], H and W multiples of 64 so that p6 is not empty.
+
+        Returns:
+          {"features", "rpn_logits", "rpn_deltas", "cls_logits", "box_deltas"[, "mask_logits"]}.
+        """
+        feats = self.features(images)
+        logits, deltas = self.rpn_head(feats)
+        c = feats["p2"].shape[-1]
+        s = self.box_pooler_resolution
+        cls_logits, box_deltas = self.box_head(jnp.zeros((1, s, s, c), images.dtype))
+        out = dict(
+            features=feats,
+            rpn_logits=logits,
+            rpn_deltas=deltas,
+            cls_logits=cls_logits,
+            box_deltas=box_deltas,
+        )
+        if self.roi_heads.mask_head is not None:
+            m = self.mask_pooler_resolution
+            out["mask_logits"] = self.mask_head(jnp.zeros((1, m, m, c), images.dtype))
+        return out
+
+
+def num_cell_anchors(config) -> int:
+    """A: anchors per position, identical on every level (Detectron2 asserts the same)."""
+    ag = config.model.anchor_generator
+    sizes, ratios = list(ag.sizes), list(ag.aspect_ratios)
+    levels = max(len(sizes), len(ratios))
+    sizes = sizes * levels if len(sizes) == 1 else sizes
+    ratios = ratios * levels if len(ratios) == 1 else ratios
+    counts = {len(s) * len(r) for s, r in zip(sizes, ratios, strict=True)}
+    if len(counts) != 1:
+        raise ValueError(f"every level must have the same number of anchors, got {counts}")
+    return counts.pop()
+
+
+def build_backbone(config, *, train: bool = False, dtype: Any = jnp.float32) -> FPN:
+    """ResNet-FPN backbone for `config` (variables under `bottom_up` and `fpn_*`)."""
+    return build_resnet_fpn_backbone(config, train=train, dtype=dtype)
+
+
+def build_model(config, *, train: bool = False, dtype: Any = None) -> GeneralizedRCNN:
+    """The `GeneralizedRCNN` networks for `config.model`.
+
+    Args:
+      config: a jax_rcnn config (`configs/*.py`).
+      train: BN/SyncBN layers use batch statistics (and update `batch_stats`). FrozenBN and
+        everything else behave identically in both modes.
+      dtype: computation dtype; default `config.train.compute_dtype` ("float32" when absent).
+        Parameters are always f32; head outputs are f32.
+    """
+    if dtype is None:
+        dtype = jnp.dtype(config.get("train", {}).get("compute_dtype", "float32"))
+    m = config.model
+    bh, mh = m.roi_box_head, m.roi_mask_head
+    mask_head = None
+    if m.mask_on:
+        mask_head = MaskRCNNConvUpsampleHead(
+            num_classes=1 if mh.cls_agnostic_mask else m.roi_heads.num_classes,
+            num_conv=mh.num_conv,
+            conv_dim=mh.conv_dim,
+            norm=mh.norm,
+            train=train,
+            dtype=dtype,
+        )
+    return GeneralizedRCNN(
+        backbone=build_backbone(config, train=train, dtype=dtype),
+        proposal_generator=RPN(
+            StandardRPNHead(
+                num_anchors=num_cell_anchors(config),
+                conv_dims=tuple(m.rpn.conv_dims),
+                dtype=dtype,
+            ),
+            in_features=tuple(m.rpn.in_features),
+        ),
+        roi_heads=StandardROIHeads(
+            box_head=FastRCNNConvFCHead(
+                num_conv=bh.num_conv,
+                conv_dim=bh.conv_dim,
+                num_fc=bh.num_fc,
+                fc_dim=bh.fc_dim,
+                norm=bh.norm,
+                train=train,
+                dtype=dtype,
+            ),
+            box_predictor=FastRCNNOutputLayers(
+                num_classes=m.roi_heads.num_classes,
+                cls_agnostic_bbox_reg=bh.cls_agnostic_bbox_reg,
+                dtype=dtype,
+            ),
+            mask_head=mask_head,
+        ),
+        box_pooler_resolution=bh.pooler_resolution,
+        mask_pooler_resolution=mh.pooler_resolution,
+    )
+
+
+def init_variables(
+    model: GeneralizedRCNN, key: jax.Array, image_size: tuple[int, int] = (64, 64)
+) -> dict[str, Any]:
+    """Detectron2's initialisation of every variable (`params`, `frozen`, ...)."""
+    return model.init(key, jnp.zeros((1, *image_size, 3), jnp.float32))
+
+
+def abstract_variables(config) -> dict[str, Any]:
+    """Shapes and dtypes of every variable (`jax.ShapeDtypeStruct` leaves), no allocation."""
+    model = build_model(config)
+    return jax.eval_shape(lambda k: init_variables(model, k), jax.random.key(0))

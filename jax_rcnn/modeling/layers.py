@@ -1,0 +1,255 @@
+"""Building blocks shared by the backbone and the heads: Detectron2's `layers/` in Flax.
+
+**Parity:** `Conv2d` reproduces `detectron2.layers.wrappers.Conv2d` (conv -> optional norm ->
+optional ReLU, symmetric integer padding like PyTorch, never 'SAME'); `get_norm` reproduces
+`detectron2.layers.get_norm` for "FrozenBN", "BN", "SyncBN", "GN" (32 groups) and "" (none);
+`FrozenBatchNorm2d` reproduces `layers/batch_norm.py:FrozenBatchNorm2d` (eps 1e-5,
+`scale = weight * rsqrt(running_var + eps)`, `shift = bias - running_mean * scale`, running_var
+initialised to `1 - eps` as Detectron2 does); `ConvTranspose2d` reproduces
+`torch.nn.ConvTranspose2d` with its kernel stored in PyTorch's orientation (not flipped).
+Deliberate deviation: "BN" running variance is updated with the biased batch variance (Flax),
+PyTorch uses the unbiased one; it only matters for training BN from scratch.
+
+Variable collections (see also `jax_rcnn/modeling/__init__.py`):
+  * `params`: conv/linear `kernel` and `bias`; BN/GN affine `scale` and `bias` (trainable).
+  * `frozen` (`FROZEN`): FrozenBN `weight`, `bias`, `running_mean`, `running_var`. These are
+    buffers in Detectron2: never trained and never updated, so they live outside `params` and
+    the optimiser never sees them. `apply` reads them; nothing mutates them.
+  * `batch_stats`: BN/SyncBN running `mean` and `var` (mutable in training).
+
+All tensors are NHWC; kernels are HWIO (`[kh, kw, in / groups, out]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+FROZEN = "frozen"
+"""Name of the variable collection holding FrozenBN buffers."""
+
+NORMS = ("FrozenBN", "BN", "SyncBN", "GN", "")
+FROZEN_BN_EPS = 1e-5
+
+Initializer = Callable[..., jax.Array]
+
+# Detectron2 / fvcore initialisers, expressed for HWIO conv kernels and (in, out) dense kernels.
+# `c2_msra_fill`: kaiming_normal_(mode="fan_out", nonlinearity="relu"), i.e. an *untruncated*
+# normal with std sqrt(2 / fan_out), fan_out = out_channels * kh * kw.
+c2_msra_fill: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# `c2_xavier_fill`: kaiming_uniform_(a=1) -> uniform(+-sqrt(3 / fan_in)), fan_in = in * kh * kw.
+c2_xavier_fill: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
+# PyTorch's ConvTranspose2d weight is (in, out, kh, kw) and its "fan_out" is in * kh * kw; our
+# HWIO kernel holds the same numbers as [kh, kw, in, out], so fan_out is counted over axis -2.
+c2_msra_fill_deconv: Initializer = nn.initializers.variance_scaling(
+    2.0, "fan_out", "normal", in_axis=-1, out_axis=-2
+)
+
+
+def normal_init(std: float) -> Initializer:
+    """`nn.init.normal_(w, std=std)`: untruncated N(0, std^2)."""
+    return nn.initializers.normal(stddev=std)
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with fixed statistics and affine parameters (Detectron2's `FrozenBatchNorm2d`).
+
+    Its four arrays are Detectron2 buffers and live in the `frozen` collection under their
+    Detectron2 names, so checkpoint conversion copies them verbatim.
+
+    Attributes:
+      eps: added to `running_var` (Detectron2: 1e-5).
+    """
+
+    eps: float = FROZEN_BN_EPS
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies `x * scale + shift`.
+
+        Args:
+          x: f32[..., C] (any float dtype; the affine is folded in f32, then cast).
+
+        Returns:
+          Same shape and dtype as `x`.
+        """
+        c = x.shape[-1]
+        weight = self.variable(FROZEN, "weight", jnp.ones, (c,), jnp.float32).value
+        bias = self.variable(FROZEN, "bias", jnp.zeros, (c,), jnp.float32).value
+        mean = self.variable(FROZEN, "running_mean", jnp.zeros, (c,), jnp.float32).value
+        var = self.variable(
+            FROZEN, "running_var", lambda s, d: jnp.ones(s, d) - self.eps, (c,), jnp.float32
+        ).value
+        scale = weight * lax.rsqrt(var + self.eps)
+        shift = bias - mean * scale
+        return x * scale.astype(x.dtype) + shift.astype(x.dtype)
+
+
+def get_norm(
+    norm: str, *, train: bool = False, axis_name: str | None = None, dtype: Any = jnp.float32
+) -> nn.Module | None:
+    """Detectron2's `get_norm`: the normalisation module for a conv, named "norm".
+
+    Must be called inside a compact method of the parent (the module is bound there).
+
+    Args:
+      norm: "FrozenBN", "BN", "SyncBN", "GN" (32 groups) or "" (none).
+      train: BN/SyncBN normalise with batch statistics and update `batch_stats` when True,
+        use the running statistics when False. Ignored by the others.
+      axis_name: SyncBN only: the mapped axis (`shard_map` / `pmap`) over which batch
+        statistics are averaged. Under plain `jit` with a sharded batch, "BN" already uses
+        global-batch statistics.
+      dtype: computation dtype.
+
+    Returns:
+      The module, or None for "".
+    """
+    if norm == "FrozenBN":
+        return FrozenBatchNorm2d(name="norm")
+    if norm in ("BN", "SyncBN"):
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,  # PyTorch momentum 0.1
+            epsilon=1e-5,
+            axis_name=axis_name if norm == "SyncBN" else None,
+            dtype=dtype,
+            name="norm",
+        )
+    if norm == "GN":
+        return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=dtype, name="norm")
+    if norm == "":
+        return None
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+class Conv2d(nn.Module):
+    """Detectron2's `wrappers.Conv2d`: conv -> optional norm -> optional ReLU.
+
+    Attributes:
+      features: output channels.
+      kernel_size: square kernel side.
+      strides: stride.
+      padding: symmetric zero padding in pixels on every side (PyTorch `padding=`).
+      dilation: kernel dilation.
+      groups: feature groups (ResNeXt).
+      use_bias: adds `bias` (Detectron2 uses `bias=not norm`, except where stated).
+      norm: see `get_norm`.
+      relu: apply ReLU after the norm.
+      kernel_init: initialiser of the HWIO kernel.
+      train: see `get_norm`.
+      axis_name: see `get_norm`.
+      dtype: computation dtype (params stay f32).
+    """
+
+    features: int
+    kernel_size: int = 1
+    strides: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+    use_bias: bool = True
+    norm: str = ""
+    relu: bool = False
+    kernel_init: Initializer = c2_msra_fill
+    train: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Args: x f32[B, H, W, Cin]. Returns f32[B, H', W', features] (PyTorch output size)."""
+        cin = x.shape[-1]
+        if cin % self.groups:
+            raise ValueError(f"{cin} input channels are not divisible by {self.groups} groups")
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", self.kernel_init, (k, k, cin // self.groups, self.features), jnp.float32
+        )
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=_pair(self.strides),
+            padding=(_pair(self.padding),) * 2,
+            rhs_dilation=_pair(self.dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        norm = get_norm(self.norm, train=self.train, axis_name=self.axis_name, dtype=self.dtype)
+        if norm is not None:
+            y = norm(y)
+        if self.relu:
+            y = nn.relu(y)
+        return y
+
+
+class ConvTranspose2d(nn.Module):
+    """`torch.nn.ConvTranspose2d` (the mask head's 2x2 stride-2 upsampling).
+
+    The kernel is stored as `[kh, kw, in, out]` holding exactly PyTorch's `(in, out, kh, kw)`
+    weight transposed (no spatial flip), so that
+
+        y[b, i*s - p + di, j*s - p + dj, o] += x[b, i, j, c] * kernel[di, dj, c, o]
+
+    which is PyTorch's definition. Output side `(H - 1) * s - 2p + k`.
+
+    Attributes:
+      features: output channels.
+      kernel_size: square kernel side.
+      strides: stride.
+      padding: PyTorch `padding=` (cropped from both sides of the full output).
+      use_bias: adds `bias`.
+      kernel_init: initialiser of the kernel.
+      dtype: computation dtype.
+    """
+
+    features: int
+    kernel_size: int = 2
+    strides: int = 2
+    padding: int = 0
+    use_bias: bool = True
+    kernel_init: Initializer = c2_msra_fill_deconv
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Args: x f32[B, H, W, Cin]. Returns f32[B, (H-1)s-2p+k, (W-1)s-2p+k, features]."""
+        k, s, p = self.kernel_size, self.strides, self.padding
+        kernel = self.param(
+            "kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32
+        )
+        # A transposed conv is a conv over the stride-dilated input with the spatially flipped
+        # kernel and k-1-p padding on each side.
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel[::-1, ::-1].astype(self.dtype),
+            window_strides=(1, 1),
+            padding=((k - 1 - p, k - 1 - p),) * 2,
+            lhs_dilation=(s, s),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def max_pool(x: jax.Array, kernel_size: int, stride: int, padding: int = 0) -> jax.Array:
+    """`F.max_pool2d` (padding with -inf, floor output size). x f32[B, H, W, C]."""
+    return nn.max_pool(
+        x,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+    )

@@ -1,0 +1,161 @@
+"""Box-head inference and the mapping of detections back to the original image.
+
+**Parity:** `fast_rcnn_inference_single_image` (`modeling/roi_heads/fast_rcnn.py`) and
+`detector_postprocess` (`modeling/postprocessing.py`). Detectron2 runs `batched_nms` over the
+(proposal, class) pairs whose score exceeds the threshold, keyed by class; NMS keyed by class never
+suppresses across classes, so it equals one NMS group per class followed by a merge of the
+survivors by score, which is what we do with static shapes. As in Detectron2, boxes are clipped
+to the resized image but *not* filtered for emptiness here; `detector_postprocess` drops empty
+boxes after rescaling to the original image. Deviation in representation only: detections are
+padded to `topk_per_image` slots with `valid=False`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jax_rcnn import boxes as box_ops
+from jax_rcnn import kernels
+
+
+class Detections(NamedTuple):
+    """Per-image detections sorted by descending score.
+
+    Attributes:
+      boxes: `f32[B, D, 4]` xyxy.
+      scores: `f32[B, D]`.
+      classes: `i32[B, D]` contiguous class ids 0..K-1.
+      proposal_idx: `i32[B, D]` proposal each detection came from.
+      valid: `bool[B, D]`.
+    """
+
+    boxes: jax.Array
+    scores: jax.Array
+    classes: jax.Array
+    proposal_idx: jax.Array
+    valid: jax.Array
+
+
+def fast_rcnn_inference(
+    pred_boxes: jax.Array,
+    scores: jax.Array,
+    proposal_valid: jax.Array,
+    image_sizes: jax.Array,
+    *,
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+    backend: str = "auto",
+) -> Detections:
+    """Score threshold, per-class NMS and top-k, for a batch of images.
+
+    Args:
+      pred_boxes: `f32[B, R, K*4]` class-specific (or `f32[B, R, 4]` class-agnostic) decoded
+        boxes in resized-input pixels (`Box2BoxTransform.apply_deltas` of the box head).
+      scores: `f32[B, R, K+1]` softmax probabilities, background last.
+      proposal_valid: `bool[B, R]` real proposals.
+      image_sizes: `i32[B, 2]` (h, w) of each resized image (boxes are clipped to it).
+      score_thresh: keep (proposal, class) pairs with score > this.
+      nms_thresh: per-class NMS IoU threshold.
+      topk_per_image: D, detections kept per image.
+      backend: NMS backend, see `jax_rcnn.kernels`.
+
+    Returns:
+      `Detections` with D = `topk_per_image` slots.
+    """
+    num_images, num_props = scores.shape[:2]
+    num_classes = scores.shape[2] - 1
+    finite = (
+        jnp.all(jnp.isfinite(pred_boxes), axis=-1)
+        & jnp.all(jnp.isfinite(scores), axis=-1)
+        & proposal_valid
+    )
+    pred_boxes = jnp.where(finite[..., None], pred_boxes, 0.0)
+    scores = jnp.where(finite[..., None], scores, 0.0)[..., :num_classes]  # [B, R, K]
+    boxes = pred_boxes.reshape(num_images, num_props, -1, 4)
+    heights = image_sizes[:, 0].astype(jnp.float32)[:, None, None]
+    widths = image_sizes[:, 1].astype(jnp.float32)[:, None, None]
+    boxes = box_ops.clip(boxes, heights, widths)
+    boxes = jnp.broadcast_to(boxes, (num_images, num_props, num_classes, 4))
+    candidate = finite[..., None] & (scores > score_thresh)  # [B, R, K]
+
+    # One NMS group per (image, class).
+    group_boxes = boxes.transpose(0, 2, 1, 3).reshape(num_images * num_classes, num_props, 4)
+    group_scores = scores.transpose(0, 2, 1).reshape(num_images * num_classes, num_props)
+    group_valid = candidate.transpose(0, 2, 1).reshape(num_images * num_classes, num_props)
+    max_keep = min(num_props, topk_per_image)
+    keep, keep_valid = kernels.nms(
+        group_boxes,
+        group_scores,
+        group_valid,
+        iou_threshold=nms_thresh,
+        max_output=max_keep,
+        backend=backend,
+    )
+    kept_scores = jnp.take_along_axis(group_scores, keep, axis=1)
+    kept_boxes = jnp.take_along_axis(group_boxes, keep[..., None], axis=1)
+
+    def per_image(x):
+        return x.reshape(num_images, num_classes * max_keep, *x.shape[2:])
+
+    kept_scores, kept_boxes = per_image(kept_scores), per_image(kept_boxes)
+    keep, keep_valid = per_image(keep), per_image(keep_valid)
+    kept_classes = jnp.broadcast_to(
+        jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), max_keep)[None], keep.shape
+    )
+
+    num_out = min(topk_per_image, num_classes * max_keep)
+    _, order = jax.lax.top_k(jnp.where(keep_valid, kept_scores, -jnp.inf), num_out)
+
+    def take(x):
+        idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
+        out = jnp.take_along_axis(x, idx, axis=1)
+        pad = topk_per_image - num_out
+        return jnp.pad(out, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)) if pad else out
+
+    valid = take(keep_valid)
+    return Detections(
+        boxes=jnp.where(valid[..., None], take(kept_boxes), 0.0),
+        scores=jnp.where(valid, take(kept_scores), 0.0),
+        classes=jnp.where(valid, take(kept_classes), 0),
+        proposal_idx=jnp.where(valid, take(keep), 0).astype(jnp.int32),
+        valid=valid,
+    )
+
+
+def detector_postprocess(
+    boxes: jax.Array, valid: jax.Array, image_sizes: jax.Array, original_sizes: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Rescales detections from the resized input to the original image.
+
+    **Parity:** `detector_postprocess`: scale by (W0 / w, H0 / h), clip to the original size,
+    drop empty boxes (here: mark them invalid).
+
+    Args:
+      boxes: `f32[B, D, 4]` xyxy in resized-input pixels.
+      valid: `bool[B, D]`.
+      image_sizes: `i32[B, 2]` (h, w) of the resized images.
+      original_sizes: `i32[B, 2]` (H0, W0) of the original images.
+
+    Returns:
+      `(boxes f32[B, D, 4] xyxy original pixels, valid bool[B, D])`.
+    """
+    sizes = image_sizes.astype(jnp.float32)
+    originals = original_sizes.astype(jnp.float32)
+    scale_y = (originals[:, 0] / sizes[:, 0])[:, None]
+    scale_x = (originals[:, 1] / sizes[:, 1])[:, None]
+    scaled = jnp.stack(
+        [
+            boxes[..., 0] * scale_x,
+            boxes[..., 1] * scale_y,
+            boxes[..., 2] * scale_x,
+            boxes[..., 3] * scale_y,
+        ],
+        axis=-1,
+    )
+    scaled = box_ops.clip(scaled, originals[:, 0, None], originals[:, 1, None])
+    valid = valid & box_ops.nonempty(scaled)
+    return jnp.where(valid[..., None], scaled, 0.0), valid

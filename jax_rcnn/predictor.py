@@ -1,0 +1,151 @@
+"""`Predictor`: Detectron2's `DefaultPredictor` for jax_rcnn.
+
+    from jax_rcnn.config import from_detectron2
+    from jax_rcnn.predictor import Predictor
+    cfg = from_detectron2("config.yaml")            # or load_config("configs/x.py")
+    predictor = Predictor(cfg, weights="model_final.pkl")
+    out = predictor(image_bgr)                      # u8[H, W, 3] BGR
+    outs = predictor.batch([img_a, img_b])          # images of different sizes
+
+Each output is a dict of NumPy arrays in original-image pixels:
+`boxes f32[D, 4]` xyxy, `scores f32[D]`, `classes i32[D]`, and `masks bool[D, H, W]` for mask
+models, sorted by descending score.
+
+The test path is Detectron2's: ResizeShortestEdge(min_size_test, max_size_test) with Pillow's
+bilinear filter on uint8, normalisation inside the model, zero padding after normalisation, then
+`detector_postprocess` and `paste_masks_in_image` (threshold 0.5) back to the original image.
+Padding follows `config.input.pad_mode`: "buckets" (a short fixed list of padded shapes, one
+compile each) or "size_divisibility" (Detectron2's multiple of 32, one compile per shape).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_rcnn import config as config_lib
+from jax_rcnn import masks as mask_ops
+from jax_rcnn import modeling
+from jax_rcnn.checkpoint import detectron2 as d2_checkpoint
+from jax_rcnn.data import batching
+from jax_rcnn.modeling import rcnn
+
+logger = logging.getLogger(__name__)
+
+
+def check_image(image: Any, name: str = "image") -> np.ndarray:
+    """Validates a Predictor input: a non-empty `u8[H, W, 3]` array (BGR).
+
+    Raises:
+      TypeError / ValueError naming the problem (grayscale, RGBA, wrong dtype, empty).
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy u8[H, W, 3] BGR array, got {type(image)}")
+    if image.dtype != np.uint8:
+        raise TypeError(
+            f"{name}: expected dtype uint8 (0..255 BGR, as cv2.imread gives), got {image.dtype}"
+        )
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise ValueError(
+            f"{name}: grayscale image of shape {image.shape}; convert it to 3 channels (BGR) "
+            "first, e.g. np.repeat(img[..., None], 3, axis=-1)"
+        )
+    if image.ndim == 3 and image.shape[2] == 4:
+        raise ValueError(f"{name}: 4-channel (RGBA/BGRA) image; drop the alpha channel first")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name}: expected shape [H, W, 3], got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name}: empty image of shape {image.shape}")
+    return image
+
+
+class Predictor:
+    """Runs a jax_rcnn model on BGR images (see the module docstring).
+
+    Args:
+      config: a jax_rcnn config (`load_config`, `from_detectron2`); validated here.
+      weights: a Detectron2 `.pkl` checkpoint; default `config.model.weights`.
+      variables: already loaded model variables (instead of `weights`).
+    """
+
+    def __init__(self, config, weights: str | os.PathLike | None = None, variables=None):
+        config_lib.validate(config)
+        self.config = config
+        self.model = modeling.build_model(config)
+        if variables is None:
+            path = weights if weights is not None else config.model.weights
+            if not path:
+                raise ValueError(
+                    "Predictor needs weights: pass weights=... or set config.model.weights"
+                )
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"weights file not found: {os.fspath(path)!r}")
+            abstract = modeling.abstract_variables(config)
+            variables = d2_checkpoint.load_weights(path, config, abstract)
+        self.variables = jax.tree.map(jnp.asarray, variables)
+        self.num_traces = 0  # one per padded shape (bucket); see tests
+
+        def run(variables, images, image_sizes, original_sizes):
+            self.num_traces += 1  # Python side effect: runs once per trace, not per call
+            return rcnn.inference(
+                self.model, variables, images, image_sizes, original_sizes, config=config
+            )
+
+        self._run = jax.jit(run)
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Detections for one `u8[H, W, 3]` BGR image, in its own pixel coordinates."""
+        return self.batch([image])[0]
+
+    def batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Detections for several images of any sizes.
+
+        Images are grouped by padded shape and each group runs as one batch, so every image is
+        padded exactly as it would be alone: its detections do not depend on its batch mates.
+        """
+        examples = [
+            batching.make_test_example(check_image(img, f"images[{i}]"), self.config)
+            for i, img in enumerate(images)
+        ]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, ex in enumerate(examples):
+            groups.setdefault(ex["image"].shape, []).append(i)
+        results: list[dict[str, np.ndarray] | None] = [None] * len(examples)
+        for idx in groups.values():
+            batch = batching.collate([examples[i] for i in idx])
+            out = self._run(
+                self.variables,
+                jnp.asarray(batch["image"]),
+                jnp.asarray(batch["image_size"]),
+                jnp.asarray(batch["original_size"]),
+            )
+            out = jax.device_get(out)
+            for j, i in enumerate(idx):
+                results[i] = self._finish(out, j, tuple(int(s) for s in batch["original_size"][j]))
+        return results  # type: ignore[return-value]
+
+    def _finish(self, out: dict, j: int, original_size: tuple[int, int]) -> dict[str, np.ndarray]:
+        keep = np.asarray(out["valid"][j])
+        result = {
+            "boxes": np.asarray(out["boxes"][j][keep], np.float32),
+            "scores": np.asarray(out["scores"][j][keep], np.float32),
+            "classes": np.asarray(out["classes"][j][keep], np.int32),
+        }
+        if "mask_probs" in out:
+            # Pasting is per original size; run it eagerly so new photo sizes never recompile.
+            probs = out["mask_probs"][j][keep]
+            if len(probs):
+                result["masks"] = np.asarray(
+                    mask_ops.paste_masks_in_image(
+                        jnp.asarray(probs), jnp.asarray(result["boxes"]), original_size
+                    )
+                )
+            else:
+                result["masks"] = np.zeros((0, *original_size), bool)
+        return result
