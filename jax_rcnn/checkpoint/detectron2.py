@@ -28,7 +28,7 @@ and each array gets one layout change:
 | conv | HWIO `[kh, kw, in, out]` | OIHW |
 | deconv | `[kh, kw, in, out]` (PyTorch orientation, no flip) | IOHW (`ConvTranspose2d`) |
 | linear | `(in, out)` | `(out, in)` |
-| linear_chw | `(S*S*C, out)`, rows in NHWC flatten order (y, x, c) | `(out, C*S*S)`, NCHW order (c, y, x) |
+| linear_chw | `(S*S*C, out)`, rows in NHWC order (y, x, c) | `(out, C*S*S)`, NCHW (c, y, x) |
 | vector | `[C]` | `[C]` |
 
 `linear_chw` is the first fully connected layer after the box pooler (`box_head.fc1`; the box
@@ -260,8 +260,12 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
     return ", ".join(parts)
 
 
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _listing(title: str, items: list[str], limit: int = 20) -> str:
-    items = sorted(items)
+    items = sorted(items, key=_natural)
     more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
     return f"  {title} ({len(items)}):\n    " + "\n    ".join(items[:limit]) + more
 

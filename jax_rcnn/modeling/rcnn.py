@@ -207,7 +207,8 @@ def forward_train(
       "loss_mask"]}` of `f32[]`; aux `{"rpn_labels" i32[B, A], "proposals" (training
       `Proposals` + gt), "rois" (`targets.ROITargets`, `[B, R]`), "all_finite" bool[B]
       (False: a proposal decoded to a non-finite box; Detectron2 raises), "updates"[,
-      "mask_targets" bool[B, F, M, M]]}`.
+      "mask_targets" bool[B, F, M, M], "mask_logits" f32[B, F, M, M, K] of the foreground
+      slots `rois[:, :F]`]}`.
     """
     m = config.model
     backend = backend or m.kernels
@@ -337,6 +338,6 @@ def forward_train(
         losses["loss_mask"] = loss_ops.mask_rcnn_loss(
             mask_logits, fg_rois.gt_classes, mask_targets, fg_valid
         )
-        aux["mask_targets"] = mask_targets
+        aux.update(mask_targets=mask_targets, mask_logits=mask_logits)
     aux["updates"] = {k: state[k] for k in mutable}
     return losses, aux

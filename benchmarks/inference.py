@@ -1,0 +1,158 @@
+"""Inference speed of full-size R50-FPN Faster / Mask R-CNN at 800x1333 (s/image).
+
+    python benchmarks/inference.py                       # both models, 15 timed runs each
+    python benchmarks/inference.py --models faster --runs 5
+
+Prints, per model: compile time (first call minus a steady call), the median and spread of
+steady-state seconds per image, the time of each stage jitted on its own, and the ratio to
+Detectron2's eager PyTorch time on the same 2-core machine (3.0 s Faster, 3.4 s Mask R-CNN,
+medians of 15 runs; see the issue "Faster R-CNN and Mask R-CNN inference").
+
+Weights are Detectron2's initialisation (no checkpoint is downloaded). Stage costs are static
+except the NMS loops, whose trip count follows the number of kept boxes; the input is a real
+photo (the parity fixture) upscaled to 800x1333 so proposals overlap as in real images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jax_rcnn import boxes as box_ops  # noqa: E402
+from jax_rcnn import modeling, postprocess, proposals  # noqa: E402
+from jax_rcnn.config import load_config  # noqa: E402
+from jax_rcnn.data import batching, transforms  # noqa: E402
+from jax_rcnn.modeling import rcnn  # noqa: E402
+
+DETECTRON2_S = {"faster": 3.0, "mask": 3.4}
+CONFIGS = {
+    "faster": "configs/faster_rcnn_R_50_FPN_1x.py",
+    "mask": "configs/mask_rcnn_R_50_FPN_1x.py",
+}
+
+
+def _time(fn, *args, runs: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
+def _stages(cfg, model, variables, images, sizes):
+    """Each stage jitted alone, fed with the previous stage's real outputs."""
+    m = cfg.model
+    feats_fn = jax.jit(
+        lambda v, x, s: model.apply(
+            v,
+            rcnn.preprocess(x, s, m.pixel_mean, m.pixel_std),
+            method=modeling.GeneralizedRCNN.features,
+        )
+    )
+    feats = feats_fn(variables, images, sizes)
+
+    def rpn(v, f, s):
+        logits, deltas = model.apply(v, f, method=modeling.GeneralizedRCNN.rpn_head)
+        return proposals.find_top_rpn_proposals(
+            rcnn.rpn_anchors(cfg, f),
+            logits,
+            deltas,
+            s,
+            box2box=box_ops.Box2BoxTransform(tuple(m.rpn.bbox_reg_weights)),
+            nms_thresh=m.rpn.nms_thresh,
+            pre_nms_topk=m.rpn.pre_nms_topk_test,
+            post_nms_topk=m.rpn.post_nms_topk_test,
+            min_box_size=m.rpn.min_size,
+            backend=m.kernels,
+        )
+
+    rpn_fn = jax.jit(rpn)
+    props = rpn_fn(variables, feats, sizes)
+
+    def box(v, f, p, s):
+        pooled = rcnn._pool(cfg, f, p.boxes, m.roi_box_head, m.kernels)
+        cls_logits, deltas = model.apply(v, pooled, method=modeling.GeneralizedRCNN.box_head)
+        b2b = box_ops.Box2BoxTransform(tuple(m.roi_box_head.bbox_reg_weights))
+        return postprocess.fast_rcnn_inference(
+            b2b.apply_deltas(deltas, p.boxes),
+            jax.nn.softmax(cls_logits, -1),
+            p.valid,
+            s,
+            score_thresh=m.roi_heads.score_thresh_test,
+            nms_thresh=m.roi_heads.nms_thresh_test,
+            topk_per_image=cfg.test.detections_per_image,
+            backend=m.kernels,
+        )
+
+    box_fn = jax.jit(box)
+    dets = box_fn(variables, feats, props, sizes)
+    stages = [
+        ("backbone+FPN", feats_fn, (variables, images, sizes)),
+        ("RPN head+proposals", rpn_fn, (variables, feats, sizes)),
+        ("box pool+head+NMS", box_fn, (variables, feats, props, sizes)),
+    ]
+    if m.mask_on:
+
+        def mask(v, f, d):
+            pooled = rcnn._pool(cfg, f, d.boxes, m.roi_mask_head, m.kernels)
+            return model.apply(v, pooled, method=modeling.GeneralizedRCNN.mask_head)
+
+        stages.append(("mask pool+head", jax.jit(mask), (variables, feats, dets)))
+    return stages
+
+
+def run(name: str, runs: int) -> list[tuple]:
+    cfg = load_config(CONFIGS[name])
+    model = modeling.build_model(cfg)
+    variables = modeling.init_variables(model, jax.random.key(0))
+    photo = transforms.read_image(ROOT / "tests/data/tiny_maskrcnn/image.jpg")
+    photo = transforms.resize_image(photo, 800, 1333)  # an 800x1333 input, as in the issue
+    ex = batching.make_test_example(photo, cfg)
+    images = jnp.asarray(ex["image"][None])
+    sizes = jnp.asarray(ex["image_size"][None])
+    originals = jnp.asarray(ex["original_size"][None])
+    full = jax.jit(lambda v, x, s, o: rcnn.inference(model, v, x, s, o, config=cfg))
+    first, times = _time(full, variables, images, sizes, originals, runs=runs)
+    med = statistics.median(times)
+    rows = [
+        (f"{name} R50-FPN", "end to end", med, min(times), max(times), first - med,
+         med / DETECTRON2_S[name])
+    ]  # fmt: skip
+    for stage, fn, args in _stages(cfg, model, variables, images, sizes):
+        f, t = _time(fn, *args, runs=max(3, runs // 3))
+        rows.append(
+            ("", stage, statistics.median(t), min(t), max(t), f - statistics.median(t), None)
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["faster", "mask"], choices=list(CONFIGS))
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
+    print(f"{'model':18} {'stage':20} {'median s':>9} {'min':>7} {'max':>7} {'compile s':>9} "
+          f"{'vs Detectron2':>13}")  # fmt: skip
+    for name in args.models:
+        for model, stage, med, lo, hi, comp, ratio in run(name, args.runs):
+            r = f"{ratio:.2f}x" if ratio is not None else ""
+            print(f"{model:18} {stage:20} {med:9.3f} {lo:7.3f} {hi:7.3f} {comp:9.1f} {r:>13}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

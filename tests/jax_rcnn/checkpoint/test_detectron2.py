@@ -1,0 +1,249 @@
+"""Detectron2 checkpoint conversion: name table vs the model zoo, round trips, bad inputs."""
+
+import json
+import pathlib
+import pickle
+import re
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from configs import faster_rcnn_R_50_FPN_1x, mask_rcnn_R_50_FPN_1x, mask_rcnn_R_50_FPN_3x
+from jax_rcnn import modeling
+from jax_rcnn.checkpoint import detectron2 as d2
+
+DATA = pathlib.Path(__file__).resolve().parents[2] / "data"
+TINY_PKL = DATA / "tiny_maskrcnn" / "model_final.pkl"
+
+
+def tiny_config():
+    config = mask_rcnn_R_50_FPN_1x.get_config()
+    m = config.model
+    m.resnets.stem_out_channels = 16
+    m.resnets.res2_out_channels = 64
+    m.resnets.width_per_group = 16
+    m.fpn.out_channels = 32
+    m.roi_box_head.fc_dim = 64
+    m.roi_mask_head.conv_dim = 32
+    m.roi_heads.num_classes = 4
+    return config
+
+
+def r101_config():
+    config = mask_rcnn_R_50_FPN_3x.get_config()
+    config.model.resnets.depth = 101
+    return config
+
+
+ZOO = {
+    "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml": faster_rcnn_R_50_FPN_1x.get_config,
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml": mask_rcnn_R_50_FPN_1x.get_config,
+    "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml": r101_config,
+}
+
+
+@pytest.fixture(scope="module")
+def zoo_shapes():
+    return json.loads((DATA / "model_zoo_state_dict_shapes.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_state_dict():
+    return d2.load_detectron2_pkl(TINY_PKL)
+
+
+@pytest.mark.parametrize("zoo_name", list(ZOO))
+def test_name_table_covers_model_zoo(zoo_shapes, zoo_name):
+    table = d2.name_table(ZOO[zoo_name]())
+    ours = {e.d2_name: list(e.d2_shape) for e in table}
+    assert ours == zoo_shapes[zoo_name]
+
+
+@pytest.mark.parametrize("zoo_name", list(ZOO))
+def test_random_zoo_state_dict_round_trip_is_bit_exact(zoo_shapes, zoo_name):
+    config = ZOO[zoo_name]()
+    rng = np.random.default_rng(0)
+    state = {k: rng.random(tuple(s), dtype=np.float32) for k, s in zoo_shapes[zoo_name].items()}
+    variables = d2.convert_detectron2_to_flax(state, config)
+    abstract = modeling.abstract_variables(config)
+    assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda a: a.shape, abstract)
+    back = d2.convert_flax_to_detectron2(variables, config)
+    assert set(back) == set(state)
+    for k, v in state.items():
+        assert back[k].dtype == np.float32 and np.array_equal(back[k], v), k
+
+
+def test_tiny_checkpoint_round_trip(tiny_state_dict):
+    config = tiny_config()
+    variables = d2.convert_detectron2_to_flax(tiny_state_dict, config)
+    back = d2.convert_flax_to_detectron2(jax.device_put(variables), config)
+    assert set(back) == set(tiny_state_dict)
+    for k, v in tiny_state_dict.items():
+        assert np.array_equal(back[k], v), k
+
+
+def test_layouts_worked_example(tiny_state_dict):
+    config = tiny_config()
+    v = d2.convert_detectron2_to_flax(tiny_state_dict, config)
+    conv = tiny_state_dict["backbone.bottom_up.res3.0.conv2.weight"]  # OIHW
+    hwio = v["params"]["backbone"]["bottom_up"]["res3_0"]["conv2"]["kernel"]
+    assert hwio[2, 1, 5, 7] == conv[7, 5, 2, 1]
+    deconv = tiny_state_dict["roi_heads.mask_head.deconv.weight"]  # IOHW
+    k = v["params"]["roi_heads"]["mask_head"]["deconv"]["kernel"]
+    assert k[1, 0, 3, 9] == deconv[3, 9, 1, 0]
+    fc1 = tiny_state_dict["roi_heads.box_head.fc1.weight"]  # (out, C*7*7) in (c, y, x) order
+    kernel = v["params"]["roi_heads"]["box_head"]["fc1"]["kernel"]  # (7*7*C, out), (y, x, c)
+    c, y, x, o = 5, 2, 6, 11
+    assert kernel[(y * 7 + x) * 32 + c, o] == fc1[o, c * 49 + y * 7 + x]
+    frozen = v[modeling.FROZEN]["backbone"]["bottom_up"]["stem"]["conv1"]["norm"]
+    assert np.array_equal(
+        frozen["running_var"], tiny_state_dict["backbone.bottom_up.stem.conv1.norm.running_var"]
+    )
+
+
+def test_load_accepts_bare_dict_and_ignores_metadata(tmp_path, tiny_state_dict):
+    bare = dict(tiny_state_dict, __author__="someone", pixel_mean=np.zeros(3, np.float32))
+    bare["backbone.bottom_up.res2.0.conv1.norm.num_batches_tracked"] = np.int64(7)
+    path = tmp_path / "bare.pkl"
+    path.write_bytes(pickle.dumps(bare))
+    loaded = d2.load_detectron2_pkl(path)
+    assert "__author__" not in loaded
+    variables = d2.convert_detectron2_to_flax(loaded, tiny_config())
+    assert "params" in variables
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="nope.pkl"):
+        d2.load_detectron2_pkl("/nonexistent/nope.pkl")
+
+
+def test_not_a_pickle(tmp_path):
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"PK\x03\x04 this is a zip archive")
+    with pytest.raises(ValueError, match="model.pth"):
+        d2.load_detectron2_pkl(path)
+
+
+def test_deeper_checkpoint_for_r50_config_lists_keys(zoo_shapes):
+    r101 = zoo_shapes["COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"]
+    state = {k: np.zeros(s, np.float32) for k, s in r101.items()}
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(state, mask_rcnn_R_50_FPN_1x.get_config())
+    msg = str(info.value)
+    assert "R50-FPN" in msg and "R101" in msg
+    assert "unexpected in the checkpoint (255)" in msg
+    assert "backbone.bottom_up.res4.22.conv1.weight" in msg or "... and" in msg
+
+
+def test_mis_shaped_and_missing_keys(tiny_state_dict):
+    state = dict(tiny_state_dict)
+    state["roi_heads.box_predictor.cls_score.weight"] = np.zeros((81, 64), np.float32)
+    del state["roi_heads.mask_head.predictor.bias"]
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(state, tiny_config())
+    msg = str(info.value)
+    assert "roi_heads.box_predictor.cls_score.weight: checkpoint (81, 64), expected (5, 64)" in msg
+    assert "missing from the checkpoint (1)" in msg and "mask_head.predictor.bias" in msg
+    assert "num_classes=4" in msg and "num_classes=80" in msg
+
+
+def test_faster_rcnn_config_rejects_mask_checkpoint(tiny_state_dict):
+    config = tiny_config()
+    config.model.mask_on = False
+    with pytest.raises(ValueError, match=r"unexpected in the checkpoint \(12\)"):
+        d2.convert_detectron2_to_flax(tiny_state_dict, config)
+
+
+def test_flax_to_detectron2_rejects_wrong_variables(tiny_state_dict):
+    variables = d2.convert_detectron2_to_flax(tiny_state_dict, tiny_config())
+    config = tiny_config()
+    config.model.roi_heads.num_classes = 3
+    with pytest.raises(ValueError, match="wrong shape"):
+        d2.convert_flax_to_detectron2(variables, config)
+
+
+# --- MSRA / Caffe2 ImageNet backbones ---------------------------------------------------------
+
+
+def _c2_to_d2(name):
+    """Detectron2's `convert_basic_c2_names` for ResNet names, re-stated as rules."""
+    name = name.replace("_", ".")
+    name = re.sub(r"\.w$", ".weight", name)
+    name = re.sub(r"\.b$", ".bias", name)
+    for c2, d2n in (
+        ("s", "weight"),
+        ("bias", "bias"),
+        ("rm", "running_mean"),
+        ("riv", "running_var"),
+    ):
+        name = re.sub(rf"bn\.{c2}$", f"norm.{d2n}", name)
+    name = re.sub(r"^res\.conv1\.norm\.", "conv1.norm.", name)
+    name = re.sub(r"^conv1\.", "stem.conv1.", name)
+    for c2, d2n in (
+        ("branch1", "shortcut"),
+        ("branch2a", "conv1"),
+        ("branch2b", "conv2"),
+        ("branch2c", "conv3"),
+    ):
+        name = name.replace(f".{c2}.", f".{d2n}.")
+    return "backbone.bottom_up." + name
+
+
+def _fake_msra(config, with_stats=False):
+    rng = np.random.default_rng(0)
+    out = {"fc1000_w": np.zeros((1000, 2048), np.float32), "fc1000_b": np.zeros(1000, np.float32)}
+    for e in d2.name_table(config):
+        c2 = d2.msra_name(e.d2_name)
+        if c2 is None or (not with_stats and e.d2_name.endswith(("running_mean", "running_var"))):
+            continue
+        out[c2] = rng.random(e.d2_shape, dtype=np.float32)
+    return out
+
+
+def test_msra_names_invert_detectron2_rules():
+    names = [e.d2_name for e in d2.name_table(tiny_config()) if e.d2_name.startswith("backbone.b")]
+    c2 = [d2.msra_name(n) for n in names]
+    assert "conv1_w" in c2 and "res_conv1_bn_s" in c2 and "res2_0_branch2a_w" in c2
+    assert "res3_0_branch1_bn_b" in c2
+    assert [_c2_to_d2(n) for n in c2] == names
+
+
+def test_msra_backbone_initialisation(tmp_path):
+    config = mask_rcnn_R_50_FPN_1x.get_config("smoke")
+    abstract = modeling.abstract_variables(config)
+    init = jax.tree.map(lambda a: np.full(a.shape, 0.5, np.float32), abstract)
+    c2 = _fake_msra(config)
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(pickle.dumps({"blobs": dict(c2, res2_0_branch2a_w_momentum=np.zeros(1))}))
+    variables = d2.load_weights(path, config, init)
+    p = variables["params"]
+    np.testing.assert_array_equal(
+        p["backbone"]["bottom_up"]["res2_0"]["conv1"]["kernel"],
+        c2["res2_0_branch2a_w"].transpose(2, 3, 1, 0),
+    )
+    stem_norm = variables[modeling.FROZEN]["backbone"]["bottom_up"]["stem"]["conv1"]["norm"]
+    np.testing.assert_array_equal(stem_norm["weight"], c2["res_conv1_bn_s"])
+    np.testing.assert_array_equal(stem_norm["running_mean"], 0.0)
+    np.testing.assert_array_equal(stem_norm["running_var"], np.float32(1 - 1e-5))
+    # FPN and heads keep their initial values.
+    np.testing.assert_array_equal(p["backbone"]["fpn_lateral2"]["kernel"], 0.5)
+    np.testing.assert_array_equal(p["roi_heads"]["box_head"]["fc1"]["kernel"], 0.5)
+    flat_in = traverse_util.flatten_dict(init["params"])
+    assert traverse_util.flatten_dict(p).keys() == flat_in.keys()
+
+
+def test_msra_errors():
+    config = mask_rcnn_R_50_FPN_1x.get_config("smoke")
+    abstract = modeling.abstract_variables(config)
+    init = jax.tree.map(lambda a: np.zeros(a.shape, np.float32), abstract)
+    c2 = _fake_msra(config)
+    del c2["res4_5_branch2c_w"]
+    c2["res4_6_branch2a_w"] = np.zeros((1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError) as info:
+        d2.convert_msra_backbone_to_flax(c2, config, init)
+    msg = str(info.value)
+    assert "res4_5_branch2c_w" in msg and "res4_6_branch2a_w" in msg
+    with pytest.raises(ValueError, match="convert_msra_backbone_to_flax"):
+        d2.convert_detectron2_to_flax(c2, config)
