@@ -317,6 +317,14 @@ class _Launch(NamedTuple):
 # Untuned first guesses (no GPU run yet): the forward keeps a (lanes, channel_block) f32
 # accumulator per program, so the 256-lane 14x14 variant takes fewer channels and more warps.
 FORWARD_LAUNCH = {64: _Launch(64, 4, 2), 256: _Launch(32, 8, 2)}
+
+
+def _forward_launch(num_lanes: int) -> _Launch:
+    """`FORWARD_LAUNCH`, extended to other output sizes by keeping lanes * block <= 8192."""
+    default = _Launch(max(8, min(64, 8192 // num_lanes)), 4 if num_lanes <= 64 else 8, 2)
+    return FORWARD_LAUNCH.get(num_lanes, default)
+
+
 BACKWARD_LAUNCH = _Launch(64, 2, 1)
 _UNROLL_SAMPLES = 16  # fixed sampling grids up to 4x4 are unrolled in the forward kernel
 
@@ -428,7 +436,7 @@ def _pallas_forward(table, fparams, iparams, output_size, sampling_ratio, interp
     """`f32[R, P, Cp]` padded forward; `table [T, Cp]` with Cp a multiple of the block."""
     r, cp = fparams.shape[0], table.shape[1]
     lanes = _num_lanes(output_size)
-    launch = FORWARD_LAUNCH[lanes]
+    launch = _forward_launch(lanes)
     block, _ = _channel_layout(cp, launch.channel_block)
     kernel = functools.partial(
         _forward_kernel, output_size=output_size, sampling_ratio=sampling_ratio
@@ -542,7 +550,7 @@ def roi_align(
     finite = jnp.all(jnp.isfinite(fparams), axis=1)
     fparams = jnp.where(finite[:, None], fparams, 0.0)
     iparams = iparams.at[:, 3:].multiply(finite[:, None].astype(jnp.int32))
-    block = max(FORWARD_LAUNCH[_num_lanes(s)].channel_block, BACKWARD_LAUNCH.channel_block)
+    block = max(_forward_launch(_num_lanes(s)).channel_block, BACKWARD_LAUNCH.channel_block)
     _, padded = _channel_layout(num_channels, block)
     if padded != num_channels:
         table = jnp.pad(table, ((0, 0), (0, padded - num_channels)))
