@@ -1,0 +1,99 @@
+"""Drawing detections with PIL: boxes, class names, scores and mask overlays.
+
+Used by the training loop (a picture of predictions on a few validation images after each
+evaluation) and by `jax_rcnn.demo`. Host side: NumPy and PIL only.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def class_color(class_id: int) -> tuple[int, int, int]:
+    """A fixed, well-spread RGB colour per class (golden-ratio hues)."""
+    h = (class_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.75, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_instances(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    scores: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    *,
+    valid: np.ndarray | None = None,
+    class_names: Sequence[str] = (),
+    score_thresh: float = 0.5,
+    mask_alpha: float = 0.45,
+) -> Image.Image:
+    """Draws one image's instances.
+
+    Args:
+      image: u8[H, W, 3] RGB.
+      boxes: f32[D, 4] xyxy, abs px in `image`'s frame.
+      classes: i32[D] contiguous class ids.
+      scores: f32[D] or None (ground truth: drawn without scores, no threshold).
+      masks: bool[D, H', W'] full-image masks with H' >= H, W' >= W (cropped), or None.
+      valid: bool[D]; default all valid.
+      class_names: names by class id (ids shown when empty).
+      score_thresh: instances scoring below are not drawn.
+      mask_alpha: opacity of mask overlays.
+
+    Returns:
+      An RGB `PIL.Image`, larger instances drawn first so small ones stay visible.
+    """
+    image = np.asarray(image, np.uint8)
+    h, w = image.shape[:2]
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    classes = np.asarray(classes).reshape(-1)
+    keep = np.ones(len(boxes), bool) if valid is None else np.asarray(valid, bool).copy()
+    if scores is not None:
+        scores = np.asarray(scores, np.float32).reshape(-1)
+        keep &= scores >= score_thresh
+    idx = np.flatnonzero(keep)
+    areas = (boxes[idx, 2] - boxes[idx, 0]) * (boxes[idx, 3] - boxes[idx, 1])
+    idx = idx[np.argsort(-areas, kind="stable")]
+
+    canvas = image.astype(np.float32)
+    if masks is not None:
+        masks = np.asarray(masks)
+        for i in idx:
+            m = masks[i, :h, :w].astype(bool)
+            color = np.asarray(class_color(int(classes[i])), np.float32)
+            canvas[m] = canvas[m] * (1 - mask_alpha) + color * mask_alpha
+    out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    for i in idx:
+        c = int(classes[i])
+        color = class_color(c)
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=max(1, round(min(h, w) / 200)))
+        name = class_names[c] if 0 <= c < len(class_names) else str(c)
+        label = name if scores is None else f"{name} {scores[i]:.0%}"
+        tx, ty = x1, max(0.0, y1 - 11)
+        left, top, right, bottom = draw.textbbox((tx, ty), label, font=font)
+        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=color)
+        draw.text((tx, ty), label, fill=(0, 0, 0), font=font)
+    return out
+
+
+def grid(images: Sequence[Image.Image], columns: int = 4, pad: int = 4) -> Image.Image:
+    """Tiles images (any sizes) row by row on a white canvas."""
+    if not images:
+        raise ValueError("grid: no images")
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    cw = max(im.width for im in images)
+    ch = max(im.height for im in images)
+    out = Image.new("RGB", (columns * (cw + pad) + pad, rows * (ch + pad) + pad), "white")
+    for k, im in enumerate(images):
+        r, c = divmod(k, columns)
+        out.paste(im, (pad + c * (cw + pad), pad + r * (ch + pad)))
+    return out
