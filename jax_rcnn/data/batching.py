@@ -100,10 +100,21 @@ def _padded_shape(h: int, w: int, config) -> tuple[int, tuple[int, int]]:
 
 
 def _read_checked(record: dict, fmt: str) -> np.ndarray:
-    image = T.read_image(record["file_name"], fmt)
+    """The record's image: an in-memory `image` (u8[H, W, 3] in `fmt` order) or its file."""
+    if "image" in record:
+        image = np.asarray(record["image"])
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"record {record.get('image_id')}: 'image' must be u8[H, W, 3], "
+                f"got {image.dtype}{list(image.shape)}"
+            )
+        name = f"record {record.get('image_id')} (in-memory image)"
+    else:
+        image = T.read_image(record["file_name"], fmt)
+        name = f"image {record['file_name']}"
     if image.shape[:2] != (record["height"], record["width"]):
         raise ValueError(
-            f"image {record['file_name']} is {image.shape[0]}x{image.shape[1]} (HxW) but its "
+            f"{name} is {image.shape[0]}x{image.shape[1]} (HxW) but its "
             f"annotation says {record['height']}x{record['width']}"
         )
     return image

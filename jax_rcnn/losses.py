@@ -1,0 +1,198 @@
+"""R-CNN training losses: RPN objectness/box, Fast R-CNN class/box, Mask R-CNN mask.
+
+**Parity:** reproduces Detectron2's `RPN.losses` (`proposal_generator/rpn.py`),
+`FastRCNNOutputLayers.losses` / `box_reg_loss` (`roi_heads/fast_rcnn.py`) and `mask_rcnn_loss`
+(`roi_heads/mask_head.py`), with their normalisers, which are easy to get wrong:
+
+* `loss_rpn_cls`: BCE-with-logits **summed** over sampled anchors (label >= 0), and
+  `loss_rpn_loc`: smooth-L1 summed over the 4 deltas of positive anchors; both divided by
+  `batch_size_per_image * num_images` (256 x B), not by the number sampled;
+* `loss_cls`: softmax cross-entropy, **mean** over the sampled ROIs of all images together;
+* `loss_box_reg`: smooth-L1 over the foreground ROIs' gt-class deltas (weights 10, 10, 5, 5),
+  summed and divided by the number of sampled ROIs (fg + bg) of all images;
+* `loss_mask`: BCE-with-logits of the gt class's `M x M` mask logits, mean over fg x M x M.
+
+Elementwise formulas follow PyTorch's: BCE is `(1 - t) * x - log_sigmoid(x)`, smooth-L1 is
+`|x|` for `beta < 1e-5` (fvcore) and `0.5 x^2 / beta` below `beta` otherwise. Loss weights
+(`MODEL.RPN.LOSS_WEIGHT`, `BBOX_REG_LOSS_WEIGHT`) multiply the results as in Detectron2.
+Deviations (representation only): variable-length sets are padded with a validity mask, and an
+empty set gives a loss of exactly 0 with zero gradients (Detectron2 returns `x.sum() * 0` for
+an empty mask batch and 0 for an empty ROI batch) instead of NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jax_rcnn import boxes as box_ops
+
+
+def smooth_l1(x: jax.Array, beta: float) -> jax.Array:
+    """Elementwise smooth-L1 of a difference (fvcore `smooth_l1_loss`, no reduction).
+
+    Args:
+      x: `f32[...]` prediction minus target.
+      beta: static; L1 for `beta < 1e-5`, otherwise quadratic `0.5 x^2 / beta` for
+        `|x| < beta` and `|x| - 0.5 beta` beyond.
+
+    Returns:
+      `f32[...]`. Example: beta 1, x = (0.5, 2) -> (0.125, 1.5); beta 0 -> (0.5, 2).
+    """
+    n = jnp.abs(x)
+    if beta < 1e-5:
+        return n
+    return jnp.where(n < beta, 0.5 * n * n / beta, n - 0.5 * beta)
+
+
+def sigmoid_bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Elementwise binary cross-entropy on logits, PyTorch's formula (no reduction).
+
+    Args:
+      logits: `f32[...]`.
+      targets: `f32|bool[...]` in [0, 1].
+
+    Returns:
+      `f32[...]` `(1 - t) * x - log_sigmoid(x)`; e.g. x = 0 gives log 2 for either target.
+    """
+    t = targets.astype(logits.dtype)
+    return (1.0 - t) * logits - jax.nn.log_sigmoid(logits)
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-row softmax cross-entropy (PyTorch `cross_entropy`, no reduction).
+
+    Args:
+      logits: `f32[..., C]`.
+      labels: `i32[...]` in [0, C) (other values are clipped; mask them out).
+
+    Returns:
+      `f32[...]` `-log_softmax(logits)[label]`.
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    labels = jnp.clip(labels, 0, logits.shape[-1] - 1)
+    return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+
+
+def rpn_losses(
+    pred_objectness_logits: jax.Array,
+    pred_anchor_deltas: jax.Array,
+    gt_labels: jax.Array,
+    gt_anchor_deltas: jax.Array,
+    *,
+    batch_size_per_image: int,
+    smooth_l1_beta: float = 0.0,
+    loss_weight: float = 1.0,
+    bbox_reg_loss_weight: float = 1.0,
+) -> dict[str, jax.Array]:
+    """Detectron2 `RPN.losses` for a batch.
+
+    Args:
+      pred_objectness_logits: `f32[B, A]` all levels concatenated.
+      pred_anchor_deltas: `f32[B, A, 4]`.
+      gt_labels: `i32[B, A]` 1 / 0 / -1 (`jax_rcnn.targets.label_and_sample_anchors`).
+      gt_anchor_deltas: `f32[B, A, 4]` `get_deltas(anchor, matched gt)`, weights (1, 1, 1, 1);
+        read only where `gt_labels == 1`.
+      batch_size_per_image: the normaliser per image (`MODEL.RPN.BATCH_SIZE_PER_IMAGE`).
+      smooth_l1_beta: `MODEL.RPN.SMOOTH_L1_BETA` (0: L1).
+      loss_weight: `MODEL.RPN.LOSS_WEIGHT`, multiplies both losses.
+      bbox_reg_loss_weight: `MODEL.RPN.BBOX_REG_LOSS_WEIGHT`, multiplies `loss_rpn_loc`.
+
+    Returns:
+      `{"loss_rpn_cls": f32[], "loss_rpn_loc": f32[]}`, each the sum divided by
+      `batch_size_per_image * B`.
+    """
+    gt_labels = jax.lax.stop_gradient(gt_labels)
+    gt_anchor_deltas = jax.lax.stop_gradient(gt_anchor_deltas)
+    normalizer = float(batch_size_per_image * pred_objectness_logits.shape[0])
+    pos = gt_labels == 1
+    loc = smooth_l1(pred_anchor_deltas - gt_anchor_deltas, smooth_l1_beta)
+    loc_sum = jnp.sum(jnp.where(pos[..., None], loc, 0.0))
+    bce = sigmoid_bce_with_logits(pred_objectness_logits, pos)
+    cls_sum = jnp.sum(jnp.where(gt_labels >= 0, bce, 0.0))
+    return {
+        "loss_rpn_cls": cls_sum / normalizer * loss_weight,
+        "loss_rpn_loc": loc_sum / normalizer * (loss_weight * bbox_reg_loss_weight),
+    }
+
+
+def fast_rcnn_losses(
+    cls_logits: jax.Array,
+    box_deltas: jax.Array,
+    proposal_boxes: jax.Array,
+    gt_classes: jax.Array,
+    gt_boxes: jax.Array,
+    valid: jax.Array,
+    *,
+    box2box: box_ops.Box2BoxTransform,
+    smooth_l1_beta: float = 0.0,
+    bbox_reg_loss_weight: float = 1.0,
+) -> dict[str, jax.Array]:
+    """Detectron2 `FastRCNNOutputLayers.losses` over the sampled ROIs of all images.
+
+    Args:
+      cls_logits: `f32[..., K+1]` (e.g. `[B, R, K+1]`), last column background.
+      box_deltas: `f32[..., 4K]` class-specific or `f32[..., 4]` class-agnostic.
+      proposal_boxes: `f32[..., 4]` xyxy sampled ROI boxes.
+      gt_classes: `i32[...]` in [0, K], K = background.
+      gt_boxes: `f32[..., 4]` matched gt boxes (read only for foreground).
+      valid: `bool[...]` sampled ROIs; padding slots are ignored.
+      box2box: the box-head transform (weights (10, 10, 5, 5)).
+      smooth_l1_beta: `MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA`.
+      bbox_reg_loss_weight: `MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT`.
+
+    Returns:
+      `{"loss_cls": f32[], "loss_box_reg": f32[]}`; both divide by the total number of valid
+      ROIs (at least 1), so images with more sampled ROIs weigh more, as in Detectron2.
+    """
+    num_classes = cls_logits.shape[-1] - 1
+    gt_classes = jax.lax.stop_gradient(gt_classes)
+    num_valid = jnp.maximum(jnp.sum(valid), 1).astype(cls_logits.dtype)
+    ce = softmax_cross_entropy(cls_logits, gt_classes)
+    loss_cls = jnp.sum(jnp.where(valid, ce, 0.0)) / num_valid
+
+    fg = valid & (gt_classes >= 0) & (gt_classes < num_classes)
+    if box_deltas.shape[-1] == 4:
+        fg_deltas = box_deltas
+    else:
+        per_class = box_deltas.reshape(*box_deltas.shape[:-1], num_classes, 4)
+        cls = jnp.clip(gt_classes, 0, num_classes - 1)
+        fg_deltas = jnp.take_along_axis(per_class, cls[..., None, None], axis=-2)[..., 0, :]
+    target = jax.lax.stop_gradient(box2box.get_deltas(proposal_boxes, gt_boxes))
+    reg = smooth_l1(fg_deltas - target, smooth_l1_beta)
+    loss_box_reg = jnp.sum(jnp.where(fg[..., None], reg, 0.0)) / num_valid
+    return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg * bbox_reg_loss_weight}
+
+
+def mask_rcnn_loss(
+    mask_logits: jax.Array,
+    gt_classes: jax.Array,
+    mask_targets: jax.Array,
+    fg_valid: jax.Array,
+    *,
+    loss_weight: float = 1.0,
+) -> jax.Array:
+    """Detectron2 `mask_rcnn_loss` over the foreground ROIs of all images.
+
+    Args:
+      mask_logits: `f32[..., M, M, K]` (`f32[..., M, M, 1]` class-agnostic), NHWC as the
+        mask head returns them.
+      gt_classes: `i32[...]` class of each foreground ROI, in [0, K).
+      mask_targets: `bool[..., M, M]` (`jax_rcnn.targets.mask_targets`).
+      fg_valid: `bool[...]` real foreground ROIs.
+      loss_weight: multiplies the loss.
+
+    Returns:
+      `f32[]` BCE-with-logits of the gt class's logits, mean over fg x M x M elements; 0 when
+      there is no foreground ROI.
+    """
+    if mask_logits.shape[-1] == 1:
+        logits = mask_logits[..., 0]
+    else:
+        cls = jnp.clip(jax.lax.stop_gradient(gt_classes), 0, mask_logits.shape[-1] - 1)
+        idx = jnp.broadcast_to(cls[..., None, None, None], (*mask_logits.shape[:-1], 1))
+        logits = jnp.take_along_axis(mask_logits, idx, axis=-1)[..., 0]
+    bce = sigmoid_bce_with_logits(logits, jax.lax.stop_gradient(mask_targets))
+    side = mask_logits.shape[-3] * mask_logits.shape[-2]
+    count = jnp.maximum(jnp.sum(fg_valid) * side, 1).astype(logits.dtype)
+    return jnp.sum(jnp.where(fg_valid[..., None, None], bce, 0.0)) / count * loss_weight

@@ -1,0 +1,301 @@
+"""Training-loss parity with Detectron2 on the tiny Mask R-CNN fixture (`training.npz`).
+
+The fixture is one deterministic train-mode forward with `BATCH_SIZE_PER_IMAGE = 1e6` for the
+RPN and the ROI heads, so sampling keeps every labelled anchor / proposal and the losses do not
+depend on the random draw (README "training.npz"). We feed the same image and gt (full-image
+bitmasks: exact Detectron2 mask targets), jit `forward_train` once per module and compare the
+five losses, the intermediate targets and (slow) the parameter gradients.
+"""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_rcnn import boxes as box_ops
+from jax_rcnn import config as config_lib
+from jax_rcnn import losses as loss_ops
+from jax_rcnn import modeling, targets
+from jax_rcnn.checkpoint import detectron2 as d2
+from jax_rcnn.data import transforms as T
+from jax_rcnn.modeling import rcnn
+from jax_rcnn.training import losses as training_losses
+from jax_rcnn.training import make_batch
+
+FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_maskrcnn"
+LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask")
+K = 4
+
+
+def _config(batch_size_per_image: int | None = 1_000_000):
+    """The fixture's config; the parity batch sizes unless `batch_size_per_image` is None."""
+    cfg = config_lib.from_detectron2(FIXTURE / "config.yaml")
+    with cfg.unlocked():
+        if batch_size_per_image is not None:
+            cfg.model.rpn.batch_size_per_image = batch_size_per_image
+            cfg.model.roi_heads.batch_size_per_image = batch_size_per_image
+        cfg.model.kernels = "reference"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def npz():
+    return np.load(FIXTURE / "training.npz")
+
+
+@pytest.fixture(scope="module")
+def setup(npz):
+    cfg = _config()
+    variables = d2.load_weights(FIXTURE / "model_final.pkl", cfg, modeling.abstract_variables(cfg))
+    image = np.load(FIXTURE / "inference.npz")["input_bgr"]
+    h, w = npz["img0_image_size"]
+    padded = np.zeros((800, 1088, 3), np.uint8)  # size_divisibility 32
+    padded[:h, :w] = image
+    num_gt = len(npz["img0_gt_classes"])
+    batch = {
+        "image": padded[None],
+        "image_size": npz["img0_image_size"][None].astype(np.int32),
+        "gt_boxes": npz["img0_gt_boxes"][None],
+        "gt_classes": npz["img0_gt_classes"][None],
+        "gt_valid": np.ones((1, num_gt), bool),
+        "gt_masks": npz["img0_gt_masks"][None],  # bool full-image: exact Detectron2 targets
+    }
+    return cfg, modeling.build_model(cfg, train=True), variables, batch
+
+
+@pytest.fixture(scope="module")
+def forward(setup):
+    cfg, model, variables, batch = setup
+    fn = jax.jit(lambda v, b, k: rcnn.forward_train(model, v, b, k, config=cfg))
+    out_losses, aux = fn(variables, batch, jax.random.key(0))
+    return jax.tree.map(np.asarray, (out_losses, aux))
+
+
+def _rel(a, b):
+    return abs(float(a) - float(b)) / abs(float(b))
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_losses_match_detectron2(forward, npz, name):
+    # Float32 reductions over 2e5 anchors / 1e5 mask pixels in another order: ~1e-6.
+    assert _rel(forward[0][name], npz[name]) < 1e-4
+
+
+def test_rpn_sums_and_default_normaliser(forward, npz):
+    # loss_rpn_loc is ~1e-6 here, so also check the un-normalised sums.
+    out = forward[0]
+    assert _rel(out["loss_rpn_cls"] * 1e6, npz["rpn_loss_cls_sum"]) < 1e-4
+    assert _rel(out["loss_rpn_loc"] * 1e6, npz["rpn_loss_loc_sum"]) < 1e-4
+    assert _rel(out["loss_rpn_cls"] * 1e6 / 256, npz["rpn_loss_cls_default_norm"]) < 1e-4
+
+
+def test_rpn_anchor_labels(forward, npz):
+    labels = forward[1]["rpn_labels"][0]
+    np.testing.assert_array_equal(labels, npz["img0_rpn_gt_labels"])
+    assert (labels == 1).sum() == npz["rpn_num_pos_anchors"]
+    assert (labels == 0).sum() == npz["rpn_num_neg_anchors"]
+
+
+def _match(ours, theirs):
+    """Index into `ours` of the best-IoU box for each of `theirs`, and that IoU."""
+    iou = np.asarray(box_ops.pairwise_iou(jnp.asarray(theirs), jnp.asarray(ours)))
+    return iou.argmax(1), iou.max(1)
+
+
+def test_training_proposals(forward, npz):
+    props = forward[1]["proposals"]
+    ours = props.boxes[0][props.valid[0]][:1000]
+    _, iou = _match(ours, npz["img0_train_proposal_boxes"])
+    # The RPN NMS has a decision within 6e-6 of its threshold (README "Decision margins"):
+    # allow a proposal or two to differ.
+    assert (iou > 0.99).sum() >= 998
+
+
+def test_roi_labels_classes_and_fg_set(forward, npz):
+    rois = forward[1]["rois"]
+    valid = rois.valid[0]
+    assert valid.sum() == npz["roi_num_sampled"]
+    fg = valid & (rois.gt_classes[0] < K)
+    assert fg.sum() == npz["roi_num_fg"]
+    assert fg[: fg.sum()].all()  # foreground first
+    idx, iou = _match(rois.proposal_boxes[0][valid], npz["img0_roi_boxes"])
+    ok = iou > 0.99
+    assert ok.sum() >= 1017
+    np.testing.assert_array_equal(
+        rois.gt_classes[0][valid][idx[ok]], npz["img0_roi_gt_classes"][ok]
+    )
+    matched_label = (rois.gt_classes[0][valid] < K).astype(np.int32)
+    np.testing.assert_array_equal(matched_label[idx[ok]], npz["img0_roi_matched_labels"][ok])
+    fg_ok = ok & (npz["img0_roi_matched_labels"] == 1)
+    np.testing.assert_array_equal(
+        rois.gt_index[0][valid][idx[fg_ok]], npz["img0_roi_matched_idxs"][fg_ok]
+    )
+
+
+def _fg_pairs(forward, npz):
+    """(our fg slot, fixture fg row) pairs of identical ROI boxes."""
+    rois = forward[1]["rois"]
+    num_fg = int(npz["roi_num_fg"])
+    theirs = npz["img0_roi_boxes"][npz["img0_roi_fg_idx"]]
+    idx, iou = _match(rois.proposal_boxes[0][:num_fg], theirs)
+    ok = iou > 0.999
+    assert ok.sum() >= num_fg - 2
+    return idx[ok], np.flatnonzero(ok)
+
+
+def test_mask_targets_full_image_exact(forward, npz):
+    ours, theirs = _fg_pairs(forward, npz)
+    got = forward[1]["mask_targets"][0][ours]
+    want = npz["img0_mask_targets"][theirs]
+    # Identical boxes and masks: exact up to float ties at exactly 0.5.
+    assert (got != want).sum() <= 5
+
+
+def test_box_relative_masks_loss_close(forward, npz, setup):
+    """Representation (a): u8 box-relative gt masks as `make_train_example` stores them.
+
+    Resampling the gt mask at M = 112 moves target pixels on mask boundaries (measured 0.16 %),
+    so loss_mask agrees with Detectron2 only loosely (measured 0.7 %; allowed 1.5 %).
+    """
+    cfg = setup[0]
+    gt_boxes, gt_full = npz["img0_gt_boxes"], npz["img0_gt_masks"]
+    m = int(cfg.input.gt_mask_size)
+    soft = np.stack(
+        [
+            np.rint(255 * T.roi_align_mask(mk, box, m))
+            for mk, box in zip(gt_full, gt_boxes, strict=True)
+        ]
+    ).astype(np.uint8)
+    aux = forward[1]
+    rois = aux["rois"]
+    num_fg = aux["mask_logits"].shape[1]
+    fg_valid = rois.valid[:, :num_fg] & (rois.gt_classes[:, :num_fg] < K)
+    approx = targets.mask_targets(
+        jnp.asarray(soft)[None],
+        jnp.asarray(gt_boxes)[None],
+        jnp.asarray(rois.proposal_boxes[:, :num_fg]),
+        jnp.asarray(rois.gt_index[:, :num_fg]),
+        jnp.asarray(fg_valid),
+        28,
+        backend="reference",
+    )
+    flipped = np.mean(np.asarray(approx)[fg_valid] != aux["mask_targets"][fg_valid])
+    assert flipped < 0.005
+    loss = loss_ops.mask_rcnn_loss(
+        jnp.asarray(aux["mask_logits"]),
+        jnp.asarray(rois.gt_classes[:, :num_fg]),
+        approx,
+        jnp.asarray(fg_valid),
+    )
+    assert _rel(loss, npz["loss_mask"]) < 0.015
+
+
+def test_make_batch_from_records_matches_the_mapper(npz):
+    cfg = _config()
+    coco = json.loads((FIXTURE / "annotations.json").read_text())
+    anns = [
+        {
+            "bbox": a["bbox"],
+            "bbox_mode": 1,  # XYWH_ABS
+            "category_id": a["category_id"] - 1,
+            "segmentation": a["segmentation"],
+            "iscrowd": a["iscrowd"],
+        }
+        for a in coco["annotations"]
+    ]
+    image = T.read_image(FIXTURE / "image.jpg", "BGR")
+    batch = make_batch([{"image": image, "annotations": anns}], cfg, rng=0)
+    from_file = make_batch([{"file_name": str(FIXTURE / "image.jpg"), "annotations": anns}], cfg)
+    np.testing.assert_array_equal(batch["image"], from_file["image"])
+    np.testing.assert_array_equal(batch["image_size"][0], npz["img0_image_size"])
+    assert batch["image"].shape == (1, 800, 1088, 3)
+    np.testing.assert_array_equal(
+        batch["image"][0, :800, :1067], np.load(FIXTURE / "inference.npz")["input_bgr"]
+    )
+    num_gt = len(npz["img0_gt_classes"])
+    assert batch["gt_valid"][0].sum() == num_gt
+    np.testing.assert_allclose(batch["gt_boxes"][0, :num_gt], npz["img0_gt_boxes"], atol=1e-3)
+    np.testing.assert_array_equal(batch["gt_classes"][0, :num_gt], npz["img0_gt_classes"])
+    assert batch["gt_masks"].shape == (1, cfg.input.max_gt, 112, 112)
+
+
+# Relative L2 error `|ours - ref| / |ref|` allowed per gradient (default 1e-3). Heads and the RPN
+# agree to <= 6e-5. The exceptions are float32 noise, not semantics: recomputed in float64 our
+# gradients match Detectron2's to <= 2.4e-5 everywhere except res3.0.conv1 / res5.2.conv3, where
+# float64-vs-Detectron2 (1.8e-3 / 1.1e-3) is as large as float32-vs-Detectron2 (1.2e-3 / 1.1e-3):
+# sums over 10^4-10^5 positions with heavy cancellation and ReLUs whose input is ~0 make the
+# float32 reference itself uncertain at ~1e-3. `fpn_output2` under the default RPN normaliser
+# (9e-4, float64: 2e-5) is float32 accumulation over the 200 x 272 p2 grid on our side.
+GRAD_RTOL = {
+    "grad/backbone.bottom_up.res5.2.conv3.weight": 3e-3,
+    "grad/backbone.bottom_up.res3.0.conv1.weight": 3e-3,
+    "grad_default_rpn_norm/backbone.bottom_up.res3.0.conv1.weight": 3e-3,
+    "grad_default_rpn_norm/backbone.fpn_output2.weight": 2e-3,
+}
+
+
+@pytest.fixture(scope="module")
+def gradients(setup):
+    cfg, model, variables, batch = setup
+
+    def parts(params):
+        out, _ = rcnn.forward_train(
+            model, {**variables, "params": params}, batch, jax.random.key(0), config=cfg
+        )
+        roi = out["loss_cls"] + out["loss_box_reg"] + out["loss_mask"]
+        return jnp.stack([roi, out["loss_rpn_cls"] + out["loss_rpn_loc"]])
+
+    @jax.jit
+    def both(params):
+        _, vjp = jax.vjp(parts, params)
+        # total_loss (RPN / 1e6, as returned) and total_loss_default_rpn_norm (RPN / 256).
+        return jax.vmap(vjp)(jnp.array([[1.0, 1.0], [1.0, 1e6 / 256]]))[0]
+
+    g = both(variables["params"])
+    out = {}
+    for i, prefix in enumerate(("grad/", "grad_default_rpn_norm/")):
+        gi = jax.tree.map(lambda a, i=i: np.asarray(a[i]), g)
+        named = d2.convert_flax_to_detectron2({**variables, "params": gi}, cfg)
+        out[prefix] = named
+    return out
+
+
+@pytest.mark.slow
+def test_gradients_match_detectron2(gradients, npz):
+    errors = {}
+    for key in npz.files:
+        if key.startswith("grad"):
+            prefix, name = key.split("/", 1)
+            ours, ref = gradients[prefix + "/"][name], npz[key]
+            assert ours.shape == ref.shape, key
+            errors[key] = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
+    bad = {k: v for k, v in errors.items() if v > GRAD_RTOL.get(k, 1e-3)}
+    assert not bad, bad
+
+
+@pytest.mark.slow
+def test_public_losses_with_default_sampling():
+    """`jax_rcnn.training.losses` on a `make_batch` batch (box-relative masks, 256/512)."""
+    cfg = _config(batch_size_per_image=None)
+    variables = d2.load_weights(FIXTURE / "model_final.pkl", cfg, modeling.abstract_variables(cfg))
+    coco = json.loads((FIXTURE / "annotations.json").read_text())
+    anns = [{**a, "bbox_mode": 1, "category_id": a["category_id"] - 1} for a in coco["annotations"]]
+    batch = make_batch(
+        [{"image": T.read_image(FIXTURE / "image.jpg", "BGR"), "annotations": anns}], cfg, rng=0
+    )
+    fn = jax.jit(lambda v, b, k: training_losses(cfg, v, b, k))
+    out = fn(
+        variables,
+        {
+            k: batch[k]
+            for k in ("image", "image_size", "gt_boxes", "gt_classes", "gt_valid", "gt_masks")
+        },
+        jax.random.key(1),
+    )
+    assert set(out) == set(LOSS_NAMES)
+    assert all(np.isfinite(float(v)) for v in out.values())
+    # A trained model: every loss is small; mask loss close to the fixture's full-sample value.
+    assert float(out["loss_mask"]) < 0.4 and float(out["loss_cls"]) < 0.2
