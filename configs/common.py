@@ -248,6 +248,8 @@ def solver() -> ml_collections.ConfigDict:
             "nesterov": False,
             "weight_decay": 1e-4,
             "weight_decay_norm": 0.0,
+            # WEIGHT_DECAY_BIAS: None = same as weight_decay (Detectron2's default).
+            "weight_decay_bias": ml_collections.config_dict.placeholder(float),
             "bias_lr_factor": 1.0,
             "lr_scheduler_name": "WarmupMultiStepLR",
             "steps": (60000, 80000),

@@ -493,6 +493,10 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "SOLVER.NESTEROV": ("solver.nesterov", _bool),
     "SOLVER.WEIGHT_DECAY": ("solver.weight_decay", _float),
     "SOLVER.WEIGHT_DECAY_NORM": ("solver.weight_decay_norm", _float),
+    "SOLVER.WEIGHT_DECAY_BIAS": (
+        "solver.weight_decay_bias",
+        lambda v: None if v is None else _float(v),
+    ),
     "SOLVER.BIAS_LR_FACTOR": ("solver.bias_lr_factor", _float),
     "SOLVER.LR_SCHEDULER_NAME": ("solver.lr_scheduler_name", _str),
     "SOLVER.STEPS": ("solver.steps", _ints),
@@ -534,10 +538,6 @@ def _one_of(*allowed: Any) -> Callable[[Any, Mapping[str, Any]], bool]:
     return lambda v, _: any(v == a and type(v) is type(a) for a in allowed)
 
 
-def _weight_decay_bias(v: Any, cfg: Mapping[str, Any]) -> bool:
-    return v is None or (not isinstance(v, bool) and v == cfg["SOLVER.WEIGHT_DECAY"])
-
-
 def _precise_bn(v: Any, cfg: Mapping[str, Any]) -> bool:
     # Detectron2's PreciseBN hook only runs when the model has trainable BatchNorm layers.
     norms = {cfg[k] for k in cfg if k.endswith(".NORM") and k in _MAPPED}
@@ -574,7 +574,6 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
     "INPUT.CROP.ENABLED": (_one_of(False), "false (no random crop)"),
     "DATALOADER.SAMPLER_TRAIN": (_one_of("TrainingSampler"), "'TrainingSampler'"),
     "SOLVER.REFERENCE_WORLD_SIZE": (_one_of(0), "0 (no automatic rescaling by GPU count)"),
-    "SOLVER.WEIGHT_DECAY_BIAS": (_weight_decay_bias, "null or equal to SOLVER.WEIGHT_DECAY"),
     "TEST.AUG.ENABLED": (_one_of(False), "false (no test-time augmentation)"),
     "TEST.PRECISE_BN.ENABLED": (_precise_bn, "false, or no trainable BN/SyncBN in the model"),
 }

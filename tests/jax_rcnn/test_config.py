@@ -263,7 +263,6 @@ def test_model_zoo_yaml_equals_our_config_file(py, yml):
         "TEST:\n  EXPECTED_RESULTS: [['bbox', 'AP', 38.5, 0.2]]\n  AUG:\n    FLIP: false\n",
         "DATALOADER:\n  REPEAT_THRESHOLD: 0.1\nSOLVER:\n  BASE_LR_END: 0.5\n",
         "INPUT:\n  CROP:\n    SIZE: [0.5, 0.5]\n",
-        "SOLVER:\n  WEIGHT_DECAY_BIAS: 0.0001\n",
         "SOLVER:\n  WEIGHT_DECAY_BIAS: null\n",
         "TEST:\n  PRECISE_BN:\n    ENABLED: true\n",  # no trainable BN: PreciseBN is a no-op
         "MODEL:\n  MASK_ON: false\n  ROI_MASK_HEAD:\n    NAME: SomethingElse\n",
@@ -319,7 +318,6 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
             "RepeatFactorTrainingSampler",
         ),
         ("SOLVER:\n  REFERENCE_WORLD_SIZE: 8\n", "SOLVER.REFERENCE_WORLD_SIZE", "8"),
-        ("SOLVER:\n  WEIGHT_DECAY_BIAS: 0.0\n", "SOLVER.WEIGHT_DECAY_BIAS", "0.0"),
         (
             "MODEL:\n  RESNETS:\n    NORM: BN\nTEST:\n  PRECISE_BN:\n    ENABLED: true\n",
             "TEST.PRECISE_BN.ENABLED",
@@ -581,3 +579,9 @@ def test_largest_resized_shapes_bound_every_image(short, longest):
     # The bounds are tight: exact-ratio images reach them.
     exact = cfg_lib.resized_shape(min(short, longest), longest, short, longest)
     assert exact == landscape
+
+
+def test_weight_decay_bias_is_mapped(tmp_path):
+    config = cfg_lib.from_detectron2(_override(tmp_path, "SOLVER:\n  WEIGHT_DECAY_BIAS: 0.0\n"))
+    assert config.solver.weight_decay_bias == 0.0
+    assert cfg_lib.from_detectron2(BASE_YAML).solver.weight_decay_bias is None

@@ -1,0 +1,448 @@
+"""The training loop: Detectron2's `DefaultTrainer` + hooks, as one readable function.
+
+`train(config, workdir)`:
+
+1. **Start**: resume from the newest checkpoint in `<workdir>/checkpoints` when there is one
+   (its config and variable shapes are checked first, before anything compiles); otherwise
+   Detectron2's initialisation, then `config.model.weights` when set (a model-zoo `.pkl`, an
+   MSRA `R-50.pkl` backbone, or a jax_rcnn work dir / checkpoint).
+2. **Steps**: batches from `TrainLoader`, the jitted `make_train_step` (key `fold_in(base_key,
+   step)`), so a resumed run reproduces an uninterrupted one exactly.
+3. **Hooks** (Detectron2's `engine/hooks.py`):
+   * every `log_period` iterations, one JSON object per line in `<workdir>/metrics.jsonl`
+     (Detectron2's `metrics.json`): `iteration` (0-based), `total_loss` and each loss (median
+     over the last `log_period` iterations, like `JSONWriter`), `lr` (latest), `time` and
+     `data_time` (median seconds per iteration), `eta_seconds`, `grad_norm`; the same scalars
+     as TensorBoard events in `<workdir>/tb/` (tensorboardX, when installed); a progress bar
+     (tqdm when installed, else a plain line per log step) with losses, lr, img/s and ETA;
+   * a checkpoint every `solver.checkpoint_period` iterations and after the last;
+   * with `test.eval_period > 0`: COCO evaluation every `eval_period` iterations and after the
+     last (`EvalHook`), `{"iteration", "bbox/AP", "bbox/AP50", ..., "segm/AP", ...}` in
+     `metrics.jsonl`, and a picture of predictions on a few test images in
+     `<workdir>/predictions/iter_<N>.png`;
+   * a non-finite loss stops the run with `FloatingPointError` naming the iteration (Detectron2's
+     message); nothing is saved, so the last checkpoint on disk is the last good state;
+   * SIGTERM (a pre-empted job) saves a checkpoint at the current iteration and returns cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections import defaultdict
+from typing import Any
+
+import jax
+import numpy as np
+
+from jax_rcnn import masks as mask_ops
+from jax_rcnn import modeling, visualize
+from jax_rcnn.config import format_config
+from jax_rcnn.training import checkpointing
+from jax_rcnn.training.state import LossFn, TrainState, create_train_state, make_train_step
+
+try:
+    import tqdm
+except ImportError:  # the plain-line fallback
+    tqdm = None
+try:
+    import tensorboardX
+except ImportError:  # TensorBoard events are optional
+    tensorboardX = None
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+_INIT_KEY, _TRAIN_KEY = 0, 1
+
+
+def default_loss_fn(config) -> LossFn:
+    """`forward_train` of the training-mode model (BN layers update `batch_stats`)."""
+    from jax_rcnn.modeling import rcnn
+
+    model = modeling.build_model(config, train=True)
+    m = config.model
+    uses_bn = any(
+        n in ("BN", "SyncBN")
+        for n in (m.resnets.norm, m.fpn.norm, m.roi_box_head.norm, m.roi_mask_head.norm)
+    )
+    mutable = ("batch_stats",) if uses_bn else ()
+
+    def loss_fn(variables, batch, key):
+        return rcnn.forward_train(model, variables, batch, key, config=config, mutable=mutable)
+
+    return loss_fn
+
+
+def initial_variables(config) -> dict[str, Any]:
+    """Detectron2's initialisation, then `config.model.weights` when set.
+
+    Raises:
+      ValueError: the weights do not fit the configured model.
+    """
+    model = modeling.build_model(config)
+    key = jax.random.fold_in(jax.random.key(config.seed), _INIT_KEY)
+    variables = jax.jit(lambda k: modeling.init_variables(model, k))(key)
+    weights = config.model.weights
+    if not weights:
+        return variables
+    if os.path.isdir(weights):
+        loaded = checkpointing.load_variables(weights)
+        want = checkpointing.variable_shapes(variables)
+        got = checkpointing.variable_shapes(loaded)
+        if want != got:
+            diff = sorted(set(want.items()) ^ set(got.items()))[:10]
+            raise ValueError(
+                f"config.model.weights={weights!r} is another model's checkpoint: {diff}"
+            )
+        logger.info("initialised from the jax_rcnn checkpoint %s", weights)
+        return jax.device_put(loaded)
+    from jax_rcnn.checkpoint.detectron2 import load_weights
+
+    logger.info("initialised from %s", weights)
+    return jax.device_put(load_weights(weights, config, jax.device_get(variables)))
+
+
+class MetricWriter:
+    """`<workdir>/metrics.jsonl` (one JSON object per line) and TensorBoard scalars."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._tb = None
+        if tensorboardX is not None and jax.process_index() == 0:
+            self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, iteration: int, scalars: dict[str, float]) -> None:
+        """Appends `{"iteration": iteration, **scalars}` (process 0 only)."""
+        if jax.process_index() != 0:
+            return
+        record = {"iteration": int(iteration), **{k: float(v) for k, v in scalars.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, float(v), int(iteration))
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A tqdm bar (or a plain log line) over iterations, with losses, lr, img/s and ETA."""
+
+    def __init__(self, start: int, total: int, ims_per_batch: int):
+        self.total, self.ims = total, ims_per_batch
+        self._bar = None
+        if tqdm is not None and jax.process_index() == 0:
+            self._bar = tqdm.tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+
+    def update(self, iteration: int, scalars: dict[str, float], n: int) -> None:
+        """Advances by `n` iterations and shows `scalars` (as logged at `iteration`)."""
+        sec = scalars.get("time", float("nan"))
+        losses = "  ".join(
+            f"{k}: {v:.4g}" for k, v in scalars.items() if k.startswith("loss") or k == "total_loss"
+        )
+        eta = scalars.get("eta_seconds", float("nan"))
+        eta_txt = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        text = f"{losses}  lr: {scalars['lr']:.3g}  img/s: {self.ims / sec:.3g}"
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(n)
+        else:
+            logger.info("eta: %s  iter: %d/%d  %s", eta_txt, iteration + 1, self.total, text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _gt_json(config) -> str:
+    d = config.data
+    if d.source == "coco":
+        return d.test.json
+    if d.source == "shapes":
+        from jax_rcnn.data.shapes import ensure_shapes_dataset
+
+        s = d.shapes
+        return ensure_shapes_dataset(
+            d.cache_dir or None,
+            num_train=s.num_train,
+            num_val=s.num_val,
+            image_size=tuple(s.image_size),
+            seed=s.seed,
+        )["val_json"]
+    raise NotImplementedError(f"COCO evaluation needs a gt json; config.data.source={d.source!r}")
+
+
+def _canvas(sizes: np.ndarray, multiple: int = 128) -> tuple[int, int]:
+    """Static (H, W) holding every original image of a batch (few distinct shapes compile)."""
+    h, w = np.max(sizes, axis=0)
+    return int(-(-h // multiple) * multiple), int(-(-w // multiple) * multiple)
+
+
+def evaluate(
+    config,
+    variables: dict[str, Any],
+    workdir: str | None,
+    *,
+    iteration: int | None = None,
+    num_draw: int = 4,
+) -> dict[str, dict[str, float]]:
+    """COCO evaluation of `variables` on the test split (Detectron2's `inference_on_dataset`).
+
+    Every test image is processed once (padded batches with `example_valid`), boxes and pasted
+    masks go to `COCOEvaluator`; the first `num_draw` images' predictions are drawn to
+    `<workdir>/predictions/iter_<iteration>.png` (or `predictions.png`).
+
+    Args:
+      config: jax_rcnn config.
+      variables: model variables (`params`, `frozen`, `batch_stats`).
+      workdir: where results and the picture go (None: nowhere).
+      iteration: label of the picture.
+      num_draw: test images drawn.
+
+    Returns:
+      `{"bbox": {"AP": ..., "AP50": ..., ...}, "segm": {...}}` (AP in percent).
+    """
+    from jax_rcnn.data.loader import dataset_records, eval_batches
+    from jax_rcnn.evaluation import COCOEvaluator
+    from jax_rcnn.modeling import rcnn
+
+    records, meta = dataset_records(config, "test")
+    model = modeling.build_model(config)
+    infer = jax.jit(lambda v, im, sz, osz: rcnn.inference(model, v, im, sz, osz, config=config))
+    paste = jax.jit(
+        lambda probs, boxes, canvas: jax.vmap(
+            lambda p, b: mask_ops.paste_masks_in_image(p, b, canvas)
+        )(probs, boxes),
+        static_argnums=2,
+    )
+    mask_on = bool(config.model.mask_on)
+    to_cat = {v: int(k) for k, v in meta["thing_dataset_id_to_contiguous_id"].items()}
+    out_dir = None if workdir is None else os.path.join(workdir, "inference")
+    evaluator = COCOEvaluator(
+        _gt_json(config),
+        output_dir=out_dir,
+        contiguous_to_dataset_id=to_cat,
+        tasks=("bbox", "segm") if mask_on else ("bbox",),
+    )
+    by_id = {r["image_id"]: r for r in records}
+    names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
+    drawn = []
+    for batch in eval_batches(config, records):
+        out = infer(variables, batch["image"], batch["image_size"], batch["original_size"])
+        masks = None
+        if mask_on:
+            masks = paste(out["mask_probs"], out["boxes"], _canvas(batch["original_size"]))
+        out, masks = jax.device_get((out, masks))
+        evaluator.process(
+            batch["image_id"],
+            out["boxes"],
+            out["scores"],
+            out["classes"],
+            out["valid"],
+            masks=masks,
+            example_valid=batch["example_valid"],
+        )
+        for b in np.flatnonzero(batch["example_valid"]):
+            if len(drawn) >= num_draw or workdir is None:
+                break
+            from PIL import Image
+
+            rgb = np.asarray(
+                Image.open(by_id[int(batch["image_id"][b])]["file_name"]).convert("RGB")
+            )
+            drawn.append(
+                visualize.draw_instances(
+                    rgb,
+                    out["boxes"][b],
+                    out["classes"][b],
+                    out["scores"][b],
+                    None if masks is None else masks[b],
+                    valid=out["valid"][b],
+                    class_names=names,
+                )
+            )
+    if drawn and jax.process_index() == 0:
+        os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
+        name = "predictions.png" if iteration is None else f"iter_{iteration:07d}.png"
+        visualize.grid(drawn).save(os.path.join(workdir, "predictions", name))
+    results = evaluator.evaluate()
+    for task, metrics in results.items():
+        logger.info("%s: %s", task, {k: round(v, 3) for k, v in metrics.items() if "-" not in k})
+    return results
+
+
+def _eval_scalars(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {
+        f"{task}/{k}": v
+        for task, metrics in results.items()
+        for k, v in metrics.items()
+        if not k.startswith("num_images") and math.isfinite(v)
+    }
+
+
+class _SigtermFlag:
+    """Sets `.raised` on SIGTERM while active (main thread only; a no-op elsewhere)."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(
+    config,
+    workdir: str | os.PathLike,
+    *,
+    loss_fn: LossFn | None = None,
+    train_loader: Any = None,
+    variables: dict[str, Any] | None = None,
+) -> TrainState:
+    """Trains (or resumes training) for `config.solver.max_iter` iterations.
+
+    Args:
+      config: validated jax_rcnn config.
+      workdir: run directory (checkpoints, metrics.jsonl, tb/, predictions/, inference/).
+      loss_fn: `loss_fn(variables, batch, key) -> (losses, aux)`; default `default_loss_fn`.
+      train_loader: iterator of batches with `get_state()`/`set_state()`; default
+        `TrainLoader` on `dataset_records(config, "train")`.
+      variables: initial variables of a fresh run (default `initial_variables(config)`).
+
+    Returns:
+      The final state (or the state saved on SIGTERM).
+
+    Raises:
+      checkpointing.CheckpointMismatchError: the work dir holds another model's checkpoint.
+      FloatingPointError: the loss became non-finite (the iteration is named).
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    s = config.solver
+    ckpt = checkpointing.Checkpointer(workdir, config)
+    with open(os.path.join(workdir, "config.txt"), "w") as f:
+        f.write(format_config(config) + "\n")
+
+    # 1. Start: resume (checked before anything compiles), or initialise.
+    if variables is None:
+        model = modeling.build_model(config)
+        key = jax.random.key(0)
+        abstract_vars = jax.eval_shape(lambda k: modeling.init_variables(model, k), key)
+    else:
+        abstract_vars = jax.eval_shape(lambda: variables)
+    abstract_state = jax.eval_shape(lambda v: create_train_state(config, v), abstract_vars)
+    data_state = None
+    if ckpt.latest_step() is not None:
+        ckpt.check_compatible(abstract_state)
+        state, data_state = ckpt.restore(abstract_state)
+        logger.info("resuming from %s/%d", ckpt.directory, int(state.step))
+    else:
+        init = variables if variables is not None else initial_variables(config)
+        state = create_train_state(config, jax.device_put(init))
+    start = int(state.step)
+
+    if train_loader is None:
+        from jax_rcnn.data.loader import TrainLoader, dataset_records
+
+        train_loader = TrainLoader(config, dataset_records(config, "train")[0])
+    if data_state is not None:
+        train_loader.set_state(data_state)
+
+    step_fn = make_train_step(config, loss_fn or default_loss_fn(config))
+    base_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_KEY)
+    writer = MetricWriter(workdir)
+    progress = Progress(start, s.max_iter, s.ims_per_batch)
+    history: dict[str, list[float]] = defaultdict(list)
+    eval_period = config.test.eval_period
+    last_logged = start - 1
+    try:
+        with _SigtermFlag() as sigterm:
+            for it in range(start, s.max_iter):
+                t0 = time.perf_counter()
+                batch = next(train_loader)
+                t1 = time.perf_counter()
+                state, metrics = step_fn(state, batch, base_key)
+                metrics = jax.device_get(metrics)
+                if not metrics.pop("finite"):
+                    losses = {k: float(v) for k, v in metrics.items() if k.startswith("loss")}
+                    raise FloatingPointError(
+                        f"Loss became infinite or NaN at iteration={it}!\nloss_dict = {losses}\n"
+                        f"Nothing was saved; the last good checkpoint is step "
+                        f"{ckpt.latest_step()} in {ckpt.directory}."
+                    )
+                history["time"].append(time.perf_counter() - t0)
+                history["data_time"].append(t1 - t0)
+                for k, v in metrics.items():
+                    history[k].append(float(v))
+                done = it + 1
+                if done % config.log_period == 0 or done == s.max_iter:
+                    window = config.log_period
+                    scalars = {
+                        k: float(v[-1] if k == "lr" else np.median(v[-window:]))
+                        for k, v in history.items()
+                    }
+                    scalars["eta_seconds"] = scalars["time"] * (s.max_iter - done)
+                    writer.write(it, scalars)
+                    progress.update(it, scalars, it - last_logged)
+                    last_logged = it
+                    history = defaultdict(list, {k: v[-window:] for k, v in history.items()})
+                if done % s.checkpoint_period == 0 or done == s.max_iter or sigterm.raised:
+                    ckpt.save(state, train_loader.get_state())
+                if sigterm.raised:
+                    logger.warning("SIGTERM: saved a checkpoint at iteration %d; stopping", done)
+                    return state
+                if eval_period > 0 and (done % eval_period == 0 or done == s.max_iter):
+                    results = evaluate(config, state.variables(), workdir, iteration=it)
+                    writer.write(it, _eval_scalars(results))
+    finally:
+        progress.close()
+        writer.close()
+        ckpt.close()
+        close = getattr(train_loader, "close", None)
+        if close is not None:
+            close()
+    return state
+
+
+def evaluate_only(config, workdir: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """`train.py --eval_only`: evaluates the work dir's latest checkpoint, else the config's
+    initial weights (`config.model.weights`), and appends the result to `metrics.jsonl`."""
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    step = checkpointing.Checkpointer(workdir, config).latest_step()
+    if step is not None:
+        variables = checkpointing.load_variables(workdir, step)
+        model = modeling.build_model(config)
+        want = jax.eval_shape(lambda k: modeling.init_variables(model, k), jax.random.key(0))
+        if checkpointing.variable_shapes(variables) != checkpointing.variable_shapes(want):
+            raise checkpointing.CheckpointMismatchError(
+                f"{workdir}: the checkpoint at step {step} is not of the configured model"
+            )
+        variables = jax.device_put(variables)
+    else:
+        variables = initial_variables(config)
+    iteration = -1 if step is None else step - 1
+    results = evaluate(config, variables, workdir, iteration=None if step is None else iteration)
+    MetricWriter(workdir).write(iteration, _eval_scalars(results))
+    return results

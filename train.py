@@ -1,0 +1,48 @@
+r"""Train Faster / Mask R-CNN: Detectron2's `tools/train_net.py` for jax_rcnn.
+
+    python train.py --config configs/mask_rcnn_R_50_FPN_1x.py --workdir work_dirs/r50_1x \
+        --config.data.train.json=... --config.solver.base_lr=0.01
+    python train.py --config configs/quickstart.py --workdir /tmp/quickstart
+    python train.py --config configs/x.py --workdir DIR --eval_only   # evaluate DIR's latest
+
+`--config path[:variant]` loads `get_config(variant)`; `--config.a.b=value` overrides any key
+(the config is locked: a misspelt key is an error). Re-running the same command resumes from
+the newest checkpoint in `--workdir`. Outputs: `DIR/metrics.jsonl`, `DIR/tb/` (TensorBoard),
+`DIR/checkpoints/`, `DIR/predictions/`, `DIR/inference/`. The library is `jax_rcnn.training`.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jax_rcnn import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "config file, e.g. configs/mask_rcnn_R_50_FPN_1x.py:smoke", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, events)")
+_EVAL_ONLY = flags.DEFINE_bool(
+    "eval_only", False, "evaluate the work dir's latest checkpoint (or config.model.weights)"
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger().setLevel(logging.INFO)
+    config = _CONFIG.value
+    config_lib.validate(config)  # before anything is built or compiled
+    logging.info("config:\n%s", config_lib.format_config(config))
+
+    from jax_rcnn.training import loop  # imports jax; after the config is known to be valid
+
+    if _EVAL_ONLY.value:
+        loop.evaluate_only(config, _WORKDIR.value)
+    else:
+        loop.train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
