@@ -70,6 +70,7 @@ import numpy as np
 import jax_rcnn
 from jax_rcnn import masks as mask_ops
 from jax_rcnn.data import batching
+from jax_rcnn.data import transforms as T
 
 logger = logging.getLogger(__name__)
 
@@ -492,26 +493,6 @@ def export_checkpoint(
 # Loading (no Flax, no jax_rcnn.modeling)
 
 
-def _check_image(image: Any, name: str) -> np.ndarray:
-    # Same checks and messages as `jax_rcnn.predictor.check_image`, which cannot be imported
-    # here: predictor.py imports the model code.
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy u8[H, W, 3] array, got {type(image)}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"{name}: expected dtype uint8 (0..255), got {image.dtype}")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        raise ValueError(
-            f"{name}: grayscale image of shape {image.shape}; convert it to 3 channels"
-        )
-    if image.ndim == 3 and image.shape[2] == 4:
-        raise ValueError(f"{name}: 4-channel (RGBA/BGRA) image; drop the alpha channel first")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{name}: expected shape [H, W, 3], got {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{name}: empty image of shape {image.shape}")
-    return image
-
-
 def _current_platform() -> str:
     platform = jax.default_backend()
     return "cuda" if platform == "gpu" else platform
@@ -566,7 +547,7 @@ class ExportedPredictor:
         """
         examples = []
         for i, img in enumerate(images):
-            ex = batching.make_test_example(_check_image(img, f"images[{i}]"), self._input_config)
+            ex = batching.make_test_example(T.check_image(img, f"images[{i}]"), self._input_config)
             h, w = (int(s) for s in ex["image_size"])
             fits = [s for s in self.shapes if s[0] >= h and s[1] >= w]
             if not fits:

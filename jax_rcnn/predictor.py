@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,35 +33,10 @@ from jax_rcnn import masks as mask_ops
 from jax_rcnn import modeling
 from jax_rcnn.checkpoint import detectron2 as d2_checkpoint
 from jax_rcnn.data import batching
+from jax_rcnn.data import transforms as T
 from jax_rcnn.modeling import rcnn
 
 logger = logging.getLogger(__name__)
-
-
-def check_image(image: Any, name: str = "image") -> np.ndarray:
-    """Validates a Predictor input: a non-empty `u8[H, W, 3]` array (BGR).
-
-    Raises:
-      TypeError / ValueError naming the problem (grayscale, RGBA, wrong dtype, empty).
-    """
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy u8[H, W, 3] BGR array, got {type(image)}")
-    if image.dtype != np.uint8:
-        raise TypeError(
-            f"{name}: expected dtype uint8 (0..255 BGR, as cv2.imread gives), got {image.dtype}"
-        )
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        raise ValueError(
-            f"{name}: grayscale image of shape {image.shape}; convert it to 3 channels (BGR) "
-            "first, e.g. np.repeat(img[..., None], 3, axis=-1)"
-        )
-    if image.ndim == 3 and image.shape[2] == 4:
-        raise ValueError(f"{name}: 4-channel (RGBA/BGRA) image; drop the alpha channel first")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{name}: expected shape [H, W, 3], got {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{name}: empty image of shape {image.shape}")
-    return image
 
 
 class Predictor:
@@ -110,7 +84,7 @@ class Predictor:
         padded exactly as it would be alone: its detections do not depend on its batch mates.
         """
         examples = [
-            batching.make_test_example(check_image(img, f"images[{i}]"), self.config)
+            batching.make_test_example(T.check_image(img, f"images[{i}]"), self.config)
             for i, img in enumerate(images)
         ]
         groups: dict[tuple[int, ...], list[int]] = {}

@@ -19,6 +19,7 @@ follow the same distributions.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -268,3 +269,29 @@ def crop_and_resize_mask(mask: np.ndarray, box: np.ndarray, size: int) -> np.nda
     # Exact ties (0.5 by construction, e.g. a bin half outside the image) must count as
     # foreground as in torchvision; float64 summation order can leave them at 0.5 - 1e-16.
     return roi_align_mask(mask, box, size) >= 0.5 - 1e-9
+
+
+def check_image(image: Any, name: str = "image") -> np.ndarray:
+    """Validates a Predictor input: a non-empty `u8[H, W, 3]` array (BGR).
+
+    Raises:
+      TypeError / ValueError naming the problem (grayscale, RGBA, wrong dtype, empty).
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy u8[H, W, 3] BGR array, got {type(image)}")
+    if image.dtype != np.uint8:
+        raise TypeError(
+            f"{name}: expected dtype uint8 (0..255 BGR, as cv2.imread gives), got {image.dtype}"
+        )
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise ValueError(
+            f"{name}: grayscale image of shape {image.shape}; convert it to 3 channels (BGR) "
+            "first, e.g. np.repeat(img[..., None], 3, axis=-1)"
+        )
+    if image.ndim == 3 and image.shape[2] == 4:
+        raise ValueError(f"{name}: 4-channel (RGBA/BGRA) image; drop the alpha channel first")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name}: expected shape [H, W, 3], got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name}: empty image of shape {image.shape}")
+    return image
