@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_rcnn
-from jax_rcnn import masks as mask_ops
+from jax_rcnn import postprocess
 from jax_rcnn.data import batching
 from jax_rcnn.data import transforms as T
 
@@ -578,27 +578,8 @@ class ExportedPredictor:
                 out = jax.device_get(out)
                 for j, i in enumerate(chunk):
                     size = tuple(int(s) for s in batch["original_size"][j])
-                    results[i] = self._finish(out, j, size)
+                    results[i] = postprocess.instances_for_image(out, j, size)
         return results  # type: ignore[return-value]
-
-    def _finish(self, out: dict, j: int, original_size: tuple[int, int]) -> dict[str, np.ndarray]:
-        keep = np.asarray(out["valid"][j])
-        result = {
-            "boxes": np.asarray(out["boxes"][j][keep], np.float32),
-            "scores": np.asarray(out["scores"][j][keep], np.float32),
-            "classes": np.asarray(out["classes"][j][keep], np.int32),
-        }
-        if "mask_probs" in out:
-            probs = out["mask_probs"][j][keep]
-            if len(probs):
-                result["masks"] = np.asarray(
-                    mask_ops.paste_masks_in_image(
-                        jnp.asarray(probs), jnp.asarray(result["boxes"]), original_size
-                    )
-                )
-            else:
-                result["masks"] = np.zeros((0, *original_size), bool)
-        return result
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_rcnn import boxes as box_ops
 from jax_rcnn import kernels
+from jax_rcnn import masks as mask_ops
 
 
 class Detections(NamedTuple):
@@ -159,3 +161,39 @@ def detector_postprocess(
     scaled = box_ops.clip(scaled, originals[:, 0, None], originals[:, 1, None])
     valid = valid & box_ops.nonempty(scaled)
     return jnp.where(valid[..., None], scaled, 0.0), valid
+
+
+def instances_for_image(
+    outputs: dict, index: int, original_size: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """Host side: one image's detections from a batched `rcnn.inference` output.
+
+    Args:
+      outputs: the inference dict (device or NumPy arrays): `boxes f32[B, D, 4]` original px,
+        `scores f32[B, D]`, `classes i32[B, D]`, `valid bool[B, D]`, optional
+        `mask_probs f32[B, D, M, M]`.
+      index: the image's position in the batch.
+      original_size: its (H0, W0).
+
+    Returns:
+      `{"boxes": f32[D', 4], "scores": f32[D'], "classes": i32[D']}` of the valid detections in
+      score order, plus `"masks": bool[D', H0, W0]` for mask models. Pasting runs eagerly (not
+      jitted), so a new photo size never triggers a compile.
+    """
+    keep = np.asarray(outputs["valid"][index])
+    result = {
+        "boxes": np.asarray(outputs["boxes"][index], np.float32)[keep],
+        "scores": np.asarray(outputs["scores"][index], np.float32)[keep],
+        "classes": np.asarray(outputs["classes"][index], np.int32)[keep],
+    }
+    if "mask_probs" in outputs:
+        probs = np.asarray(outputs["mask_probs"][index])[keep]
+        if len(probs):
+            result["masks"] = np.asarray(
+                mask_ops.paste_masks_in_image(
+                    jnp.asarray(probs), jnp.asarray(result["boxes"]), original_size
+                )
+            )
+        else:
+            result["masks"] = np.zeros((0, *original_size), bool)
+    return result

@@ -29,8 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_rcnn import config as config_lib
-from jax_rcnn import masks as mask_ops
-from jax_rcnn import modeling
+from jax_rcnn import modeling, postprocess
 from jax_rcnn.checkpoint import detectron2 as d2_checkpoint
 from jax_rcnn.data import batching
 from jax_rcnn.data import transforms as T
@@ -101,25 +100,7 @@ class Predictor:
             )
             out = jax.device_get(out)
             for j, i in enumerate(idx):
-                results[i] = self._finish(out, j, tuple(int(s) for s in batch["original_size"][j]))
-        return results  # type: ignore[return-value]
-
-    def _finish(self, out: dict, j: int, original_size: tuple[int, int]) -> dict[str, np.ndarray]:
-        keep = np.asarray(out["valid"][j])
-        result = {
-            "boxes": np.asarray(out["boxes"][j][keep], np.float32),
-            "scores": np.asarray(out["scores"][j][keep], np.float32),
-            "classes": np.asarray(out["classes"][j][keep], np.int32),
-        }
-        if "mask_probs" in out:
-            # Pasting is per original size; run it eagerly so new photo sizes never recompile.
-            probs = out["mask_probs"][j][keep]
-            if len(probs):
-                result["masks"] = np.asarray(
-                    mask_ops.paste_masks_in_image(
-                        jnp.asarray(probs), jnp.asarray(result["boxes"]), original_size
-                    )
+                results[i] = postprocess.instances_for_image(
+                    out, j, tuple(int(s) for s in batch["original_size"][j])
                 )
-            else:
-                result["masks"] = np.zeros((0, *original_size), bool)
-        return result
+        return results  # type: ignore[return-value]
