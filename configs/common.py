@@ -13,15 +13,6 @@ from __future__ import annotations
 
 import ml_collections
 
-# Detectron2's ResNet depth -> blocks per stage (res2..res5), `resnet.py:build_resnet_backbone`.
-RESNET_BLOCKS = {
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
-
 COCO_CLASS_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
