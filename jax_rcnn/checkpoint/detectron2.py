@@ -270,6 +270,39 @@ def _listing(title: str, items: list[str], limit: int = 20) -> str:
     return f"  {title} ({len(items)}):\n    " + "\n    ".join(items[:limit]) + more
 
 
+def _mismatch_error(
+    header: list[str],
+    missing: list[str],
+    unexpected: list[str],
+    misshaped: list[str],
+    titles: tuple[str, str, str] = (
+        "missing from the checkpoint",
+        "unexpected in the checkpoint",
+        "wrong shape",
+    ),
+) -> ValueError:
+    """The error of a conversion whose names do not match the config: `header`, then listings."""
+    listings = zip(titles, (missing, unexpected, misshaped), strict=True)
+    return ValueError("\n".join(header + [_listing(t, items) for t, items in listings if items]))
+
+
+def _flatten_variables(variables: dict[str, Any]) -> dict[tuple[str, ...], Any]:
+    """`{collection: tree}` -> `{(collection, *path): leaf}`."""
+    return {
+        (c, *p): v
+        for c, tree in variables.items()
+        for p, v in traverse_util.flatten_dict(dict(tree)).items()
+    }
+
+
+def _unflatten_variables(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    """Inverse of `_flatten_variables`."""
+    out: dict[str, dict] = {}
+    for (c, *p), v in flat.items():
+        out.setdefault(c, {})[tuple(p)] = v
+    return {c: traverse_util.unflatten_dict(f) for c, f in out.items()}
+
+
 def _is_msra_c2(names) -> bool:
     return any(n == "conv1_w" or re.match(r"^res\d_\d+_branch", n) for n in names)
 
@@ -310,24 +343,22 @@ def convert_detectron2_to_flax(
         if n in given and tuple(given[n].shape) != by_name[n].d2_shape
     ]
     if missing or unexpected or misshaped:
-        msg = [f"Detectron2 checkpoint does not match the config: {describe_config(config)}"]
-        msg.append(
-            "  checkpoint looks like: "
-            + _describe_checkpoint(set(given), {k: tuple(v.shape) for k, v in given.items()})
+        looks_like = _describe_checkpoint(set(given), {k: tuple(v.shape) for k, v in given.items()})
+        raise _mismatch_error(
+            [
+                f"Detectron2 checkpoint does not match the config: {describe_config(config)}",
+                f"  checkpoint looks like: {looks_like}",
+            ],
+            missing,
+            unexpected,
+            misshaped,
         )
-        for title, items in (
-            ("missing from the checkpoint", missing),
-            ("unexpected in the checkpoint", unexpected),
-            ("wrong shape", misshaped),
-        ):
-            if items:
-                msg.append(_listing(title, items))
-        raise ValueError("\n".join(msg))
-    flat: dict[str, dict[tuple[str, ...], np.ndarray]] = {}
-    for e in table:
-        arr = _to_flax(e, np.asarray(given[e.d2_name], np.float32))
-        flat.setdefault(e.collection, {})[e.path] = arr
-    return {c: traverse_util.unflatten_dict(f) for c, f in flat.items()}
+    return _unflatten_variables(
+        {
+            (e.collection, *e.path): _to_flax(e, np.asarray(given[e.d2_name], np.float32))
+            for e in table
+        }
+    )
 
 
 def convert_flax_to_detectron2(variables: dict[str, Any], config) -> dict[str, np.ndarray]:
@@ -344,11 +375,7 @@ def convert_flax_to_detectron2(variables: dict[str, Any], config) -> dict[str, n
       ValueError: variables missing, extra or mis-shaped for `config`.
     """
     table = name_table(config)
-    flat = {
-        (c, *p): v
-        for c, tree in variables.items()
-        for p, v in traverse_util.flatten_dict(dict(tree)).items()
-    }
+    flat = _flatten_variables(variables)
     expected = {(e.collection, *e.path): e for e in table}
     missing = ["/".join(k) for k in expected if k not in flat]
     extra = ["/".join(k) for k in flat if k not in expected]
@@ -358,15 +385,13 @@ def convert_flax_to_detectron2(variables: dict[str, Any], config) -> dict[str, n
         if k in flat and tuple(np.shape(flat[k])) != e.flax_shape
     ]
     if missing or extra or misshaped:
-        msg = [f"variables do not match the config: {describe_config(config)}"]
-        for title, items in (
-            ("missing", missing),
-            ("unexpected", extra),
-            ("wrong shape", misshaped),
-        ):
-            if items:
-                msg.append(_listing(title, items))
-        raise ValueError("\n".join(msg))
+        raise _mismatch_error(
+            [f"variables do not match the config: {describe_config(config)}"],
+            missing,
+            extra,
+            misshaped,
+            titles=("missing", "unexpected", "wrong shape"),
+        )
     return {e.d2_name: _to_d2(e, np.asarray(flat[(e.collection, *e.path)])) for e in table}
 
 
@@ -457,25 +482,15 @@ def convert_msra_backbone_to_flax(
             missing.append(f"{c2} (-> {e.d2_name})")
     unexpected = [n for n in c2_weights if n not in used and not _MSRA_CLASSIFIER.match(n)]
     if missing or unexpected or misshaped:
-        msg = [f"MSRA backbone checkpoint does not match the config: {describe_config(config)}"]
-        for title, items in (
-            ("missing from the checkpoint", missing),
-            ("unexpected in the checkpoint", unexpected),
-            ("wrong shape", misshaped),
-        ):
-            if items:
-                msg.append(_listing(title, items))
-        raise ValueError("\n".join(msg))
-    flat = {
-        (c, *p): np.asarray(v)
-        for c, tree in variables.items()
-        for p, v in traverse_util.flatten_dict(dict(tree)).items()
-    }
+        raise _mismatch_error(
+            [f"MSRA backbone checkpoint does not match the config: {describe_config(config)}"],
+            missing,
+            unexpected,
+            misshaped,
+        )
+    flat = {k: np.asarray(v) for k, v in _flatten_variables(variables).items()}
     flat.update(values)
-    out: dict[str, dict] = {}
-    for (c, *p), v in flat.items():
-        out.setdefault(c, {})[tuple(p)] = v
-    return {c: traverse_util.unflatten_dict(f) for c, f in out.items()}
+    return _unflatten_variables(flat)
 
 
 def load_weights(path: str | os.PathLike, config, variables: dict[str, Any]) -> dict[str, Any]:

@@ -110,6 +110,28 @@ def _flatten_leading(x: jax.Array, trailing: int) -> tuple[jax.Array, tuple[int,
     return x.reshape((-1, *x.shape[x.ndim - trailing :])), lead
 
 
+def _roi_conv_stack(x: jax.Array, head: nn.Module, prefix: str) -> jax.Array:
+    """`head.num_conv` x (conv 3x3 + norm + ReLU, `c2_msra_fill`) named `{prefix}1`, ...
+
+    The conv part of the box and mask heads; `head` supplies `num_conv`, `conv_dim`, `norm`,
+    `train` and `dtype`, and owns the convs (call from its compact `__call__`).
+    """
+    for k in range(head.num_conv):
+        x = Conv2d(
+            head.conv_dim,
+            3,
+            padding=1,
+            use_bias=not head.norm,
+            norm=head.norm,
+            relu=True,
+            kernel_init=c2_msra_fill,
+            train=head.train,
+            dtype=head.dtype,
+            name=f"{prefix}{k + 1}",
+        )(x)
+    return x
+
+
 class FastRCNNConvFCHead(nn.Module):
     """Box head: optional 3x3 convs, then fully connected layers.
 
@@ -142,19 +164,7 @@ class FastRCNNConvFCHead(nn.Module):
         if self.num_conv + self.num_fc == 0:
             raise ValueError("the box head needs at least one conv or fc layer")
         x, lead = _flatten_leading(x, 3)
-        for k in range(self.num_conv):
-            x = Conv2d(
-                self.conv_dim,
-                3,
-                padding=1,
-                use_bias=not self.norm,
-                norm=self.norm,
-                relu=True,
-                kernel_init=c2_msra_fill,
-                train=self.train,
-                dtype=self.dtype,
-                name=f"conv{k + 1}",
-            )(x)
+        x = _roi_conv_stack(x, self, "conv")
         x = x.reshape(x.shape[0], -1)
         for k in range(self.num_fc):
             x = nn.Dense(
@@ -232,19 +242,7 @@ class MaskRCNNConvUpsampleHead(nn.Module):
           f32[..., 2S, 2S, num_classes] mask logits (NHWC: one channel per class).
         """
         x, lead = _flatten_leading(x, 3)
-        for k in range(self.num_conv):
-            x = Conv2d(
-                self.conv_dim,
-                3,
-                padding=1,
-                use_bias=not self.norm,
-                norm=self.norm,
-                relu=True,
-                kernel_init=c2_msra_fill,
-                train=self.train,
-                dtype=self.dtype,
-                name=f"mask_fcn{k + 1}",
-            )(x)
+        x = _roi_conv_stack(x, self, "mask_fcn")
         x = nn.relu(ConvTranspose2d(self.conv_dim, 2, 2, 0, dtype=self.dtype, name="deconv")(x))
         x = Conv2d(
             self.num_classes, 1, kernel_init=normal_init(0.001), dtype=self.dtype, name="predictor"

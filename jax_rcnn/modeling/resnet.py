@@ -77,6 +77,29 @@ class BasicStem(nn.Module):
         return max_pool(x, 3, 2, 1)
 
 
+def _block_conv(
+    block: nn.Module, features: int, kernel_size: int, strides: int = 1, **kw
+) -> Conv2d:
+    """A conv of a residual block: no bias, then the block's norm (`norm`, `train`, `dtype`)."""
+    return Conv2d(
+        features,
+        kernel_size,
+        strides,
+        use_bias=False,
+        norm=block.norm,
+        train=block.train,
+        dtype=block.dtype,
+        **kw,
+    )
+
+
+def _shortcut(block: nn.Module, x: jax.Array) -> jax.Array:
+    """Identity, or a 1x1 projection with the block's stride where the channel count changes."""
+    if x.shape[-1] == block.out_channels:
+        return x
+    return _block_conv(block, block.out_channels, 1, block.stride, name="shortcut")(x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs + shortcut (R18/R34).
 
@@ -97,13 +120,11 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x f32[B, H, W, Cin]. Returns f32[B, H/stride, W/stride, out_channels]."""
-        kw = dict(use_bias=False, norm=self.norm, train=self.train, dtype=self.dtype)
-        if x.shape[-1] != self.out_channels:
-            shortcut = Conv2d(self.out_channels, 1, self.stride, name="shortcut", **kw)(x)
-        else:
-            shortcut = x
-        y = Conv2d(self.out_channels, 3, self.stride, 1, relu=True, name="conv1", **kw)(x)
-        y = Conv2d(self.out_channels, 3, 1, 1, name="conv2", **kw)(y)
+        shortcut = _shortcut(self, x)
+        y = _block_conv(
+            self, self.out_channels, 3, self.stride, padding=1, relu=True, name="conv1"
+        )(x)
+        y = _block_conv(self, self.out_channels, 3, padding=1, name="conv2")(y)
         return nn.relu(y + shortcut)
 
 
@@ -135,14 +156,11 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x f32[B, H, W, Cin]. Returns f32[B, H/stride, W/stride, out_channels]."""
-        kw = dict(use_bias=False, norm=self.norm, train=self.train, dtype=self.dtype)
-        if x.shape[-1] != self.out_channels:
-            shortcut = Conv2d(self.out_channels, 1, self.stride, name="shortcut", **kw)(x)
-        else:
-            shortcut = x
+        shortcut = _shortcut(self, x)
         s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
-        y = Conv2d(self.bottleneck_channels, 1, s1, relu=True, name="conv1", **kw)(x)
-        y = Conv2d(
+        y = _block_conv(self, self.bottleneck_channels, 1, s1, relu=True, name="conv1")(x)
+        y = _block_conv(
+            self,
             self.bottleneck_channels,
             3,
             s3,
@@ -151,9 +169,8 @@ class BottleneckBlock(nn.Module):
             groups=self.num_groups,
             relu=True,
             name="conv2",
-            **kw,
         )(y)
-        y = Conv2d(self.out_channels, 1, name="conv3", **kw)(y)
+        y = _block_conv(self, self.out_channels, 1, name="conv3")(y)
         return nn.relu(y + shortcut)
 
 

@@ -44,17 +44,20 @@ def _inputs(inf):
     return anchors, logits, deltas
 
 
+# Detectron2's RPN test settings on the fixture.
+_SETTINGS = dict(
+    box2box=box_ops.Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
+    nms_thresh=0.7,
+    pre_nms_topk=1000,
+    post_nms_topk=1000,
+    min_box_size=0.0,
+    backend="reference",
+)
+
+
 def _run(inf, **overrides):
     anchors, logits, deltas = _inputs(inf)
-    kwargs = dict(
-        box2box=box_ops.Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
-        nms_thresh=0.7,
-        pre_nms_topk=1000,
-        post_nms_topk=1000,
-        min_box_size=0.0,
-        backend="reference",
-    )
-    kwargs.update(overrides)
+    kwargs = {**_SETTINGS, **overrides}
     fn = jax.jit(lambda a, lg, d, s: find_top_rpn_proposals(a, lg, d, s, **kwargs))
     return fn(anchors, logits, deltas, jnp.asarray(inf["image_sizes"]))
 
@@ -96,12 +99,7 @@ def test_non_finite_deltas_are_dropped_and_reported(fixture):
         logits,
         deltas,
         jnp.asarray(fixture["image_sizes"]),
-        box2box=box_ops.Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
-        nms_thresh=0.7,
-        pre_nms_topk=1000,
-        post_nms_topk=1000,
-        min_box_size=0.0,
-        backend="reference",
+        **_SETTINGS,
     )
     assert not bool(out.all_finite[0])
     assert np.all(np.isfinite(np.asarray(out.boxes)))

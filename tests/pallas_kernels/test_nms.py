@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.nms import nms_reference
+from tests.pallas_kernels.conftest import random_groups
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "data" / "geometry.npz"
 
@@ -107,18 +108,10 @@ def test_worked_example_threshold_is_strict():
     np.testing.assert_array_equal(keep_valid, [[True, True, False, False]])
 
 
-def _random_groups(rng, num_groups, n, spread=200.0):
-    xy = rng.uniform(0, spread, (num_groups, n, 2))
-    wh = rng.uniform(5, 60, (num_groups, n, 2))
-    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
-    scores = rng.permutation(num_groups * n).reshape(num_groups, n).astype(np.float32)
-    return boxes, scores
-
-
 @pytest.mark.parametrize("thr", [0.3, 0.7])
 def test_random_groups_match_greedy_oracle_with_cap_and_invalid(thr):
     rng = np.random.RandomState(0)
-    boxes, scores = _random_groups(rng, 4, 96)
+    boxes, scores = random_groups(rng, 4, 96)
     valid = rng.rand(4, 96) > 0.3
     valid[2] = False  # an empty group
     k = 24
@@ -155,7 +148,7 @@ def test_zero_area_boxes_and_ties():
 
 def test_vmap_matches_loop():
     rng = np.random.RandomState(1)
-    boxes, scores = _random_groups(rng, 6, 64, spread=80.0)
+    boxes, scores = random_groups(rng, 6, 64, spread=80.0)
     valid = rng.rand(6, 64) > 0.1
     fn = jax.vmap(lambda b, s, v: _nms(b, s, v, 0.5, 16))
     keep, keep_valid = fn(

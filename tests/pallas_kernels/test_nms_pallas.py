@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.nms import nms, nms_reference
+from tests.pallas_kernels.conftest import lower_for_cuda, random_groups
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "data" / "geometry.npz"
 
@@ -24,19 +25,11 @@ def _run(impl, boxes, scores, valid, thr, k, **kw):
     return tuple(np.asarray(x) for x in fn(boxes, scores, valid))
 
 
-def _random_groups(rng, num_groups, n, spread=200.0):
-    xy = rng.uniform(0, spread, (num_groups, n, 2))
-    wh = rng.uniform(5, 60, (num_groups, n, 2))
-    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
-    scores = rng.permutation(num_groups * n).reshape(num_groups, n).astype(np.float32)
-    return boxes, scores
-
-
 @pytest.mark.parametrize("thr,k", [(0.3, 24), (0.7, 200)])
 def test_random_groups_match_reference(thr, k):
     """Distinct scores; invalid boxes, an empty group, a dense group, the K cap (24), K > N."""
     rng = np.random.RandomState(int(thr * 10))
-    boxes, scores = _random_groups(rng, 5, 150)
+    boxes, scores = random_groups(rng, 5, 150)
     boxes[3] = boxes[3] * 0.2  # dense: many suppressions
     valid = rng.rand(5, 150) > 0.3
     valid[2] = False
@@ -136,13 +129,7 @@ def test_lowers_to_triton_for_cuda(groups, n, k):
     args = (sds((groups, n, 4), jnp.float32), sds((groups, n), jnp.float32))
     args += (sds((groups, n), jnp.bool_),)
     fn = lambda b, s, v: nms(b, s, v, iou_threshold=0.7, max_output=k, interpret=False)
-    try:
-        lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
-    except Exception as e:  # noqa: BLE001
-        if "No supported GPU" in str(e) or "not supported on this platform" in str(e):
-            pytest.skip(f"this jax cannot lower Pallas for CUDA without a GPU: {e}")
-        raise
-    text = lowered.as_text()
+    text = lower_for_cuda(fn, *args)
     assert text.count("__gpu$xla.gpu.triton") == 2
     assert "nms_iou_bitmask" in text and "nms_scan" in text
 
@@ -155,7 +142,7 @@ def test_lowers_to_triton_for_cuda(groups, n, k):
 @pytest.mark.parametrize("groups,n,k,thr", [(10, 2000, 1000, 0.7), (160, 1000, 100, 0.5)])
 def test_compiled_matches_reference_on_gpu(groups, n, k, thr):
     rng = np.random.RandomState(n)
-    boxes, scores = _random_groups(rng, groups, n, spread=800.0)
+    boxes, scores = random_groups(rng, groups, n, spread=800.0)
     valid = rng.rand(groups, n) > 0.2
     valid[1] = False
     got = _run(nms, boxes, scores, valid, thr, k, interpret=False)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.roi_align import roi_align, roi_align_reference
+from tests.pallas_kernels.conftest import lower_for_cuda
 
 SCALES = (0.5, 0.25)
 # Two images, two levels (16 x 20 at 1/2, 8 x 10 at 1/4); C=12 is not a power of two, so the
@@ -71,18 +72,32 @@ def _forward_and_grad(impl, output_size, sampling_ratio, gout, **kw):
     return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 
-def _check(output_size, sampling_ratio):
-    feats, boxes, batch_idx, level_idx, rng = _inputs(output_size + sampling_ratio)
+def _compare_with_reference(
+    output_size, sampling_ratio, *, interpret, num_random=8, dtype=jnp.float32
+):
+    """Kernel vs reference on `_inputs`: asserts equal outputs, returns them and both gradients.
+
+    Returns:
+      `(out, kernel feature grads, reference feature grads)`.
+    """
+    feats, boxes, batch_idx, level_idx, rng = _inputs(
+        output_size + sampling_ratio, num_random, dtype
+    )
     r = boxes.shape[0]
     gout = jnp.asarray(rng.randn(r, output_size, output_size, 12), jnp.float32)
     args = (feats, boxes, batch_idx, level_idx)
     (_, got), got_grad = _forward_and_grad(
-        roi_align, output_size, sampling_ratio, gout, interpret=True
+        roi_align, output_size, sampling_ratio, gout, interpret=interpret
     )(*args)
     (_, want), want_grad = _forward_and_grad(
         roi_align_reference, output_size, sampling_ratio, gout
     )(*args)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    return got, got_grad, want_grad
+
+
+def _check(output_size, sampling_ratio):
+    got, got_grad, want_grad = _compare_with_reference(output_size, sampling_ratio, interpret=True)
     if sampling_ratio == 0:  # empty, inverted and outside boxes pool nothing
         np.testing.assert_array_equal(np.asarray(got)[:3], 0.0)
     for level, (g, w) in enumerate(zip(got_grad, want_grad, strict=True)):
@@ -148,16 +163,6 @@ _LEVELS = tuple((2, 200 >> i, 336 >> i, 256) for i in range(4))
 _D2_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 
 
-def _lower_for_cuda(fn, *args):
-    try:
-        lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
-    except Exception as e:  # noqa: BLE001
-        if "No supported GPU" in str(e) or "not supported on this platform" in str(e):
-            pytest.skip(f"this jax cannot lower Pallas for CUDA without a GPU: {e}")
-        raise
-    return lowered.as_text()
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2], ids=["adaptive", "sr2"])
 @pytest.mark.parametrize("output_size,num_rois", [(7, 1024), (14, 256)], ids=["7x7", "14x14"])
@@ -185,10 +190,10 @@ def test_lowers_to_triton_for_cuda(direction, output_size, num_rois, sampling_ra
         return vjp(g)
 
     if direction == "fwd":
-        text = _lower_for_cuda(fwd, *args)
+        text = lower_for_cuda(fwd, *args)
     else:
         g = sds((num_rois, output_size, output_size, 256), jnp.float32)
-        text = _lower_for_cuda(bwd, *args, g)
+        text = lower_for_cuda(bwd, *args, g)
     assert "__gpu$xla.gpu.triton" in text
     assert f"roi_align_{direction}_{output_size}x{output_size}" in text
 
@@ -203,17 +208,9 @@ gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GP
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("output_size,sampling_ratio", [(7, 0), (7, 2), (14, 0), (14, 2)])
 def test_compiled_matches_reference_on_gpu(output_size, sampling_ratio, dtype):
-    feats, boxes, batch_idx, level_idx, rng = _inputs(output_size + sampling_ratio, 500, dtype)
-    r = boxes.shape[0]
-    gout = jnp.asarray(rng.randn(r, output_size, output_size, 12), jnp.float32)
-    args = (feats, boxes, batch_idx, level_idx)
-    (_, got), got_grad = _forward_and_grad(
-        roi_align, output_size, sampling_ratio, gout, interpret=False
-    )(*args)
-    (_, want), want_grad = _forward_and_grad(
-        roi_align_reference, output_size, sampling_ratio, gout
-    )(*args)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    _, got_grad, want_grad = _compare_with_reference(
+        output_size, sampling_ratio, interpret=False, num_random=500, dtype=dtype
+    )
     for g, w in zip(got_grad, want_grad, strict=True):
         g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
         tol = 1e-4 if dtype == jnp.float32 else 1e-2  # bf16: one final rounding of each sum

@@ -13,22 +13,10 @@ from flax import traverse_util
 from configs import faster_rcnn_R_50_FPN_1x, mask_rcnn_R_50_FPN_1x, mask_rcnn_R_50_FPN_3x
 from jax_rcnn import modeling
 from jax_rcnn.checkpoint import detectron2 as d2
+from tests.jax_rcnn.conftest import TINY_MASKRCNN, tiny_maskrcnn_config
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data"
-TINY_PKL = DATA / "tiny_maskrcnn" / "model_final.pkl"
-
-
-def tiny_config():
-    config = mask_rcnn_R_50_FPN_1x.get_config()
-    m = config.model
-    m.resnets.stem_out_channels = 16
-    m.resnets.res2_out_channels = 64
-    m.resnets.width_per_group = 16
-    m.fpn.out_channels = 32
-    m.roi_box_head.fc_dim = 64
-    m.roi_mask_head.conv_dim = 32
-    m.roi_heads.num_classes = 4
-    return config
+TINY_PKL = TINY_MASKRCNN / "model_final.pkl"
 
 
 def r101_config():
@@ -76,7 +64,7 @@ def test_random_zoo_state_dict_round_trip_is_bit_exact(zoo_shapes, zoo_name):
 
 
 def test_tiny_checkpoint_round_trip(tiny_state_dict):
-    config = tiny_config()
+    config = tiny_maskrcnn_config()
     variables = d2.convert_detectron2_to_flax(tiny_state_dict, config)
     back = d2.convert_flax_to_detectron2(jax.device_put(variables), config)
     assert set(back) == set(tiny_state_dict)
@@ -85,7 +73,7 @@ def test_tiny_checkpoint_round_trip(tiny_state_dict):
 
 
 def test_layouts_worked_example(tiny_state_dict):
-    config = tiny_config()
+    config = tiny_maskrcnn_config()
     v = d2.convert_detectron2_to_flax(tiny_state_dict, config)
     conv = tiny_state_dict["backbone.bottom_up.res3.0.conv2.weight"]  # OIHW
     hwio = v["params"]["backbone"]["bottom_up"]["res3_0"]["conv2"]["kernel"]
@@ -110,7 +98,7 @@ def test_load_accepts_bare_dict_and_ignores_metadata(tmp_path, tiny_state_dict):
     path.write_bytes(pickle.dumps(bare))
     loaded = d2.load_detectron2_pkl(path)
     assert "__author__" not in loaded
-    variables = d2.convert_detectron2_to_flax(loaded, tiny_config())
+    variables = d2.convert_detectron2_to_flax(loaded, tiny_maskrcnn_config())
     assert "params" in variables
 
 
@@ -142,7 +130,7 @@ def test_mis_shaped_and_missing_keys(tiny_state_dict):
     state["roi_heads.box_predictor.cls_score.weight"] = np.zeros((81, 64), np.float32)
     del state["roi_heads.mask_head.predictor.bias"]
     with pytest.raises(ValueError) as info:
-        d2.convert_detectron2_to_flax(state, tiny_config())
+        d2.convert_detectron2_to_flax(state, tiny_maskrcnn_config())
     msg = str(info.value)
     assert "roi_heads.box_predictor.cls_score.weight: checkpoint (81, 64), expected (5, 64)" in msg
     assert "missing from the checkpoint (1)" in msg and "mask_head.predictor.bias" in msg
@@ -150,15 +138,15 @@ def test_mis_shaped_and_missing_keys(tiny_state_dict):
 
 
 def test_faster_rcnn_config_rejects_mask_checkpoint(tiny_state_dict):
-    config = tiny_config()
+    config = tiny_maskrcnn_config()
     config.model.mask_on = False
     with pytest.raises(ValueError, match=r"unexpected in the checkpoint \(12\)"):
         d2.convert_detectron2_to_flax(tiny_state_dict, config)
 
 
 def test_flax_to_detectron2_rejects_wrong_variables(tiny_state_dict):
-    variables = d2.convert_detectron2_to_flax(tiny_state_dict, tiny_config())
-    config = tiny_config()
+    variables = d2.convert_detectron2_to_flax(tiny_state_dict, tiny_maskrcnn_config())
+    config = tiny_maskrcnn_config()
     config.model.roi_heads.num_classes = 3
     with pytest.raises(ValueError, match="wrong shape"):
         d2.convert_flax_to_detectron2(variables, config)
@@ -203,7 +191,11 @@ def _fake_msra(config, with_stats=False):
 
 
 def test_msra_names_invert_detectron2_rules():
-    names = [e.d2_name for e in d2.name_table(tiny_config()) if e.d2_name.startswith("backbone.b")]
+    names = [
+        e.d2_name
+        for e in d2.name_table(tiny_maskrcnn_config())
+        if e.d2_name.startswith("backbone.b")
+    ]
     c2 = [d2.msra_name(n) for n in names]
     assert "conv1_w" in c2 and "res_conv1_bn_s" in c2 and "res2_0_branch2a_w" in c2
     assert "res3_0_branch1_bn_b" in c2

@@ -7,33 +7,17 @@ fixture's padded size, and every stage is compared. Tolerance: 1e-4 of the large
 the reference (float32 sums in a different order differ by ~1e-6 here).
 """
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import mask_rcnn_R_50_FPN_1x
 from jax_rcnn import modeling
 from jax_rcnn.checkpoint import detectron2 as d2
+from tests.jax_rcnn.conftest import TINY_MASKRCNN, tiny_maskrcnn_config
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_maskrcnn"
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
 RTOL = 1e-4
-
-
-def tiny_config():
-    config = mask_rcnn_R_50_FPN_1x.get_config()
-    m = config.model
-    m.resnets.stem_out_channels = 16
-    m.resnets.res2_out_channels = 64
-    m.resnets.width_per_group = 16
-    m.fpn.out_channels = 32
-    m.roi_box_head.fc_dim = 64
-    m.roi_mask_head.conv_dim = 32
-    m.roi_heads.num_classes = 4
-    return config
 
 
 def assert_close(actual, expected):
@@ -44,14 +28,14 @@ def assert_close(actual, expected):
 
 @pytest.fixture(scope="module")
 def fixture():
-    return np.load(DATA / "inference.npz")
+    return np.load(TINY_MASKRCNN / "inference.npz")
 
 
 @pytest.fixture(scope="module")
 def model_and_variables():
-    config = tiny_config()
+    config = tiny_maskrcnn_config()
     variables = d2.convert_detectron2_to_flax(
-        d2.load_detectron2_pkl(DATA / "model_final.pkl"), config
+        d2.load_detectron2_pkl(TINY_MASKRCNN / "model_final.pkl"), config
     )
     return config, modeling.build_model(config), jax.device_put(variables)
 
