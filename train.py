@@ -9,6 +9,7 @@ r"""Train Faster / Mask R-CNN: Detectron2's `tools/train_net.py` for jax_rcnn.
 (the config is locked: a misspelt key is an error). Re-running the same command resumes from
 the newest checkpoint in `--workdir`. Outputs: `DIR/metrics.jsonl`, `DIR/tb/` (TensorBoard),
 `DIR/checkpoints/`, `DIR/predictions/`, `DIR/inference/`. The library is `jax_rcnn.training`.
+Every visible device is used; several hosts: the same command on each (docs/scaling.md).
 """
 
 import logging
@@ -25,6 +26,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, met
 _EVAL_ONLY = flags.DEFINE_bool(
     "eval_only", False, "evaluate the work dir's latest checkpoint (or config.model.weights)"
 )
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    None,
+    ["auto", "on", "off"],
+    "jax.distributed.initialize: 'auto' (default, or $JAX_RCNN_DISTRIBUTED) when "
+    "JAX_COORDINATOR_ADDRESS, SLURM or a TPU pod says so (docs/scaling.md)",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,7 +44,9 @@ def main(argv):
     config_lib.validate(config)  # before anything is built or compiled
     logging.info("config:\n%s", config_lib.format_config(config))
 
-    from jax_rcnn.training import loop  # imports jax; after the config is known to be valid
+    from jax_rcnn.training import distributed, loop  # imports jax; after config validation
+
+    distributed.maybe_initialize_distributed(_DISTRIBUTED.value)
 
     if _EVAL_ONLY.value:
         loop.evaluate_only(config, _WORKDIR.value)

@@ -23,10 +23,20 @@
    * a non-finite loss stops the run with `FloatingPointError` naming the iteration (Detectron2's
      message); nothing is saved, so the last checkpoint on disk is the last good state;
    * SIGTERM (a pre-empted job) saves a checkpoint at the current iteration and returns cleanly.
+
+Scale (`jax_rcnn.training.distributed`, `docs/scaling.md`): the same code runs on one device,
+on every device of a host and on every host of a cluster. The state is replicated and each
+batch sharded over a `("data",)` mesh of all devices; each host loads its share of the global
+batch. Only process 0 writes `metrics.jsonl`, TensorBoard events, the progress bar, pictures and
+`config.txt`; every host takes part in checkpoints (orbax) and evaluation (each host runs its
+share of the test images, then the detections are gathered so that every host computes the same
+AP). In a multi-process run a SIGTERM on any host stops all of them at the same iteration, and
+each host's data-iterator state is saved under its process index.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -42,7 +52,7 @@ import numpy as np
 from jax_rcnn import masks as mask_ops
 from jax_rcnn import modeling, visualize
 from jax_rcnn.config import format_config
-from jax_rcnn.training import checkpointing
+from jax_rcnn.training import checkpointing, distributed
 from jax_rcnn.training.state import LossFn, TrainState, create_train_state, make_train_step
 
 try:
@@ -194,6 +204,7 @@ def evaluate(
     *,
     iteration: int | None = None,
     num_draw: int = 4,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, dict[str, float]]:
     """COCO evaluation of `variables` on the test split (Detectron2's `inference_on_dataset`).
 
@@ -201,12 +212,18 @@ def evaluate(
     masks go to `COCOEvaluator`; the first `num_draw` images' predictions are drawn to
     `<workdir>/predictions/iter_<iteration>.png` (or `predictions.png`).
 
+    Each batch is sharded over `mesh`; `config.test.ims_per_batch` (global) is rounded up to a
+    multiple of the device count. With several processes each host evaluates its share of the
+    images and the per-image detections are gathered once, so every host returns the AP of the
+    whole split, the same as a single process.
+
     Args:
       config: jax_rcnn config.
       variables: model variables (`params`, `frozen`, `batch_stats`).
       workdir: where results and the picture go (None: nowhere).
       iteration: label of the picture.
-      num_draw: test images drawn.
+      num_draw: test images drawn (by process 0).
+      mesh: the data mesh (default `distributed.make_mesh()`: every device).
 
     Returns:
       `{"bbox": {"AP": ..., "AP50": ..., ...}, "segm": {...}}` (AP in percent).
@@ -215,18 +232,37 @@ def evaluate(
     from jax_rcnn.evaluation import COCOEvaluator
     from jax_rcnn.modeling import rcnn
 
+    mesh = mesh if mesh is not None else distributed.make_mesh()
+    num_devices = mesh.devices.size
+    eval_batch = -(-int(config.test.ims_per_batch) // num_devices) * num_devices
+    if eval_batch != config.test.ims_per_batch:
+        logger.info(
+            "evaluating %d images per step (a multiple of %d devices)", eval_batch, num_devices
+        )
+        config = copy.deepcopy(config)
+        config.test.ims_per_batch = eval_batch
     records, meta = dataset_records(config, "test")
     model = modeling.build_model(config)
-    infer = jax.jit(lambda v, im, sz, osz: rcnn.inference(model, v, im, sz, osz, config=config))
+    repl, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
+    variables = distributed.replicate(mesh, variables)
+    infer = jax.jit(
+        lambda v, im, sz, osz: rcnn.inference(model, v, im, sz, osz, config=config),
+        in_shardings=(repl, data, data, data),
+        out_shardings=data,
+    )
     paste = jax.jit(
         lambda probs, boxes, canvas: jax.vmap(
             lambda p, b: mask_ops.paste_masks_in_image(p, b, canvas)
         )(probs, boxes),
         static_argnums=2,
+        out_shardings=data,
     )
+    infer = distributed.SyncCompiled(infer, "infer")
+    paste = distributed.SyncCompiled(paste, "paste", static_argnums=(2,))
     mask_on = bool(config.model.mask_on)
     to_cat = {v: int(k) for k, v in meta["thing_dataset_id_to_contiguous_id"].items()}
-    out_dir = None if workdir is None else os.path.join(workdir, "inference")
+    main_process = jax.process_index() == 0
+    out_dir = None if workdir is None or not main_process else os.path.join(workdir, "inference")
     evaluator = COCOEvaluator(
         _gt_json(config),
         output_dir=out_dir,
@@ -237,11 +273,16 @@ def evaluate(
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
     drawn = []
     for batch in eval_batches(config, records):
-        out = infer(variables, batch["image"], batch["image_size"], batch["original_size"])
+        inputs = distributed.shard_batch(
+            mesh, {k: batch[k] for k in ("image", "image_size", "original_size")}
+        )
+        out = infer(variables, inputs["image"], inputs["image_size"], inputs["original_size"])
         masks = None
         if mask_on:
-            masks = paste(out["mask_probs"], out["boxes"], _canvas(batch["original_size"]))
-        out, masks = jax.device_get((out, masks))
+            # One static canvas for all hosts: every host must run the same program.
+            canvas = _canvas(distributed.host_max(np.max(batch["original_size"], axis=0))[None])
+            masks = paste(out["mask_probs"], out["boxes"], canvas)
+        out, masks = distributed.to_host_local(mesh, (out, masks))
         evaluator.process(
             batch["image_id"],
             out["boxes"],
@@ -252,7 +293,7 @@ def evaluate(
             example_valid=batch["example_valid"],
         )
         for b in np.flatnonzero(batch["example_valid"]):
-            if len(drawn) >= num_draw or workdir is None:
+            if len(drawn) >= num_draw or workdir is None or not main_process:
                 break
             from PIL import Image
 
@@ -270,7 +311,12 @@ def evaluate(
                     class_names=names,
                 )
             )
-    if drawn and jax.process_index() == 0:
+    if jax.process_count() > 1:
+        gathered = distributed.allgather_json(evaluator.results())
+        evaluator.reset()
+        for host_records in gathered:
+            evaluator.extend(host_records)
+    if drawn:
         os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
         name = "predictions.png" if iteration is None else f"iter_{iteration:07d}.png"
         visualize.grid(drawn).save(os.path.join(workdir, "predictions", name))
@@ -312,6 +358,27 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _data_state(loader) -> Any:
+    """The loader state to checkpoint: one process's own, or every process's by index."""
+    if jax.process_count() == 1:
+        return loader.get_state()
+    return {"process_states": distributed.allgather_json(loader.get_state())}
+
+
+def _this_process_data_state(saved: Any) -> Any:
+    if not isinstance(saved, dict) or "process_states" not in saved:
+        if jax.process_count() > 1:
+            raise ValueError("the checkpoint's data state is of a single-process run")
+        return saved
+    states = saved["process_states"]
+    if len(states) != jax.process_count():
+        raise ValueError(
+            f"the checkpoint was written by {len(states)} processes, this run has "
+            f"{jax.process_count()}: the data iterators cannot resume exactly"
+        )
+    return states[jax.process_index()]
+
+
 def train(
     config,
     workdir: str | os.PathLike,
@@ -340,9 +407,12 @@ def train(
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
     s = config.solver
+    mesh = distributed.make_mesh()
+    distributed.per_device_batch(s.ims_per_batch, mesh, "config.solver.ims_per_batch")
     ckpt = checkpointing.Checkpointer(workdir, config)
-    with open(os.path.join(workdir, "config.txt"), "w") as f:
-        f.write(format_config(config) + "\n")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.txt"), "w") as f:
+            f.write(format_config(config) + "\n")
 
     # 1. Start: resume (checked before anything compiles), or initialise.
     if variables is None:
@@ -352,14 +422,19 @@ def train(
     else:
         abstract_vars = jax.eval_shape(lambda: variables)
     abstract_state = jax.eval_shape(lambda v: create_train_state(config, v), abstract_vars)
+    repl = distributed.replicated(mesh)
+    abstract_state = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract_state
+    )
     data_state = None
     if ckpt.latest_step() is not None:
         ckpt.check_compatible(abstract_state)
         state, data_state = ckpt.restore(abstract_state)
+        data_state = _this_process_data_state(data_state)
         logger.info("resuming from %s/%d", ckpt.directory, int(state.step))
     else:
         init = variables if variables is not None else initial_variables(config)
-        state = create_train_state(config, jax.device_put(init))
+        state = distributed.replicate(mesh, create_train_state(config, init))
     start = int(state.step)
 
     if train_loader is None:
@@ -369,18 +444,25 @@ def train(
     if data_state is not None:
         train_loader.set_state(data_state)
 
-    step_fn = make_train_step(config, loss_fn or default_loss_fn(config))
-    base_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_KEY)
+    step_fn = make_train_step(config, loss_fn or default_loss_fn(config), mesh=mesh)
+    step_fn = distributed.SyncCompiled(step_fn, "train_step")
+    base_key = distributed.replicate(
+        mesh, jax.random.fold_in(jax.random.key(config.seed), _TRAIN_KEY)
+    )
     writer = MetricWriter(workdir)
     progress = Progress(start, s.max_iter, s.ims_per_batch)
     history: dict[str, list[float]] = defaultdict(list)
     eval_period = config.test.eval_period
     last_logged = start - 1
+    distributed.barrier("jax_rcnn/train_start")  # hosts restore and initialise at their pace
     try:
         with _SigtermFlag() as sigterm:
             for it in range(start, s.max_iter):
                 t0 = time.perf_counter()
                 batch = next(train_loader)
+                # Multi-process: all hosts agree on stopping (and on the batch shape) here.
+                stop = distributed.sync_step(sigterm.raised, np.shape(batch["image"]))
+                batch = distributed.shard_batch(mesh, batch)
                 t1 = time.perf_counter()
                 state, metrics = step_fn(state, batch, base_key)
                 metrics = jax.device_get(metrics)
@@ -407,13 +489,14 @@ def train(
                     progress.update(it, scalars, it - last_logged)
                     last_logged = it
                     history = defaultdict(list, {k: v[-window:] for k, v in history.items()})
-                if done % s.checkpoint_period == 0 or done == s.max_iter or sigterm.raised:
-                    ckpt.save(state, train_loader.get_state())
-                if sigterm.raised:
+                stop = stop or (jax.process_count() == 1 and sigterm.raised)
+                if done % s.checkpoint_period == 0 or done == s.max_iter or stop:
+                    ckpt.save(state, _data_state(train_loader))
+                if stop:
                     logger.warning("SIGTERM: saved a checkpoint at iteration %d; stopping", done)
                     return state
                 if eval_period > 0 and (done % eval_period == 0 or done == s.max_iter):
-                    results = evaluate(config, state.variables(), workdir, iteration=it)
+                    results = evaluate(config, state.variables(), workdir, iteration=it, mesh=mesh)
                     writer.write(it, _eval_scalars(results))
     finally:
         progress.close()

@@ -13,6 +13,10 @@ one `jax.jit` with the state donated, compiled once per padded batch shape (one 
   `finite = False`; the loop stops there, so nothing non-finite is ever saved.
 * Compute dtype: the model reads `config.train.compute_dtype` ("bfloat16" runs convolutions and
   matmuls in bf16); parameters, gradients, optimizer state and losses stay f32.
+* Data parallelism: with a `mesh` (`jax_rcnn.training.distributed.make_mesh()`) the state is
+  replicated and the batch sharded over the mesh's `data` axis; the function sees the global
+  batch, so losses, normalisers, gradients and metrics are those of the global batch and the
+  same program runs on 1 device or on every device of every host.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import traverse_util
+from jax.sharding import Mesh
 
 from jax_rcnn.modeling import FROZEN, frozen_param_mask
-from jax_rcnn.training import optim
+from jax_rcnn.training import distributed, optim
 
 # loss_fn(variables, batch, key) -> (losses {name: f32[]}, aux dict), the signature of
 # `jax_rcnn.modeling.rcnn.forward_train` with model and config bound.
@@ -102,7 +107,7 @@ def _normalise_loss_output(out) -> tuple[dict[str, jax.Array], dict[str, Any]]:
     raise TypeError(f"loss_fn must return a loss dict or (loss dict, aux), got {type(out)}")
 
 
-def make_train_step(config, loss_fn: LossFn) -> Callable:
+def make_train_step(config, loss_fn: LossFn, mesh: Mesh | None = None) -> Callable:
     """Builds the jitted, donated train step.
 
     Args:
@@ -112,6 +117,9 @@ def make_train_step(config, loss_fn: LossFn) -> Callable:
         `forward_train`): `aux["updates"]["batch_stats"]`, the new BN statistics;
         `aux["all_finite"]` bool[B], False when a proposal became non-finite (the step is then
         treated like a non-finite loss); scalar aux entries are reported as metrics.
+      mesh: a `("data",)` mesh: `state`, `base_key` and the outputs are replicated over it and
+        `batch` is sharded along its leading axis (`distributed.shard_batch`). None: plain
+        `jit` (inputs and outputs where JAX puts them).
 
     Returns:
       `step(state, batch, base_key) -> (new_state, metrics)`. `metrics` holds every loss,
@@ -165,4 +173,12 @@ def make_train_step(config, loss_fn: LossFn) -> Callable:
         metrics["finite"] = finite
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=(0,))
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0,))
+    repl, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(repl, data, repl),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
