@@ -58,6 +58,7 @@ def parity(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_one_step_on_8_devices_equals_1_device(parity):
     one, eight = parity["metrics_1"], parity["metrics_8"]
     assert set(one) == set(eight)
@@ -74,6 +75,7 @@ def test_one_step_on_8_devices_equals_1_device(parity):
     )
 
 
+@pytest.mark.slow
 def test_bf16_step_keeps_f32_params_and_losses(parity):
     assert parity["bf16_param_dtypes"] == ["float32"]
     assert "bfloat16" not in parity["bf16_metric_dtypes"]
@@ -84,6 +86,7 @@ def test_bf16_step_keeps_f32_params_and_losses(parity):
         np.testing.assert_allclose(bf16[k], f32[k], rtol=5e-2, err_msg=k)
 
 
+@pytest.mark.slow
 def test_evaluation_on_8_devices_equals_1_device(parity):
     for task in ("bbox", "segm"):
         one, eight = parity["eval_1"][task], parity["eval_8"][task]
