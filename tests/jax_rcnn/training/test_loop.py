@@ -136,8 +136,21 @@ def loop_config():
 
 
 @pytest.mark.slow
-def test_train_py_sigterm_then_resume_matches_uninterrupted(tmp_path):
-    """Real process, real SIGTERM: the resumed run logs the uninterrupted run's losses."""
+@pytest.mark.parametrize(
+    "sig, logged_before_signal, returncode",
+    [
+        # SIGTERM (preemption): a checkpoint is saved at the current step, exit code 0.
+        (signal.SIGTERM, 1, 0),
+        # kill -9 after iteration 2 was logged (the checkpoint of step 2 is written before
+        # iteration 2 runs): at most the steps since that checkpoint are lost and redone.
+        (signal.SIGKILL, 3, -signal.SIGKILL),
+    ],
+    ids=["sigterm", "kill-9"],
+)
+def test_train_py_signal_then_resume_matches_uninterrupted(
+    tmp_path, sig, logged_before_signal, returncode
+):
+    """Real process, real signal: the resumed run logs the uninterrupted run's losses."""
     cache = tmp_path / "cache"
     full = subprocess.run(
         _train_py(
@@ -156,12 +169,12 @@ def test_train_py_sigterm_then_resume_matches_uninterrupted(tmp_path):
     metrics_file = tmp_path / "cut" / loop.METRICS_FILE
     deadline = time.time() + 1200
     while time.time() < deadline and proc.poll() is None:
-        if metrics_file.exists() and metrics_file.read_text().count("\n") >= 1:
-            proc.send_signal(signal.SIGTERM)
+        if metrics_file.exists() and metrics_file.read_text().count("\n") >= logged_before_signal:
+            proc.send_signal(sig)
             break
         time.sleep(0.05)
     _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-4000:]
+    assert proc.returncode == returncode, err[-4000:]
     saved = checkpointing.Checkpointer(tmp_path / "cut", loop_config()).all_steps()
     assert saved and saved[-1] < 4
     resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
