@@ -63,6 +63,36 @@ def _iou_row(box: jax.Array, area: jax.Array, boxes: jax.Array, areas: jax.Array
     return inter / (area[:, None] + areas - inter)
 
 
+def _sorted_candidates(
+    boxes: jax.Array, scores: jax.Array, valid: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The candidates of every group in greedy-NMS visiting order (shared by both paths).
+
+    A box with a non-finite coordinate or a NaN score is invalid; invalid boxes become the
+    canonical `[0, 0, 0, 0]`. Each group is sorted valid first, then by descending score, then
+    by ascending index (a stable order for equal scores).
+
+    Args:
+      boxes: `f32[G, N, 4]` xyxy.
+      scores: `f32[G, N]`.
+      valid: `bool[G, N]`.
+
+    Returns:
+      `(sorted_boxes f32[G, N, 4], valid bool[G, N] (unsorted, sanitised), order i32[G, N])`.
+    """
+    num_groups, n = scores.shape
+    boxes = boxes.astype(jnp.float32)
+    scores = scores.astype(jnp.float32)
+    finite = jnp.all(jnp.isfinite(boxes), axis=-1)
+    valid = valid & finite & ~jnp.isnan(scores)
+    boxes = jnp.where(finite[..., None], boxes, 0.0)
+    index = lax.broadcasted_iota(jnp.int32, (num_groups, n), 1)
+    invalid_key = (~valid).astype(jnp.int32)
+    score_key = jnp.where(valid, -scores, 0.0)
+    _, _, order = lax.sort((invalid_key, score_key, index), dimension=1, num_keys=3)
+    return jnp.take_along_axis(boxes, order[..., None], axis=1), valid, order
+
+
 def nms_reference(
     boxes: jax.Array,
     scores: jax.Array,
@@ -94,19 +124,9 @@ def nms_reference(
     """
     num_groups, n = scores.shape
     k = max_output
-    boxes = boxes.astype(jnp.float32)
-    scores = scores.astype(jnp.float32)
-    finite = jnp.all(jnp.isfinite(boxes), axis=-1)
-    valid = valid & finite & ~jnp.isnan(scores)
-    boxes = jnp.where(finite[..., None], boxes, 0.0)
-
-    # Sort each group: valid first, then descending score, then ascending index.
-    index = lax.broadcasted_iota(jnp.int32, (num_groups, n), 1)
-    invalid_key = (~valid).astype(jnp.int32)
-    score_key = jnp.where(valid, -scores, 0.0)
-    _, _, order = lax.sort((invalid_key, score_key, index), dimension=1, num_keys=3)
-    boxes = jnp.take_along_axis(boxes, order[..., None], axis=1)
+    boxes, valid, order = _sorted_candidates(boxes, scores, valid)
     alive = jnp.take_along_axis(valid, order, axis=1)
+    index = lax.broadcasted_iota(jnp.int32, (num_groups, n), 1)
     areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
     threshold = _f32_threshold(iou_threshold)
     groups = jnp.arange(num_groups)
@@ -316,17 +336,7 @@ def nms(
     k = max_output
     if num_groups == 0 or n == 0 or k == 0:
         return jnp.zeros((num_groups, k), jnp.int32), jnp.zeros((num_groups, k), bool)
-    boxes = boxes.astype(jnp.float32)
-    scores = scores.astype(jnp.float32)
-    finite = jnp.all(jnp.isfinite(boxes), axis=-1)
-    valid = valid & finite & ~jnp.isnan(scores)
-    boxes = jnp.where(finite[..., None], boxes, 0.0)
-
-    index = lax.broadcasted_iota(jnp.int32, (num_groups, n), 1)
-    invalid_key = (~valid).astype(jnp.int32)
-    score_key = jnp.where(valid, -scores, 0.0)
-    _, _, order = lax.sort((invalid_key, score_key, index), dimension=1, num_keys=3)
-    boxes = jnp.take_along_axis(boxes, order[..., None], axis=1)
+    boxes, valid, order = _sorted_candidates(boxes, scores, valid)
     nvalid = jnp.sum(valid, axis=1, dtype=jnp.int32)
 
     padded = max(_WORD, 1 << (n - 1).bit_length())

@@ -1,4 +1,4 @@
-"""Keeps the import directions of `../shared/STYLE.md` ("Layers") honest.
+"""Keeps the import directions of the house style (STYLE.md, "Layers") honest.
 
 * Flax only in `jax_rcnn/modeling/`, `jax_rcnn/training*`, `jax_rcnn/checkpoint/` (and the
   entry points that build models: `predictor.py`, `demo.py`, `export.py` use `modeling`, not
