@@ -27,8 +27,7 @@ import jax.numpy as jnp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jax_rcnn import boxes as box_ops  # noqa: E402
-from jax_rcnn import modeling, postprocess, proposals  # noqa: E402
+from jax_rcnn import modeling  # noqa: E402
 from jax_rcnn.config import load_config  # noqa: E402
 from jax_rcnn.data import batching, transforms  # noqa: E402
 from jax_rcnn.modeling import rcnn  # noqa: E402
@@ -53,51 +52,29 @@ def _time(fn, *args, runs: int) -> tuple[float, list[float]]:
 
 
 def _stages(cfg, model, variables, images, sizes):
-    """Each stage jitted alone, fed with the previous stage's real outputs."""
+    """Each stage of `rcnn.inference` jitted alone, fed with the previous stage's outputs."""
     m = cfg.model
+
+    def bound(v):
+        return lambda method, *args: model.apply(v, *args, method=method)
+
     feats_fn = jax.jit(
-        lambda v, x, s: model.apply(
-            v,
-            rcnn.preprocess(x, s, m.pixel_mean, m.pixel_std),
-            method=modeling.GeneralizedRCNN.features,
+        lambda v, x, s: bound(v)(
+            modeling.GeneralizedRCNN.features, rcnn.preprocess(x, s, m.pixel_mean, m.pixel_std)
         )
     )
     feats = feats_fn(variables, images, sizes)
 
     def rpn(v, f, s):
-        logits, deltas = model.apply(v, f, method=modeling.GeneralizedRCNN.rpn_head)
-        return proposals.find_top_rpn_proposals(
-            rcnn.rpn_anchors(cfg, f),
-            logits,
-            deltas,
-            s,
-            box2box=box_ops.Box2BoxTransform(tuple(m.rpn.bbox_reg_weights)),
-            nms_thresh=m.rpn.nms_thresh,
-            pre_nms_topk=m.rpn.pre_nms_topk_test,
-            post_nms_topk=m.rpn.post_nms_topk_test,
-            min_box_size=m.rpn.min_size,
-            backend=m.kernels,
+        logits, deltas = bound(v)(modeling.GeneralizedRCNN.rpn_head, f)
+        anchors = rcnn.rpn_anchors(cfg, f)
+        return rcnn.select_proposals(
+            cfg, anchors, logits, deltas, s, training=False, backend=m.kernels
         )
 
     rpn_fn = jax.jit(rpn)
     props = rpn_fn(variables, feats, sizes)
-
-    def box(v, f, p, s):
-        pooled = rcnn._pool(cfg, f, p.boxes, m.roi_box_head, m.kernels)
-        cls_logits, deltas = model.apply(v, pooled, method=modeling.GeneralizedRCNN.box_head)
-        b2b = box_ops.Box2BoxTransform(tuple(m.roi_box_head.bbox_reg_weights))
-        return postprocess.fast_rcnn_inference(
-            b2b.apply_deltas(deltas, p.boxes),
-            jax.nn.softmax(cls_logits, -1),
-            p.valid,
-            s,
-            score_thresh=m.roi_heads.score_thresh_test,
-            nms_thresh=m.roi_heads.nms_thresh_test,
-            topk_per_image=cfg.test.detections_per_image,
-            backend=m.kernels,
-        )
-
-    box_fn = jax.jit(box)
+    box_fn = jax.jit(lambda v, f, p, s: rcnn.detect_boxes(cfg, bound(v), f, p, s, m.kernels))
     dets = box_fn(variables, feats, props, sizes)
     stages = [
         ("backbone+FPN", feats_fn, (variables, images, sizes)),
@@ -105,12 +82,8 @@ def _stages(cfg, model, variables, images, sizes):
         ("box pool+head+NMS", box_fn, (variables, feats, props, sizes)),
     ]
     if m.mask_on:
-
-        def mask(v, f, d):
-            pooled = rcnn._pool(cfg, f, d.boxes, m.roi_mask_head, m.kernels)
-            return model.apply(v, pooled, method=modeling.GeneralizedRCNN.mask_head)
-
-        stages.append(("mask pool+head", jax.jit(mask), (variables, feats, dets)))
+        mask_fn = jax.jit(lambda v, f, d: rcnn.mask_probs(cfg, bound(v), f, d, m.kernels))
+        stages.append(("mask pool+head", mask_fn, (variables, feats, dets)))
     return stages
 
 

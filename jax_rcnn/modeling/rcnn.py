@@ -82,6 +82,68 @@ def _pool(config, features, boxes, head, backend):
     )
 
 
+def select_proposals(
+    config, anchors, logits, deltas, image_sizes, *, training: bool, backend: str
+) -> proposals.Proposals:
+    """RPN outputs -> proposals with the train or test top-k of `config.model.rpn`.
+
+    Args:
+      config: the jax_rcnn config.
+      anchors: per level `f32[H_l*W_l*A, 4]` (`rpn_anchors`).
+      logits: per level `f32[B, H_l*W_l*A]` objectness logits.
+      deltas: per level `f32[B, H_l*W_l*A, 4]` anchor deltas.
+      image_sizes: `i32[B, 2]` (h, w) before padding.
+      training: use `pre/post_nms_topk_train` instead of `_test`.
+      backend: kernel backend.
+
+    Returns:
+      `proposals.Proposals` with `post_nms_topk_{train,test}` slots per image.
+    """
+    rpn = config.model.rpn
+    return proposals.find_top_rpn_proposals(
+        anchors,
+        logits,
+        deltas,
+        image_sizes,
+        box2box=box_ops.Box2BoxTransform(tuple(rpn.bbox_reg_weights)),
+        nms_thresh=rpn.nms_thresh,
+        pre_nms_topk=rpn.pre_nms_topk_train if training else rpn.pre_nms_topk_test,
+        post_nms_topk=rpn.post_nms_topk_train if training else rpn.post_nms_topk_test,
+        min_box_size=rpn.min_size,
+        backend=backend,
+    )
+
+
+def detect_boxes(config, apply, features, props, image_sizes, backend) -> postprocess.Detections:
+    """Box head on the pooled proposals -> per-class decoded, thresholded, NMS'd detections.
+
+    Args:
+      config: the jax_rcnn config.
+      apply: `apply(method, *args)` of the model with its variables bound.
+      features: the FPN dict.
+      props: `proposals.Proposals` (P slots).
+      image_sizes: `i32[B, 2]`.
+      backend: kernel backend.
+
+    Returns:
+      `postprocess.Detections` with `config.test.detections_per_image` slots, resized frame.
+    """
+    m = config.model
+    pooled = _pool(config, features, props.boxes, m.roi_box_head, backend)
+    cls_logits, box_deltas = apply(GeneralizedRCNN.box_head, pooled)
+    box2box = box_ops.Box2BoxTransform(tuple(m.roi_box_head.bbox_reg_weights))
+    return postprocess.fast_rcnn_inference(
+        box2box.apply_deltas(box_deltas, props.boxes),
+        jax.nn.softmax(cls_logits, axis=-1),
+        props.valid,
+        image_sizes,
+        score_thresh=m.roi_heads.score_thresh_test,
+        nms_thresh=m.roi_heads.nms_thresh_test,
+        topk_per_image=config.test.detections_per_image,
+        backend=backend,
+    )
+
+
 def inference(
     model: GeneralizedRCNN,
     variables: dict[str, Any],
@@ -121,35 +183,13 @@ def inference(
 
     # 2. RPN: objectness + deltas per level, then proposals.
     logits, deltas = apply(GeneralizedRCNN.rpn_head, features)
-    props = proposals.find_top_rpn_proposals(
-        rpn_anchors(config, features),
-        logits,
-        deltas,
-        image_sizes,
-        box2box=box_ops.Box2BoxTransform(tuple(m.rpn.bbox_reg_weights)),
-        nms_thresh=m.rpn.nms_thresh,
-        pre_nms_topk=m.rpn.pre_nms_topk_test,
-        post_nms_topk=m.rpn.post_nms_topk_test,
-        min_box_size=m.rpn.min_size,
-        backend=backend,
+    anchors = rpn_anchors(config, features)
+    props = select_proposals(
+        config, anchors, logits, deltas, image_sizes, training=False, backend=backend
     )
 
     # 3. Box head on the pooled proposals: class scores and class-specific boxes.
-    pooled = _pool(config, features, props.boxes, m.roi_box_head, backend)
-    cls_logits, box_deltas = apply(GeneralizedRCNN.box_head, pooled)
-    scores = jax.nn.softmax(cls_logits, axis=-1)
-    box2box = box_ops.Box2BoxTransform(tuple(m.roi_box_head.bbox_reg_weights))
-    pred_boxes = box2box.apply_deltas(box_deltas, props.boxes)
-    dets = postprocess.fast_rcnn_inference(
-        pred_boxes,
-        scores,
-        props.valid,
-        image_sizes,
-        score_thresh=m.roi_heads.score_thresh_test,
-        nms_thresh=m.roi_heads.nms_thresh_test,
-        topk_per_image=config.test.detections_per_image,
-        backend=backend,
-    )
+    dets = detect_boxes(config, apply, features, props, image_sizes, backend)
     out_boxes, out_valid = postprocess.detector_postprocess(
         dets.boxes, dets.valid, image_sizes, original_sizes
     )
@@ -167,7 +207,7 @@ def inference(
 
     # 4. Mask head on the detections (resized-input frame), predicted class's mask.
     if m.mask_on:
-        out["mask_probs"] = _mask_probs(config, apply, features, dets, backend)
+        out["mask_probs"] = mask_probs(config, apply, features, dets, backend)
     return out
 
 
@@ -175,7 +215,7 @@ def inference(
 MASK_HEAD_SLOTS = (8, 16, 32, 64)
 
 
-def _mask_probs(config, apply, features, dets, backend) -> jax.Array:
+def mask_probs(config, apply, features, dets, backend) -> jax.Array:
     """Sigmoid mask of each detection's class, `f32[B, D, M, M]` (0 in invalid slots).
 
     Detectron2 runs the mask head on the detections only; with D static slots (100 by default)
@@ -288,16 +328,13 @@ def forward_train(
     )
 
     # 3. Training proposals (no gradient), with the gt boxes appended.
-    props = proposals.find_top_rpn_proposals(
+    props = select_proposals(
+        config,
         anchors,
         jax.lax.stop_gradient(logits),
         jax.lax.stop_gradient(deltas),
         image_sizes,
-        box2box=rpn_box2box,
-        nms_thresh=m.rpn.nms_thresh,
-        pre_nms_topk=m.rpn.pre_nms_topk_train,
-        post_nms_topk=m.rpn.post_nms_topk_train,
-        min_box_size=m.rpn.min_size,
+        training=True,
         backend=backend,
     )
     if m.roi_heads.proposal_append_gt:
