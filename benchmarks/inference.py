@@ -28,6 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jax_rcnn import modeling  # noqa: E402
+from jax_rcnn.compile import jit as compile_jit  # noqa: E402
 from jax_rcnn.config import load_config  # noqa: E402
 from jax_rcnn.data import batching, transforms  # noqa: E402
 from jax_rcnn.modeling import rcnn  # noqa: E402
@@ -58,7 +59,7 @@ def _stages(cfg, model, variables, images, sizes):
     def bound(v):
         return lambda method, *args: model.apply(v, *args, method=method)
 
-    feats_fn = jax.jit(
+    feats_fn = compile_jit(
         lambda v, x, s: bound(v)(
             modeling.GeneralizedRCNN.features, rcnn.preprocess(x, s, m.pixel_mean, m.pixel_std)
         )
@@ -72,9 +73,9 @@ def _stages(cfg, model, variables, images, sizes):
             cfg, anchors, logits, deltas, s, training=False, backend=m.kernels
         )
 
-    rpn_fn = jax.jit(rpn)
+    rpn_fn = compile_jit(rpn)
     props = rpn_fn(variables, feats, sizes)
-    box_fn = jax.jit(lambda v, f, p, s: rcnn.detect_boxes(cfg, bound(v), f, p, s, m.kernels))
+    box_fn = compile_jit(lambda v, f, p, s: rcnn.detect_boxes(cfg, bound(v), f, p, s, m.kernels))
     dets = box_fn(variables, feats, props, sizes)
     stages = [
         ("backbone+FPN", feats_fn, (variables, images, sizes)),
@@ -82,7 +83,7 @@ def _stages(cfg, model, variables, images, sizes):
         ("box pool+head+NMS", box_fn, (variables, feats, props, sizes)),
     ]
     if m.mask_on:
-        mask_fn = jax.jit(lambda v, f, d: rcnn.mask_probs(cfg, bound(v), f, d, m.kernels))
+        mask_fn = compile_jit(lambda v, f, d: rcnn.mask_probs(cfg, bound(v), f, d, m.kernels))
         stages.append(("mask pool+head", mask_fn, (variables, feats, dets)))
     return stages
 
@@ -97,7 +98,7 @@ def run(name: str, runs: int) -> list[tuple]:
     images = jnp.asarray(ex["image"][None])
     sizes = jnp.asarray(ex["image_size"][None])
     originals = jnp.asarray(ex["original_size"][None])
-    full = jax.jit(lambda v, x, s, o: rcnn.inference(model, v, x, s, o, config=cfg))
+    full = compile_jit(lambda v, x, s, o: rcnn.inference(model, v, x, s, o, config=cfg))
     first, times = _time(full, variables, images, sizes, originals, runs=runs)
     med = statistics.median(times)
     rows = [

@@ -69,6 +69,7 @@ import numpy as np
 
 import jax_rcnn
 from jax_rcnn import postprocess
+from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.data import batching
 from jax_rcnn.data import transforms as T
 
@@ -533,7 +534,7 @@ class ExportedPredictor:
             with open(os.path.join(self.directory, name), "rb") as f:
                 exported = jax.export.deserialize(bytearray(f.read()))
             h, w = (int(x) for x in key.split("x"))
-            self._run[(h, w)] = jax.jit(exported.call)
+            self._run[(h, w)] = compile_jit(exported.call)
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Detections for one `u8[H, W, 3]` image (`manifest["input_format"]` channel order)."""

@@ -31,6 +31,7 @@ import numpy as np
 from jax_rcnn import config as config_lib
 from jax_rcnn import modeling, postprocess
 from jax_rcnn.checkpoint import detectron2 as d2_checkpoint
+from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.data import batching
 from jax_rcnn.data import transforms as T
 from jax_rcnn.modeling import rcnn
@@ -70,7 +71,7 @@ class Predictor:
                 self.model, variables, images, image_sizes, original_sizes, config=config
             )
 
-        self._run = jax.jit(run)
+        self._run = compile_jit(run)
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Detections for one `u8[H, W, 3]` BGR image, in its own pixel coordinates."""

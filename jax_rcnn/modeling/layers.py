@@ -174,15 +174,27 @@ class Conv2d(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (k, k, cin // self.groups, self.features), jnp.float32
         )
-        y = lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=_pair(self.strides),
-            padding=(_pair(self.padding),) * 2,
-            rhs_dilation=_pair(self.dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        if k == 1 and self.padding == 0 and self.groups == 1:
+            # A 1x1 conv is a matmul over the (strided) pixels. Written as one, its weight
+            # gradient is a plain [C_in, N*H*W] x [N*H*W, C_out] dot; XLA:CPU would otherwise
+            # transpose x to batch-innermost for a window-sized convolution (~6 s per full-size
+            # R50-FPN step, see `jax_rcnn/compile.py`). Same sums, any backend.
+            s = self.strides
+            y = lax.dot_general(
+                x[:, ::s, ::s].astype(self.dtype),
+                kernel[0, 0].astype(self.dtype),
+                (((3,), (0,)), ((), ())),
+            )
+        else:
+            y = lax.conv_general_dilated(
+                x.astype(self.dtype),
+                kernel.astype(self.dtype),
+                window_strides=_pair(self.strides),
+                padding=(_pair(self.padding),) * 2,
+                rhs_dilation=_pair(self.dilation),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups,
+            )
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)

@@ -51,6 +51,7 @@ import numpy as np
 
 from jax_rcnn import masks as mask_ops
 from jax_rcnn import modeling, visualize
+from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.config import format_config
 from jax_rcnn.training import checkpointing, distributed
 from jax_rcnn.training.state import LossFn, TrainState, create_train_state, make_train_step
@@ -96,7 +97,7 @@ def initial_variables(config) -> dict[str, Any]:
     """
     model = modeling.build_model(config)
     key = jax.random.fold_in(jax.random.key(config.seed), _INIT_KEY)
-    variables = jax.jit(lambda k: modeling.init_variables(model, k))(key)
+    variables = compile_jit(lambda k: modeling.init_variables(model, k))(key)
     weights = config.model.weights
     if not weights:
         return variables
@@ -245,12 +246,12 @@ def evaluate(
     model = modeling.build_model(config)
     repl, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
     variables = distributed.replicate(mesh, variables)
-    infer = jax.jit(
+    infer = compile_jit(
         lambda v, im, sz, osz: rcnn.inference(model, v, im, sz, osz, config=config),
         in_shardings=(repl, data, data, data),
         out_shardings=data,
     )
-    paste = jax.jit(
+    paste = compile_jit(
         lambda probs, boxes, canvas: jax.vmap(
             lambda p, b: mask_ops.paste_masks_in_image(p, b, canvas)
         )(probs, boxes),

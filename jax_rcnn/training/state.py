@@ -31,6 +31,7 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
+from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.modeling import FROZEN, frozen_param_mask
 from jax_rcnn.training import distributed, optim
 
@@ -174,9 +175,9 @@ def make_train_step(config, loss_fn: LossFn, mesh: Mesh | None = None) -> Callab
         return new_state, metrics
 
     if mesh is None:
-        return jax.jit(step, donate_argnums=(0,))
+        return compile_jit(step, donate_argnums=(0,))
     repl, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
-    return jax.jit(
+    return compile_jit(
         step,
         in_shardings=(repl, data, repl),
         out_shardings=(repl, repl),
