@@ -125,6 +125,7 @@ def _roi_conv_stack(x: jax.Array, head: nn.Module, prefix: str) -> jax.Array:
             norm=head.norm,
             relu=True,
             kernel_init=c2_msra_fill,
+            tap_weight_grad=True,  # ROI crops; see `conv2d_tap_weight_grad`
             train=head.train,
             dtype=head.dtype,
             name=f"{prefix}{k + 1}",

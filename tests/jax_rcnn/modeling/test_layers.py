@@ -124,3 +124,39 @@ def test_compute_dtype_bf16_keeps_f32_params():
     assert jax.jit(conv.apply)(v, x).dtype == jnp.bfloat16
     assert isinstance(layers.get_norm(""), type(None))
     assert isinstance(layers.get_norm("GN"), nn.GroupNorm)
+
+
+def _reference_conv(x, kernel, stride, padding):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((padding, padding),) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (7, 2, 3), (3, 1, 0)])
+def test_tap_weight_grad_conv_matches_lax_conv_and_its_gradients(k, s, p):
+    x = jax.random.normal(jax.random.key(0), (2, 15, 13, 5))
+    w = jax.random.normal(jax.random.key(1), (k, k, 5, 6))
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p)))
+
+    np.testing.assert_allclose(
+        layers.conv2d_tap_weight_grad(x, w, s, p), _reference_conv(x, w, s, p), rtol=1e-5, atol=1e-5
+    )
+    got = jax.jit(jax.grad(loss(layers.conv2d_tap_weight_grad), (0, 1)))(x, w)
+    want = jax.grad(loss(_reference_conv), (0, 1))(x, w)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_1x1_dot_path_matches_lax_conv(stride):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 8))
+    conv = layers.Conv2d(4, 1, strides=stride, use_bias=True)
+    v = conv.init(jax.random.key(1), x)
+    v = jax.tree.map(lambda a: a + 0.1, v)
+    want = _reference_conv(x, v["params"]["kernel"], stride, 0) + v["params"]["bias"]
+    got = conv.apply(v, x)
+    assert got.shape == (2, -(-9 // stride), -(-7 // stride), 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
