@@ -168,10 +168,24 @@ def _tap_fwd(x, kernel, stride, padding):
 
 def _tap_bwd(stride, padding, res, dy):
     x, kernel = res
-    _, x_vjp = jax.vjp(lambda x: _plain_conv(x, kernel, stride, padding), x)
-    (dx,) = x_vjp(dy)
     k = kernel.shape[0]
     _, ho, wo, cout = dy.shape
+    # Input gradient as a plain NHWC/HWIO convolution (flipped kernel, in/out swapped, dy
+    # dilated by the stride); JAX's own transpose rule emits swapped kernel dimensions, which
+    # XLA:CPU also runs as a naive loop inside a `lax.switch` branch.
+    extra_h = (x.shape[1] + 2 * padding - k) % stride
+    extra_w = (x.shape[2] + 2 * padding - k) % stride
+    dx = lax.conv_general_dilated(
+        dy,
+        jnp.swapaxes(kernel[::-1, ::-1], 2, 3),
+        window_strides=(1, 1),
+        padding=(
+            (k - 1 - padding, k - 1 - padding + extra_h),
+            (k - 1 - padding, k - 1 - padding + extra_w),
+        ),
+        lhs_dilation=(stride, stride),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     dy2 = dy.reshape(-1, cout)
     span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
