@@ -11,21 +11,17 @@ Changes from `Base-RCNN-FPN.yaml`, all for small images and training from scratc
   BN; box head 2 x fc 256;
 * anchors 8..128 px on p2..p6 (the shapes are 8 to 64 px);
 * ROIAlign with a fixed 2 x 2 sampling grid (`pooler_sampling_ratio = 2`);
-* 4 images per batch, base LR 0.02, 1200 iterations, 100 warm-up, LR x0.1 at 960 and 1120;
+* 4 images per batch, base LR 0.02, 1500 iterations, 100 warm-up, LR x0.1 at 1200 and 1400;
 * fewer proposals and ROIs (512/256 proposals, 64 ROIs per image; at most 12 instances).
 
-Measured on a 2-core AMD EPYC CPU shared with other jobs: 0.48-0.54 s per iteration at load
-average ~1.6, 0.8-1.2 s at load 5-9. The measured run (load 5-9, evaluations at 400, 800 and
-1200 iterations, ~35 s each with compile) took 23 min for the whole `train.py`; on a
-near-idle machine expect ~10 min of training plus ~1.5 min of data generation (~10 s), init
-(~15 s), compile (~20-40 s) and the final evaluation (~35 s). Shapes val, 200 images:
+Measured on the 2-core AMD EPYC dev CPU, quiet (2026-11-22, `benchmarks/RESULTS.md`): ~0.40 s
+per iteration (10 img/s); the whole `train.py` command took 10 min 54 s with the dataset
+already generated (generation ~10 s, init + compile ~30 s, final evaluation ~15 s). Shapes val,
+200 images, after 1500 iterations:
 
-    iteration   bbox AP (AP50)   segm AP (AP50)
-          400      3.0 ( 7.7)       1.9 ( 5.2)
-          800     10.6 (20.8)       7.1 (13.8)
-         1200     21.0 (33.9)      14.5 (25.0)
+    bbox AP 32.3 (AP50 48.4)     segm AP 23.9 (AP50 42.5)
 
-AP is still rising steeply at the end (the schedule is compute-bound, not converged); longer
+AP is still rising at the end (the schedule is limited by CPU time, not converged); longer
 schedules (`--config.solver.max_iter=... --config.solver.steps=...`) give more.
 
 Commands (from the repository root):
@@ -85,10 +81,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s = config.solver
     s.ims_per_batch = 4
     s.base_lr = 0.02
-    s.max_iter = 1200
-    s.steps = (960, 1120)
+    s.max_iter = 1500
+    s.steps = (1200, 1400)
     s.warmup_iters = 100
-    s.checkpoint_period = 400
+    s.checkpoint_period = 500
     config.test.eval_period = s.max_iter  # one COCO evaluation (and picture) at the end
     config.test.detections_per_image = 50
     config.test.ims_per_batch = 8
