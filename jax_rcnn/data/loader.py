@@ -6,27 +6,42 @@ stream of shuffled epochs, one disjoint part per process; `DatasetMapper` as the
 `build_detection_test_loader` (`InferenceSampler`: every image exactly once, in order, split
 between processes).
 
-Training stream. On each host the records of its shard (`records[shard_index::shard_count]`)
-form a grain `MapDataset` that is shuffled with `seed` (a new permutation per epoch) and
-repeated forever. Host example position `p` is epoch `p // len(shard)`; its example is
-`make_train_example(record, config, rng)` with `rng = default_rng([seed, epoch, record index])`,
-so an example is a pure function of `p` -- the same for any number of workers, and the same
-record gets the same augmentation in the same epoch whatever the sharding. Examples are read
-in order (grain threads / processes interleave their slices round-robin, which keeps the
-order) and fall into per-group queues (the `bucket`; one queue when aspect-ratio grouping is
-off); a queue that reaches the per-host batch size is collated and emitted (Detectron2's
-`AspectRatioGroupedDataset`).
+Training stream: global batches planned on every host. All hosts walk the same seeded stream
+of *all* N records: global position `p` is epoch `e = p // N` and record `perm_e[p % N]`, with
+`perm_e` a new seeded permutation per epoch (grain `shuffle(seed)`, repeated). Its example is
+`make_train_example(record, config, rng)` with `rng = default_rng([seed, e, record index])`, so
+an example (its augmentation included) is a pure function of (seed, epoch, record index): the
+same for any number of hosts or workers. The batches are planned from the records' sizes alone,
+identically on every host: the first draw of `rng` (the multi-scale short edge) fixes the
+resized size and so the bucket (`train_padded_shape`); positions fall in stream order into
+per-group queues (the bucket; one queue when aspect-ratio grouping is off) and a queue that
+reaches the *global* batch `solver.ims_per_batch` is the next global batch (Detectron2's
+`AspectRatioGroupedDataset`, applied to the global stream), padded to the largest padded shape
+among its images. Host `h` of `n` loads only its slice `positions[h * b:(h + 1) * b]`, `b =
+ims_per_batch // n`. Hence at every step all hosts bring the same padded shape, and the host
+batches concatenated in host order are exactly the batch of a single host (`n = 1`) at that
+step. Over the stream every position is in exactly one global batch, so each record is used
+once per epoch; at any time fewer than `ims_per_batch` positions per group wait in the queues.
+Deviation: Detectron2 groups per GPU process, so its batches depend on the number of GPUs.
 
-Checkpoint state. `TrainLoader.get_state()` is a small JSON-serialisable dict::
+Reading. Host slot `k` (the k-th image this host reads) is image `k % b` of its slice of global
+batch `k // b`: a grain `MapDataset` over host slots maps each slot through the plan (which every
+reader process extends lazily; integer work, tens of microseconds per position) to its record and
+epoch and makes the example. Slots are read in order (grain threads / processes interleave their
+slices round-robin, which keeps the order), so 0 and any number of workers give the same batches.
 
-    {"version": 1, "seed": int, "shard_index": int, "shard_count": int,
-     "shard_size": int, "batch_size": int,   # checked by set_state
-     "position": int,                         # next host example position to read
-     "queues": [[group, [position, ...]], ...]}  # examples waiting in each group queue
+Checkpoint state. `TrainLoader.get_state()` is a small JSON-serialisable dict, the same on
+every host::
 
-The prefetched but unconsumed examples are not part of it: `set_state` restarts the grain
-pipeline at `position` and recomputes the queued examples from their positions, so a restored
-loader continues with exactly the batches an uninterrupted one would have produced.
+    {"version": 2, "seed": int, "num_records": int,
+     "ims_per_batch": int,                        # checked by set_state
+     "batch": int,                                # global batches returned so far
+     "position": int,                             # next global position the plan reads
+     "queues": [[group, [position, ...]], ...]}   # planned positions waiting in each group
+
+No example is part of it: `set_state` restarts the grain pipeline at slot `batch * b` and the
+plan at `position` with those queues, so a restored loader continues with exactly the batches
+an uninterrupted one would have produced. Version 1 states (per-host grouping) are refused.
 
 Evaluation. `eval_batches` plans the batches from the records' sizes alone (the test resize is
 deterministic): records are grouped by padded shape, each group is cut into global batches of
@@ -39,7 +54,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import grain
 import numpy as np
@@ -50,10 +67,12 @@ from jax_rcnn.data.coco import filter_for_training, load_coco_json
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 SPLITS = ("train", "test")
 SOURCES = ("coco", "shapes", "tfds")
 _NO_GROUPING = -1  # queue key when aspect-ratio grouping is off
+_ENDLESS = sys.maxsize  # length of the host-slot MapDataset: the training stream never ends
+_PLAN_WINDOW = 8  # planned global batches a reader process keeps for random access
 
 
 def dataset_records(config, split: str) -> tuple[list[dict], dict]:
@@ -153,17 +172,157 @@ def _mp_prefetch(ds, num_workers: int, buffer: int):
     )
 
 
+def train_padded_shape(
+    height: int, width: int, config, rng: np.random.Generator
+) -> tuple[int, tuple[int, int]]:
+    """(bucket, padded (H, W)) of `make_train_example` for an image of `height x width`.
+
+    Computed from the size alone: draws from `rng` exactly what `make_train_example` draws
+    before it pads (the multi-scale short edge), so a generator in the same state gives both
+    the same bucket and padded shape. The random flip, drawn next, changes neither.
+
+    Args:
+        height: the record's image height (`make_train_example` checks the file agrees).
+        width: the record's image width.
+        config: the full config (reads `config.input.*`).
+        rng: the example's generator, `default_rng([seed, epoch, record index])`.
+
+    Returns:
+        `(bucket, (H, W))` as in the example's `bucket` and `image.shape[:2]`.
+    """
+    cfg = config.input
+    h, w = int(height), int(width)
+    short = T.sample_short_edge(rng, cfg.min_size_train, cfg.min_size_train_sampling)
+    if short:
+        h, w = T.resize_shortest_edge_shape(h, w, short, cfg.max_size_train)
+    return B._padded_shape(h, w, config)
+
+
+class _Stream:
+    """The global example stream: position -> record index, epoch, group and padded shape."""
+
+    def __init__(self, config, records: Sequence[dict], seed: int):
+        self.config, self.seed, self.num_records = config, seed, len(records)
+        self.grouping = bool(config.dataloader.aspect_ratio_grouping)
+        self.sizes = np.array([(r["height"], r["width"]) for r in records], np.int64)
+        # A new seeded permutation per epoch (grain reseeds `shuffle` in each repetition).
+        self._order = grain.MapDataset.range(self.num_records).shuffle(seed=seed).repeat(None)
+
+    def record(self, position: int) -> tuple[int, int]:
+        """(record index, epoch) of global position `position`."""
+        return int(self._order[position]), position // self.num_records
+
+    def rng(self, record_index: int, epoch: int) -> np.random.Generator:
+        """The example's generator: a pure function of (seed, epoch, record index)."""
+        return np.random.default_rng([self.seed, epoch, record_index])
+
+    def layout(self, position: int) -> tuple[int, tuple[int, int]]:
+        """(group, padded (H, W)) of the example at `position`, without reading its image."""
+        r, epoch = self.record(position)
+        h, w = self.sizes[r]
+        bucket, shape = train_padded_shape(h, w, self.config, self.rng(r, epoch))
+        return (bucket if self.grouping else _NO_GROUPING), shape
+
+
+class _PlannedBatch(NamedTuple):
+    group: int
+    positions: tuple[int, ...]  # the global batch's positions, in stream order
+    shape: tuple[int, int]  # padded (H, W) of every image of the global batch
+
+
+class _Plan:
+    """Global batch index -> `_PlannedBatch`, planned lazily from a (checkpoint) frontier.
+
+    Random access by batch index for the reader processes: the last `_PLAN_WINDOW` batches
+    are kept; an older one is replanned from the starting frontier.
+    """
+
+    def __init__(self, stream: _Stream, global_batch: int, frontier: dict | None = None):
+        self.stream, self.global_batch = stream, global_batch
+        self._start = frontier or {"batch": 0, "position": 0, "queues": []}
+        self._restart()
+
+    def _restart(self) -> None:
+        start = self._start
+        self._next_batch, self._position = int(start["batch"]), int(start["position"])
+        self._queues: dict[int, list[tuple[int, tuple[int, int]]]] = {}
+        for group, positions in start["queues"]:
+            queue = []
+            for p in positions:
+                g, shape = self.stream.layout(int(p))
+                if g != group:
+                    raise ValueError(
+                        "loader state does not match the records or config (position "
+                        f"{p} is in group {g}, the state queues it in group {group})"
+                    )
+                queue.append((int(p), shape))
+            self._queues[int(group)] = queue
+        self._batches: dict[int, _PlannedBatch] = {}
+
+    def frontier(self) -> dict:
+        """`{"batch", "position", "queues"}` after the batches planned so far (JSON)."""
+        return {
+            "batch": self._next_batch,
+            "position": self._position,
+            "queues": [[g, [p for p, _ in q]] for g, q in sorted(self._queues.items()) if q],
+        }
+
+    def _plan_next(self) -> None:
+        while True:
+            position = self._position
+            group, shape = self.stream.layout(position)
+            self._position += 1
+            queue = self._queues.setdefault(group, [])
+            queue.append((position, shape))
+            if len(queue) == self.global_batch:
+                positions = tuple(p for p, _ in queue)
+                hw = (max(s[0] for _, s in queue), max(s[1] for _, s in queue))
+                queue.clear()
+                self._batches[self._next_batch] = _PlannedBatch(group, positions, hw)
+                self._batches.pop(self._next_batch - _PLAN_WINDOW, None)
+                self._next_batch += 1
+                return
+
+    def batch(self, index: int) -> _PlannedBatch:
+        """The planned global batch number `index` (>= the starting frontier's batch)."""
+        if index < int(self._start["batch"]):
+            raise IndexError(f"batch {index} is before this plan's start {self._start['batch']}")
+        if index < self._next_batch and index not in self._batches:
+            self._restart()
+        while index >= self._next_batch:
+            self._plan_next()
+        return self._batches[index]
+
+
 class _TrainExample:
-    """grain `map_with_index` transform: (host position, (record index, record)) -> example."""
+    """grain map: host slot k -> (k, global position, example padded to its batch's shape).
 
-    def __init__(self, config, seed: int, shard_size: int):
-        self.config, self.seed, self.shard_size = config, seed, shard_size
+    Slot k is image `k % b` of this host's slice of global batch `k // b`; every reader
+    process extends its own copy of the plan (integers only).
+    """
 
-    def __call__(self, position: int, item: tuple[int, dict]) -> tuple[int, dict]:
-        record_index, record = item
-        epoch = position // self.shard_size
-        rng = np.random.default_rng([self.seed, epoch, record_index])
-        return position, B.make_train_example(record, self.config, rng)
+    def __init__(self, config, records, plan: _Plan, shard_index: int, batch_size: int):
+        self.config, self.records, self.plan = config, records, plan
+        self.shard_index, self.batch_size = shard_index, batch_size
+
+    def __call__(self, slot: int) -> tuple[int, int, dict]:
+        index, i = divmod(slot, self.batch_size)
+        planned = self.plan.batch(index)
+        position = planned.positions[self.shard_index * self.batch_size + i]
+        stream = self.plan.stream
+        r, epoch = stream.record(position)
+        example = B.make_train_example(self.records[r], self.config, stream.rng(r, epoch))
+        h, w = example["image"].shape[:2]
+        group = int(example["bucket"]) if stream.grouping else _NO_GROUPING
+        if group != planned.group or h > planned.shape[0] or w > planned.shape[1]:
+            raise RuntimeError(
+                f"record {r} (epoch {epoch}) gave a {h}x{w} example in group {group}, but the "
+                f"plan put it in group {planned.group} of shape {planned.shape}: "
+                "train_padded_shape no longer follows make_train_example"
+            )
+        if (h, w) != planned.shape:
+            example["image"] = B.pad_image(example["image"], planned.shape)
+        return slot, position, example
 
 
 def _read_options(buffer: int) -> grain.ReadOptions:
@@ -173,7 +332,7 @@ def _read_options(buffer: int) -> grain.ReadOptions:
 
 
 class TrainLoader:
-    """Infinite iterator of training batches, grouped by bucket and checkpointable.
+    """Infinite iterator of training batches, planned globally by bucket and checkpointable.
 
     Example::
 
@@ -185,8 +344,10 @@ class TrainLoader:
         loader = TrainLoader(config, records)
         loader.set_state(state)          # continues with the very next batch
 
-    Batches are `collate`d `make_train_example` dicts with B = `config.solver.ims_per_batch //
-    shard_count` (per host). Call `close()` (or use it as a context manager) to stop workers.
+    Batches are `collate`d `make_train_example` dicts, this host's slice of each global batch
+    (module docstring): B = `config.solver.ims_per_batch // shard_count` images, image
+    u8[B, H, W, 3] with (H, W) the same on every host at each step. Call `close()` (or use it
+    as a context manager) to stop workers.
     """
 
     def __init__(
@@ -203,16 +364,18 @@ class TrainLoader:
 
         Args:
             config: the full config (`input`, `model.mask_on`, `dataloader`, `solver`, `seed`).
-            records: training records (`dataset_records(config, "train")`).
-            shard_index: this host's shard (default `jax.process_index()`).
-            shard_count: number of shards (default `jax.process_count()`).
+            records: training records (`dataset_records(config, "train")`), the same list in
+                the same order on every host.
+            shard_index: this host (default `jax.process_index()`).
+            shard_count: number of hosts (default `jax.process_count()`).
             num_workers: grain worker processes (default `config.dataloader.num_workers`;
                 0 reads in this process).
-            seed: shuffle and augmentation seed (default `config.seed`).
+            seed: shuffle and augmentation seed (default `config.seed`), the same on every host.
         """
         self.shard_index, self.shard_count = _process_shard(shard_index, shard_count)
+        self.ims_per_batch = int(config.solver.ims_per_batch)
         self.batch_size = _per_host(
-            int(config.solver.ims_per_batch), self.shard_count, "config.solver.ims_per_batch"
+            self.ims_per_batch, self.shard_count, "config.solver.ims_per_batch"
         )
         self.seed = int(config.seed if seed is None else seed)
         if not 0 <= self.seed < 2**32:
@@ -222,27 +385,27 @@ class TrainLoader:
         )
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        self.grouping = bool(config.dataloader.aspect_ratio_grouping)
-        shard = [(i, records[i]) for i in range(self.shard_index, len(records), self.shard_count)]
-        if not shard:
-            raise ValueError(
-                f"shard {self.shard_index} of {self.shard_count} has no training images "
-                f"({len(records)} records)"
-            )
-        self.shard_size = len(shard)
-        # Position p -> (p, example p); random access, so any position can be recomputed.
-        self._examples = (
-            grain.MapDataset.source(shard)
-            .shuffle(seed=self.seed)
-            .repeat(None)
-            .map_with_index(_TrainExample(config, self.seed, self.shard_size))
-        )
-        self._position = 0
-        self._queues: dict[int, list[tuple[int, dict]]] = {}
+        if not records:
+            raise ValueError("TrainLoader: no training records")
+        self.config, self.records, self.num_records = config, records, len(records)
+        self._stream = _Stream(config, records, self.seed)
+        self._plan = _Plan(self._stream, self.ims_per_batch)
+        self._frontier = self._plan.frontier()  # of the batches returned so far
         self._iterator = None
 
     def _start(self):
-        ds = self._examples[self._position :].to_iter_dataset(_read_options(self.batch_size))
+        # The readers' plan starts where this host stands; it is independent of `self._plan`
+        # (which only advances as batches are returned, so `get_state` is exact).
+        plan = _Plan(self._stream, self.ims_per_batch, self._frontier)
+        transform = _TrainExample(
+            self.config, self.records, plan, self.shard_index, self.batch_size
+        )
+        first_slot = self._frontier["batch"] * self.batch_size
+        ds = (
+            grain.MapDataset.range(first_slot, _ENDLESS)
+            .map(transform)
+            .to_iter_dataset(_read_options(self.batch_size))
+        )
         return iter(_mp_prefetch(ds, self.num_workers, self.batch_size))
 
     def __iter__(self) -> TrainLoader:
@@ -251,62 +414,74 @@ class TrainLoader:
     def __next__(self) -> dict:
         if self._iterator is None:
             self._iterator = self._start()
-        while True:
-            position, example = next(self._iterator)
-            if position != self._position:
-                raise RuntimeError(f"grain returned example {position}, expected {self._position}")
-            self._position += 1
-            queue = self._queues.setdefault(self._group(example), [])
-            queue.append((position, example))
-            if len(queue) == self.batch_size:
-                batch = B.collate([e for _, e in queue])
-                queue.clear()
-                return batch
-
-    def _group(self, example: dict) -> int:
-        return int(example["bucket"]) if self.grouping else _NO_GROUPING
+        index = self._frontier["batch"]
+        planned = self._plan.batch(index)
+        mine = planned.positions[self.shard_index * self.batch_size :][: self.batch_size]
+        examples = []
+        for i, expected in enumerate(mine):
+            slot, position, example = next(self._iterator)
+            if (slot, position) != (index * self.batch_size + i, expected):
+                raise RuntimeError(
+                    f"grain returned slot {slot} (position {position}), expected slot "
+                    f"{index * self.batch_size + i} (position {expected})"
+                )
+            examples.append(example)
+        self._frontier = self._plan.frontier()
+        return B.collate(examples)
 
     @property
     def epoch(self) -> int:
-        """Epoch of the next example to be read on this host."""
-        return self._position // self.shard_size
+        """Epoch of the next global position the plan reads."""
+        return self._frontier["position"] // self.num_records
 
     def get_state(self) -> dict:
-        """JSON-serialisable state (format in the module docstring)."""
+        """JSON-serialisable state, the same on every host (format in the module docstring)."""
+        f = self._frontier
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
-            "shard_index": self.shard_index,
-            "shard_count": self.shard_count,
-            "shard_size": self.shard_size,
-            "batch_size": self.batch_size,
-            "position": self._position,
-            "queues": [[g, [p for p, _ in q]] for g, q in sorted(self._queues.items()) if q],
+            "num_records": self.num_records,
+            "ims_per_batch": self.ims_per_batch,
+            "batch": f["batch"],
+            "position": f["position"],
+            "queues": [[g, list(ps)] for g, ps in f["queues"]],
         }
 
     def set_state(self, state: dict) -> None:
-        """Continues from a `get_state()` of a loader with the same config, records and shard.
+        """Continues from a `get_state()` of a loader with the same config, records and seed.
+
+        The state of any host will do (it is global); the number of hosts may differ.
 
         Raises:
-            ValueError: the state is from another version, seed, shard or batch size.
+            ValueError: the state is from another version, seed, record count or global
+                batch size, or is inconsistent with the records and config.
         """
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')} != {STATE_VERSION}")
-        for key in ("seed", "shard_index", "shard_count", "shard_size", "batch_size"):
+        version = state.get("version")
+        if version != STATE_VERSION:
+            why = (
+                "it was written by the per-host loader (each host grouped its own shard), whose "
+                "stream this loader cannot continue"
+                if version == 1
+                else "unknown format"
+            )
+            raise ValueError(f"loader state version {version} != {STATE_VERSION}: {why}")
+        for key in ("seed", "num_records", "ims_per_batch"):
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"loader state has {key}={state[key]} but this loader has "
-                    f"{key}={getattr(self, key)} (different config, records or hosts)"
+                    f"{key}={getattr(self, key)} (different config or records)"
                 )
+        batch, position = int(state["batch"]), int(state["position"])
+        queued = [len(ps) for _, ps in state["queues"]]
+        if min(batch, position) < 0 or position != batch * self.ims_per_batch + sum(queued):
+            raise ValueError(
+                f"inconsistent loader state: {batch} batches of {self.ims_per_batch} and "
+                f"{sum(queued)} queued examples do not add up to position {position}"
+            )
+        frontier = {"batch": batch, "position": position, "queues": state["queues"]}
+        plan = _Plan(self._stream, self.ims_per_batch, frontier)  # checks the queued groups
         self.close()
-        self._position = int(state["position"])
-        self._queues = {}
-        for group, positions in state["queues"]:
-            # Recomputed in this process: at most (groups x (batch - 1)) examples.
-            queue = [self._examples[int(p)] for p in positions]
-            if any(self._group(e) != group for _, e in queue):
-                raise ValueError("loader state does not match the records (group changed)")
-            self._queues[int(group)] = queue
+        self._plan, self._frontier = plan, plan.frontier()
 
     def close(self) -> None:
         """Stops the grain workers (a later `next` restarts them at the same place)."""

@@ -5,9 +5,10 @@ Detectron2 runs one process per GPU under `DistributedDataParallel`. Here one pr
 mesh `("data",)` of all devices of all hosts:
 
 * parameters, optimizer state and BN statistics are **replicated** (`P()`);
-* the batch is **sharded** along its leading axis (`P("data")`): each host loads
-  `solver.ims_per_batch // process_count` images (`TrainLoader`), `shard_batch` assembles the
-  hosts' pieces into one global array, rows in process order;
+* the batch is **sharded** along its leading axis (`P("data")`): each host loads its slice
+  (`solver.ims_per_batch // process_count` images) of the global batch, which `TrainLoader`
+  plans identically on every host, bucket included; `shard_batch` assembles the hosts' pieces
+  into one global array, rows in process order;
 * the program sees the *global* batch, so the losses, their normalisers (RPN:
   `batch_size_per_image x num_images`, ROI: number of sampled ROIs), gradients and metrics
   are those of the global batch, and BN ("BN") statistics are global-batch statistics
@@ -245,8 +246,10 @@ def sync_step(flag: bool, host_batch_shape: tuple[int, ...]) -> bool:
     """One small collective per step of a multi-process run, before the batch is assembled.
 
     Checks that every host brings a batch of the same shape (a global array needs it; hosts
-    whose aspect-ratio groups disagree would otherwise compile different programs and hang)
-    and returns True on every process when `flag` (e.g. SIGTERM received) is set on any.
+    with different shapes would compile different programs and hang) and returns True on every
+    process when `flag` (e.g. SIGTERM received) is set on any. `TrainLoader` plans each global
+    batch identically on every host, so the shapes differ only when the hosts' loaders do
+    (config, records, seed or restored state).
 
     Raises:
       ValueError: the hosts' batch shapes differ.
@@ -261,8 +264,9 @@ def sync_step(flag: bool, host_batch_shape: tuple[int, ...]) -> bool:
         raise ValueError(
             f"the hosts' batches differ in shape (process: shape) "
             f"{ {i: tuple(r[1:]) for i, r in enumerate(table)} }: every host must load the same "
-            "padded shape at each step (one bucket, or input.pad_mode='buckets' with a single "
-            "bucket / dataloader.aspect_ratio_grouping shared by all hosts)"
+            "padded shape at each step; TrainLoader plans the global batches identically on "
+            "every host when all hosts have the same config, seed and training records (same "
+            "order) and restore the same loader state"
         )
     return bool(table[:, 0].any())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import grain
 import numpy as np
 import pytest
 from PIL import Image
@@ -191,8 +192,14 @@ def test_set_state_rejects_other_loader(train_records):
     state = _loader(_config(), train_records).get_state()
     with pytest.raises(ValueError, match="seed"):
         _loader(_config(), train_records, seed=3).set_state(state)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="ims_per_batch"):
         _loader(_config(solver__ims_per_batch=4), train_records).set_state(state)
+    with pytest.raises(ValueError, match="num_records"):
+        _loader(_config(), train_records[:-1]).set_state(state)
+    with pytest.raises(ValueError, match="version 1 .* per-host loader"):
+        _loader(_config(), train_records).set_state({**state, "version": 1})
+    with pytest.raises(ValueError, match="inconsistent loader state"):
+        _loader(_config(), train_records).set_state({**state, "position": 5})
 
 
 def test_batch_must_divide_between_hosts(train_records):
@@ -200,23 +207,179 @@ def test_batch_must_divide_between_hosts(train_records):
         _loader(_config(solver__ims_per_batch=3), train_records, shard_count=2)
 
 
-def test_shards_are_disjoint_and_cover(train_records):
+def _host_loaders(config, records, shard_count, **kw):
+    return [
+        _loader(config, records, shard_index=h, shard_count=shard_count, **kw)
+        for h in range(shard_count)
+    ]
+
+
+def _global_batches(loaders, n):
+    """n steps of every host: [[host 0's batch, host 1's batch, ...], ...]."""
+    return [[next(loader) for loader in loaders] for _ in range(n)]
+
+
+def _concat(host_batches):
+    return {k: np.concatenate([b[k] for b in host_batches]) for k in host_batches[0]}
+
+
+def test_hosts_split_each_global_batch_without_grouping(train_records):
     config = _config(dataloader__aspect_ratio_grouping=False, solver__ims_per_batch=3)
-    seen = []
-    for shard in range(3):
-        loader = _loader(config, train_records, shard_index=shard, shard_count=3)
-        assert loader.batch_size == 1
-        seen.append({int(b["image_id"][0]) for b in _take(loader, loader.shard_size)})
-    assert sum(len(s) for s in seen) == len(train_records)
-    assert set().union(*seen) == {r["image_id"] for r in train_records}
+    loaders = _host_loaders(config, train_records, 3)
+    assert [loader.batch_size for loader in loaders] == [1, 1, 1]
+    n = len(train_records)
+    steps = _global_batches(loaders, -(-n // 3))
+    # Global position 3 j + h is host h's image at step j; the first n positions are epoch 0.
+    ids = [int(b["image_id"][0]) for hosts in steps for b in hosts][:n]
+    assert sorted(ids) == sorted(r["image_id"] for r in train_records)
+
+
+@pytest.mark.parametrize(
+    ("shard_count", "pad_mode"), [(2, "buckets"), (4, "buckets"), (2, "size_divisibility")]
+)
+def test_hosts_agree_and_together_give_the_single_host_batch(train_records, shard_count, pad_mode):
+    # Landscape and portrait records, two buckets (or, under size_divisibility, two groups
+    # whose images pad to several shapes): hosts that grouped their own shards would disagree.
+    config = _config(solver__ims_per_batch=4, input__pad_mode=pad_mode)
+    steps = 18  # 72 positions: more than 3 epochs of the 21 records
+    single = _loader(config, train_records)
+    reference = _take(single, steps)
+    assert single.epoch >= 3
+    per_host = _global_batches(_host_loaders(config, train_records, shard_count), steps)
+    shapes, padded_for_others, d = set(), 0, config.input.size_divisibility
+    for step, (ref, hosts) in enumerate(zip(reference, per_host, strict=True)):
+        assert len({b["image"].shape for b in hosts}) == 1, step
+        assert hosts[0]["image"].shape[0] == 4 // shard_count
+        assert len(set(ref["bucket"].tolist())) == 1, step
+        _assert_same([ref], [_concat(hosts)])
+        shapes.add(ref["image"].shape[1:3])
+        for b in hosts:  # would this host's own images have padded to less?
+            own = -(-b["image_size"].max(0) // d) * d
+            padded_for_others += tuple(own) != b["image"].shape[1:3]
+    assert len(shapes) == 2  # both orientations
+    if pad_mode == "size_divisibility":
+        assert padded_for_others > 0
+
+
+def test_each_record_once_per_epoch_across_hosts(train_records):
+    """The exact property: between two states the plan consumes (reads and dequeues) exactly
+    the positions of the global batch returned; the hosts' images of that batch, in host order,
+    are the examples of those positions, i.e. of record `perm_e[p % N]` in epoch `e = p // N`
+    made with `default_rng([seed, e, record])`. So every position is in exactly one global
+    batch, fewer than `ims_per_batch` per group wait in the queues, and each record appears once
+    per epoch: exactly once for every epoch whose positions are all consumed."""
+    config = _config(solver__ims_per_batch=4)
+    n, seed = len(train_records), int(config.seed)
+    perm = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
+    loaders = _host_loaders(config, train_records, 2)
+    consumed: set[int] = set()
+    appearances = []  # (epoch, image_id) of every example returned
+    for _ in range(20):
+        hosts = [next(loader) for loader in loaders]
+        state = loaders[0].get_state()
+        assert loaders[1].get_state() == state  # the plan is global
+        queued = [p for _, ps in state["queues"] for p in ps]
+        assert all(len(ps) < 4 for _, ps in state["queues"])
+        now = set(range(state["position"])) - set(queued)
+        assert consumed < now
+        positions = sorted(now - consumed)
+        consumed = now
+        batch = _concat(hosts)
+        assert len(positions) == 4
+        for p, image, image_id in zip(positions, batch["image"], batch["image_id"], strict=True):
+            e, r = p // n, int(perm[p])
+            assert image_id == train_records[r]["image_id"]
+            example = L.B.make_train_example(
+                train_records[r], config, np.random.default_rng([seed, e, r])
+            )
+            h, w = example["image"].shape[:2]
+            np.testing.assert_array_equal(image[:h, :w], example["image"])
+            appearances.append((e, int(image_id)))
+    assert len(appearances) == len(set(appearances))  # at most once per epoch
+    all_ids = sorted(r["image_id"] for r in train_records)
+    full_epochs = [e for e in range(4) if set(range(e * n, (e + 1) * n)) <= consumed]
+    assert full_epochs == [0, 1, 2]
+    for e in full_epochs:
+        assert sorted(i for ep, i in appearances if ep == e) == all_ids
+
+
+def test_restore_one_host_of_two(train_records):
+    config = _config(solver__ims_per_batch=4)
+    n = len(train_records)
+    host = _loader(config, train_records, shard_index=1, shard_count=2)
+    reference, states = [], []
+    for _ in range(16):
+        reference.append(next(host))
+        states.append(host.get_state())
+    # Mid-epoch with an image waiting in a queue: in epoch 0 (the next 6 batches cross into
+    # epoch 1) and in epoch 1.
+    picks = [
+        next(k for k, s in enumerate(states) if s["queues"] and lo < s["position"] < lo + n)
+        for lo in (0, n)
+    ]
+    for k in picks:
+        restored = _loader(config, train_records, shard_index=1, shard_count=2)
+        restored.set_state(json.loads(json.dumps(states[k])))  # must survive JSON
+        _assert_same(reference[k + 1 : k + 7], _take(restored, 6))
+    assert states[picks[0] + 6]["position"] > n
+    # The state is global: one host can continue from it alone with the whole global batches.
+    k = picks[1]
+    reference = _take(_loader(config, train_records), k + 7)[k + 1 :]
+    alone = _loader(config, train_records)
+    alone.set_state(states[k])
+    _assert_same(reference, _take(alone, 6))
+
+
+@pytest.mark.parametrize("sampling", ["choice", "range"])
+def test_planned_bucket_is_the_loaded_examples(train_records, sampling):
+    # Four buckets and multi-scale training: the random short edge changes an image's bucket.
+    config = _config(
+        input__buckets=((32, 32), (32, 48), (48, 32), (48, 48)),
+        input__min_size_train=(24, 32, 40) if sampling == "choice" else (24, 40),
+        input__min_size_train_sampling=sampling,
+    )
+    seed = int(config.seed)
+    buckets: dict[int, set[int]] = {}
+    for r, record in enumerate(train_records[:8]):
+        for epoch in range(4):
+            rng = np.random.default_rng([seed, epoch, r])
+            planned = L.train_padded_shape(record["height"], record["width"], config, rng)
+            rng = np.random.default_rng([seed, epoch, r])
+            example = L.B.make_train_example(record, config, rng)
+            assert planned == (int(example["bucket"]), example["image"].shape[:2])
+            buckets.setdefault(r, set()).add(planned[0])
+    assert any(len(b) > 1 for b in buckets.values())
+    # The loader checks every example against its plan.
+    hosts = _global_batches(_host_loaders(config, train_records, 2), 8)
+    assert len({hosts[j][0]["image"].shape[1:3] for j in range(8)}) >= 2
 
 
 @pytest.mark.slow
-def test_workers_give_identical_batches(train_records):
-    config = _config()
-    reference = _take(_loader(config, train_records), 8)
-    with _loader(config, train_records, num_workers=2) as loader:
+@pytest.mark.parametrize(("shard_index", "shard_count"), [(0, 1), (1, 2)])
+def test_workers_give_identical_batches(train_records, shard_index, shard_count):
+    config = _config(solver__ims_per_batch=4)
+    kw = {"shard_index": shard_index, "shard_count": shard_count}
+    loader = _loader(config, train_records, **kw)
+    reference = _take(loader, 3)
+    state = loader.get_state()
+    reference += _take(loader, 5)
+    with _loader(config, train_records, num_workers=2, **kw) as loader:
         _assert_same(reference, _take(loader, 8))
+    with _loader(config, train_records, num_workers=2, **kw) as loader:
+        loader.set_state(state)
+        _assert_same(reference[3:], _take(loader, 5))
+
+
+def test_plan_gives_any_batch_again(train_records):
+    # Reader processes keep only the last few planned batches; an older one is replanned.
+    stream = L._Stream(_config(), train_records, seed=0)
+    plan = L._Plan(stream, 4)
+    batches = [plan.batch(j) for j in range(3 * L._PLAN_WINDOW)]
+    assert plan.batch(1) == batches[1] and plan.batch(20) == batches[20]
+    later = L._Plan(stream, 4, plan.frontier())
+    assert later.batch(3 * L._PLAN_WINDOW) == plan.batch(3 * L._PLAN_WINDOW)
+    with pytest.raises(IndexError):
+        later.batch(0)
 
 
 @pytest.mark.parametrize("shard_count", [1, 2, 3])

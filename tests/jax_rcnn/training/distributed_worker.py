@@ -5,12 +5,15 @@
 
 `parity` (8 forced CPU devices): one train step of the global batch on a 1-device and an
 8-device mesh, the same in bf16, and COCO evaluation on 1 and 8 devices; writes the numbers.
-`train`: `loop.train` of the smoke config; under `JAX_COORDINATOR_ADDRESS` etc. it is one of
-several processes; `reference` makes a single process read both processes' data shards.
+`train`: `loop.train` of the smoke config on landscape and portrait images (two buckets); under
+`JAX_COORDINATOR_ADDRESS` etc. it is one of several processes, each loading its slice of every
+global batch; `reference` makes a single process load the whole global batches itself. Prints the
+padded (H, W) of every batch it trained on ("shapes [[H, W], ...]").
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -96,25 +99,35 @@ def parity(out_path: str) -> None:
         json.dump(result, f)
 
 
-class MergedLoader:
-    """One process reading the shards of `NUM_PROCESSES` processes, in process order."""
+def two_orientation_records(config) -> list[dict]:
+    """The shapes train split twice, at (128, 160) and at (160, 128): both buckets fill."""
+    records, _ = dataset_records(config, "train")
+    portrait = copy.deepcopy(config)
+    portrait.data.shapes.image_size = (160, 128)
+    offset = 1 + max(r["image_id"] for r in records)
+    extra = dataset_records(portrait, "train")[0]
+    return records + [{**r, "image_id": r["image_id"] + offset} for r in extra]
 
-    def __init__(self, config, records):
-        self.loaders = [
-            TrainLoader(config, records, shard_index=i, shard_count=NUM_PROCESSES)
-            for i in range(NUM_PROCESSES)
-        ]
+
+class ShapeLog:
+    """A loader that remembers the padded (H, W) of every batch it returned."""
+
+    def __init__(self, loader):
+        self.loader, self.shapes = loader, []
 
     def __next__(self):
-        parts = [next(loader) for loader in self.loaders]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        batch = next(self.loader)
+        self.shapes.append(list(batch["image"].shape[1:3]))
+        return batch
 
     def get_state(self):
-        return {"parts": [loader.get_state() for loader in self.loaders]}
+        return self.loader.get_state()
 
     def set_state(self, state):
-        for loader, s in zip(self.loaders, state["parts"], strict=True):
-            loader.set_state(s)
+        self.loader.set_state(state)
+
+    def close(self):
+        self.loader.close()
 
 
 def train(workdir: str, max_iter: int, reference: bool) -> None:
@@ -123,9 +136,12 @@ def train(workdir: str, max_iter: int, reference: bool) -> None:
     config.solver.max_iter = max_iter
     config.solver.checkpoint_period = 2
     config.log_period = 1
-    records, _ = dataset_records(config, "train")
-    loader = MergedLoader(config, records) if reference else None
+    records = two_orientation_records(config)
+    # The reference reads the whole global batches on one host; the processes their slices.
+    shard = {"shard_index": 0, "shard_count": 1} if reference else {}
+    loader = ShapeLog(TrainLoader(config, records, **shard))
     state = loop.train(config, workdir, train_loader=loader)
+    print("shapes", json.dumps(loader.shapes), flush=True)
     print("done", jax.process_index(), int(state.step), flush=True)
 
 

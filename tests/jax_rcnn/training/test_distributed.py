@@ -156,8 +156,16 @@ def _losses(workdir) -> list[dict]:
     return [{k: v for k, v in r.items() if k.startswith("loss") or k == "iteration"} for r in rows]
 
 
+def _shapes(out: str) -> list[tuple[int, int]]:
+    line = next(s for s in out.splitlines() if s.startswith("shapes "))
+    return [tuple(hw) for hw in json.loads(line[len("shapes ") :])]
+
+
 @pytest.mark.slow
 def test_two_processes_train_checkpoint_resume_like_one(tmp_path):
+    """Two processes, two buckets (landscape and portrait images): the loaders plan every global
+    batch identically, so both hosts bring the same shape at each step, and the run (with a
+    restart) has the losses of one process loading the same global batches."""
     cache = tmp_path / "xla_cache"  # the restart reuses the first run's executables
     common = dict(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0)
 
@@ -176,12 +184,18 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path):
         ]
         return [_wait(p) for p in procs]
 
-    two_processes(2)  # steps 0, 1; checkpoint at 2
+    out = two_processes(2)  # steps 0, 1; checkpoint at 2
     assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["2"]
+    shapes = _shapes(out[0])
+    assert _shapes(out[1]) == shapes
     out = two_processes(3)  # resumes at 2, step 2
     assert "done 0 3" in out[0] and "done 1 3" in out[1]
-    # One process, 4 devices, reading both processes' data shards: the same global batches.
-    _wait(_run(["train", tmp_path / "single", 3, "reference"], devices=4, **common))
+    assert _shapes(out[1]) == _shapes(out[0])
+    shapes += _shapes(out[0])
+    # One process, 4 devices, loading each global batch whole: the same batches and losses.
+    single_out = _wait(_run(["train", tmp_path / "single", 3, "reference"], devices=4, **common))
+    assert _shapes(single_out) == shapes
+    assert set(shapes) == {(128, 160), (160, 128)}  # both buckets within the 3 steps
     multi, single = _losses(tmp_path / "multi"), _losses(tmp_path / "single")
     assert [r["iteration"] for r in multi] == [r["iteration"] for r in single] == [0, 1, 2]
     for a, b in zip(multi, single, strict=True):
