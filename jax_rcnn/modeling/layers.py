@@ -134,12 +134,14 @@ def get_norm(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d_tap_weight_grad(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """`lax.conv_general_dilated` (NHWC, HWIO, no dilation or groups) whose weight gradient is
-    one `[C_in, N*H'*W'] x [N*H'*W', C_out]` dot per kernel tap.
+    """`lax.conv_general_dilated` (NHWC, HWIO, no dilation or groups) whose gradients are
+    dots per kernel tap: weight `[C_in, N*H'*W'] x [N*H'*W', C_out]`, input
+    `[N*H'*W', C_out] x [C_out, C_in]` added onto the tap's window.
 
     XLA:CPU runs a convolution's weight gradient as a window-sized convolution; inside a
     `lax.switch` branch (the mask head, see `rcnn.forward_train`) it falls back to a naive loop
-    (~6 s per 3x3 256->256 conv on 256 ROIs). The per-tap dots are plain matmuls anywhere.
+    (~6 s per 3x3 256->256 conv on 256 ROIs), and the input gradient too. The per-tap dots are
+    plain matmuls anywhere.
 
     Args:
       x: f32[B, H, W, C_in].
@@ -168,38 +170,86 @@ def _tap_fwd(x, kernel, stride, padding):
 
 def _tap_bwd(stride, padding, res, dy):
     x, kernel = res
-    k = kernel.shape[0]
-    _, ho, wo, cout = dy.shape
-    # Input gradient as a plain NHWC/HWIO convolution (flipped kernel, in/out swapped, dy
-    # dilated by the stride); JAX's own transpose rule emits swapped kernel dimensions, which
-    # XLA:CPU also runs as a naive loop inside a `lax.switch` branch.
-    extra_h = (x.shape[1] + 2 * padding - k) % stride
-    extra_w = (x.shape[2] + 2 * padding - k) % stride
-    dx = lax.conv_general_dilated(
-        dy,
-        jnp.swapaxes(kernel[::-1, ::-1], 2, 3),
-        window_strides=(1, 1),
-        padding=(
-            (k - 1 - padding, k - 1 - padding + extra_h),
-            (k - 1 - padding, k - 1 - padding + extra_w),
-        ),
-        lhs_dilation=(stride, stride),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    k, cin = kernel.shape[0], x.shape[-1]
+    n, ho, wo, cout = dy.shape
+    hp, wp = x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
+    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     dy2 = dy.reshape(-1, cout)
-    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    rows = []
+    # Both gradients as one dot per tap; XLA:CPU runs a convolution's gradients inside a
+    # `lax.switch` branch as naive loops (the input gradient of a 3x3 256->256 conv on 16 ROIs:
+    # 0.13 s). Input gradient: each tap's [P, C_out] x [C_out, C_in] product lands on the
+    # (strided) window it was read from, summed by one fused pad-and-add.
+    rows, dxp = [], None
+    zero = jnp.zeros((), dy.dtype)
     for i in range(k):
         taps = []
         for j in range(k):
             xs = xp[:, i : i + span_h : stride, j : j + span_w : stride]
-            taps.append(lax.dot_general(xs.reshape(-1, x.shape[-1]), dy2, (((0,), (0,)), ((), ()))))
+            taps.append(lax.dot_general(xs.reshape(-1, cin), dy2, (((0,), (0,)), ((), ()))))
+            part = lax.dot_general(dy2, kernel[i, j], (((1,), (1,)), ((), ())))
+            part = lax.pad(
+                part.reshape(n, ho, wo, cin),
+                zero,
+                (
+                    (0, 0, 0),
+                    (i, hp - i - span_h, stride - 1),
+                    (j, wp - j - span_w, stride - 1),
+                    (0, 0, 0),
+                ),
+            )
+            dxp = part if dxp is None else dxp + part
         rows.append(jnp.stack(taps))
+    dx = dxp[:, padding : padding + x.shape[1], padding : padding + x.shape[2]]
     return dx, jnp.stack(rows).astype(kernel.dtype)
 
 
 conv2d_tap_weight_grad.defvjp(_tap_fwd, _tap_bwd)
+
+
+_ELEMENTWISE_MAX_K = 4
+
+
+@jax.custom_vjp
+def pixel_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A 1x1 convolution as a matmul over pixels: `y[..., o] = sum_i x[..., i] kernel[i, o]`.
+
+    Its weight gradient is one `dot_general` contracting the pixel rows of both `x` and `dy`
+    (`[P, C_in] x [P, C_out] -> [C_in, C_out]`), which XLA:CPU's matmul takes as is. JAX's own
+    transpose rule computes `[C_out, C_in]` and transposes it, and XLA:CPU then writes `dy`
+    transposed to `[C_out, P]` first (fused with the backward of the norm and ReLU that produce
+    it): ~1.7 s of a full-size R50-FPN train step (`benchmarks/RESULTS.md`). Same sums.
+
+    Args:
+      x: f32[..., C_in] (any float dtype).
+      kernel: f32[C_in, C_out], same dtype as `x`.
+
+    Returns:
+      f32[..., C_out].
+    """
+    return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _pixel_matmul_fwd(x, kernel):
+    return pixel_matmul(x, kernel), (x, kernel)
+
+
+def _pixel_matmul_bwd(res, dy):
+    x, kernel = res
+    if kernel.shape[1] <= _ELEMENTWISE_MAX_K:
+        # A matmul with K <= 4 (the RPN objectness logits: K = 3) is memory-bound; XLA:CPU's
+        # matmul runs it at ~0.5 GB/s (0.29 s at P2 of a full-size step), a fused
+        # multiply-add loop at memory speed.
+        dx = sum(dy[..., k : k + 1] * kernel[:, k] for k in range(kernel.shape[1]))
+    else:
+        dx = lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())))
+    dk = lax.dot_general(
+        x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ()))
+    )
+    return dx, dk.astype(kernel.dtype)
+
+
+pixel_matmul.defvjp(_pixel_matmul_fwd, _pixel_matmul_bwd)
 
 
 class Conv2d(nn.Module):
@@ -255,11 +305,7 @@ class Conv2d(nn.Module):
             # transpose x to batch-innermost for a window-sized convolution (~6 s per full-size
             # R50-FPN step, see `jax_rcnn/compile.py`). Same sums, any backend.
             s = self.strides
-            y = lax.dot_general(
-                x[:, ::s, ::s].astype(self.dtype),
-                kernel[0, 0].astype(self.dtype),
-                (((3,), (0,)), ((), ())),
-            )
+            y = pixel_matmul(x[:, ::s, ::s].astype(self.dtype), kernel[0, 0].astype(self.dtype))
         elif self.tap_weight_grad and self.groups == 1 and self.dilation == 1:
             y = conv2d_tap_weight_grad(
                 x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding

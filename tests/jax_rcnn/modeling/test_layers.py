@@ -160,3 +160,22 @@ def test_conv2d_1x1_dot_path_matches_lax_conv(stride):
     got = conv.apply(v, x)
     assert got.shape == (2, -(-9 // stride), -(-7 // stride), 4)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("cout", [3, 6])  # 3: input gradient as a multiply-add loop
+def test_pixel_matmul_gradients_match_plain_dot(dtype, cout):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3, 8)).astype(dtype)
+    w = jax.random.normal(jax.random.key(1), (8, cout)).astype(dtype)
+
+    def loss(f):
+        return lambda x, w: jnp.sum(jnp.sin(f(x, w).astype(jnp.float32)))
+
+    got = jax.jit(jax.grad(loss(layers.pixel_matmul), (0, 1)))(x, w)
+    want = jax.grad(loss(lambda x, w: jnp.einsum("nhwc,cd->nhwd", x, w)), (0, 1))(x, w)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for g, r in zip(got, want, strict=True):
+        assert g.dtype == r.dtype == dtype
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=tol, atol=tol * 4
+        )
