@@ -146,3 +146,28 @@ def test_head_initialisation_matches_detectron2():
     rpn = heads.StandardRPNHead(num_anchors=3)
     v = jax.jit(rpn.init)(jax.random.key(1, impl="rbg"), [jnp.zeros((1, 4, 4, 64))])["params"]
     np.testing.assert_allclose(np.std(v["conv"]["kernel"]), 0.01, rtol=0.03)
+
+
+@pytest.mark.parametrize(
+    "valid_rows,want",
+    [
+        ([[]], 8),  # no valid slot: the smallest branch
+        ([[0, 9]], 16),  # holes: the last valid slot decides
+        ([[3], [0, 1, 31]], 32),  # the image needing most slots decides
+        ([[0, 64]], 72),  # beyond the largest listed size: all S slots
+    ],
+)
+def test_run_on_first_slots_picks_the_smallest_branch_holding_every_valid_slot(valid_rows, want):
+    from jax_rcnn.modeling import rcnn
+
+    valid = np.zeros((len(valid_rows), 72), bool)
+    for b, rows in enumerate(valid_rows):
+        valid[b, rows] = True
+    x = jnp.arange(72.0)
+
+    def make_branch(n):
+        return lambda x: (jnp.sum(x[:n]), jnp.full((), n))
+
+    total, n = jax.jit(lambda v, x: rcnn.run_on_first_slots(v, make_branch, x))(valid, x)
+    assert int(n) == want
+    assert float(total) == float(np.sum(np.arange(want)))

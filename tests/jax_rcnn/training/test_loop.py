@@ -1,6 +1,7 @@
 """The training loop: metrics.jsonl, resume == uninterrupted, SIGTERM, NaN stop, train.py."""
 
 import json
+import math
 import os
 import pathlib
 import signal
@@ -187,3 +188,24 @@ def test_train_py_signal_then_resume_matches_uninterrupted(
     for it, m in want.items():
         for k in ("total_loss", "loss_rpn_cls", "loss_cls", "loss_mask", "lr"):
             assert got[it][k] == pytest.approx(m[k], rel=1e-6, abs=1e-7), (it, k)
+
+
+@pytest.mark.slow
+def test_quickstart_config_runs_end_to_end(tmp_path):
+    """The README's main command on `configs/quickstart.py:smoke` (4 steps, evaluation, picture):
+    guards the quickstart's own architecture (R18 res2-res4, p2-only ROI pooling)."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config=configs/quickstart.py:smoke",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = _read_metrics(tmp_path / "w")
+    losses = [m for m in metrics if "total_loss" in m]
+    assert [m["iteration"] for m in losses] == [0, 1, 2, 3]
+    assert all(math.isfinite(m["total_loss"]) for m in losses)
+    assert {"bbox/AP", "segm/AP"} <= set(metrics[-1])
+    assert (tmp_path / "w" / "predictions" / "iter_0000003.png").exists()
