@@ -329,6 +329,7 @@ def forward_train(
         positive_fraction=m.rpn.positive_fraction,
         boundary_thresh=m.rpn.boundary_thresh,
     )
+
     # Anchor-gt IoU is [G, A] per image (G = input.max_gt, 100 for COCO: 0.4 s of a full-size
     # CPU step); padded gt never match, so label against the first n gt slots that hold every
     # valid one. Same labels and samples.
