@@ -153,6 +153,21 @@ def _instance_mask(
     return mask_util.decode(mask_util.merge(rles)).astype(bool)
 
 
+def train_resized_size(
+    height: int, width: int, config, rng: np.random.Generator
+) -> tuple[int, int]:
+    """(h, w) of a `height x width` training image after its random short-edge resize.
+
+    The first draw of `make_train_example` from `rng` (`config.input.min_size_train*`); the
+    training loader calls it alone to plan batch shapes without reading the image.
+    """
+    cfg = config.input
+    short = T.sample_short_edge(rng, cfg.min_size_train, cfg.min_size_train_sampling)
+    if not short:
+        return int(height), int(width)
+    return T.resize_shortest_edge_shape(int(height), int(width), short, cfg.max_size_train)
+
+
 def make_train_example(record: dict, config, rng: np.random.Generator) -> dict:
     """Reads, augments and pads one training image with its ground truth (static shapes).
 
@@ -182,8 +197,7 @@ def make_train_example(record: dict, config, rng: np.random.Generator) -> dict:
     image = _read_checked(record, cfg.format)
     h, w = image.shape[:2]
 
-    short = T.sample_short_edge(rng, cfg.min_size_train, cfg.min_size_train_sampling)
-    nh, nw = T.resize_shortest_edge_shape(h, w, short, cfg.max_size_train) if short else (h, w)
+    nh, nw = train_resized_size(h, w, config, rng)
     if cfg.random_flip == "horizontal":
         flip = bool(rng.random() < 0.5)
     elif cfg.random_flip == "none":

@@ -190,12 +190,7 @@ def train_padded_shape(
     Returns:
         `(bucket, (H, W))` as in the example's `bucket` and `image.shape[:2]`.
     """
-    cfg = config.input
-    h, w = int(height), int(width)
-    short = T.sample_short_edge(rng, cfg.min_size_train, cfg.min_size_train_sampling)
-    if short:
-        h, w = T.resize_shortest_edge_shape(h, w, short, cfg.max_size_train)
-    return B._padded_shape(h, w, config)
+    return B._padded_shape(*B.train_resized_size(height, width, config, rng), config)
 
 
 class _Stream:
