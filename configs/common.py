@@ -142,6 +142,11 @@ def roi_mask_head(conv_dim: int = 256) -> ml_collections.ConfigDict:
             "pooler_sampling_ratio": 0,
             "pooler_type": "ROIAlignV2",
             "cls_agnostic_mask": False,
+            # jax_rcnn extension, not in Detectron2: train the mask head on at most this many
+            # foreground ROIs per image, drawn uniformly at random from the sampled
+            # foreground (an unbiased estimate of Detectron2's loss_mask; TF's Mask R-CNN
+            # `num_sampled_masks`). 0 = every foreground ROI (Detectron2).
+            "num_sampled_masks": 0,
         }
     )
 
@@ -242,7 +247,9 @@ def solver() -> ml_collections.ConfigDict:
             # WEIGHT_DECAY_BIAS: None = same as weight_decay (Detectron2's default).
             "weight_decay_bias": ml_collections.config_dict.placeholder(float),
             "bias_lr_factor": 1.0,
+            # "WarmupMultiStepLR" or "WarmupCosineLR" (which decays to base_lr_end).
             "lr_scheduler_name": "WarmupMultiStepLR",
+            "base_lr_end": 0.0,
             "steps": (60000, 80000),
             "max_iter": 90000,
             "gamma": 0.1,

@@ -262,6 +262,31 @@ def mask_probs(config, apply, features, dets, backend) -> jax.Array:
     return jnp.where(dets.valid[:, :, None, None], probs, 0.0)
 
 
+def sample_mask_rois(
+    key: jax.Array, fg_rois: Any, fg_valid: jax.Array, num: int
+) -> tuple[Any, jax.Array]:
+    """`num` foreground ROIs per image drawn uniformly without replacement
+    (`roi_mask_head.num_sampled_masks`; all of them where an image has at most `num`).
+
+    Args:
+      key: PRNG key.
+      fg_rois: `targets.ROITargets` of the foreground slots, fields `[B, F, ...]`.
+      fg_valid: bool[B, F], the slots holding foreground.
+      num: slots to keep, `< F`.
+
+    Returns:
+      `(rois, valid)` with fields `[B, num, ...]`; the kept foreground comes first, in random
+      order, so `run_on_first_slots` still sees a foreground prefix.
+    """
+    u = jax.random.uniform(key, fg_valid.shape)
+    order = jnp.argsort(jnp.where(fg_valid, u, 2.0), axis=1)[:, :num]
+
+    def take(a):
+        return jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
+
+    return jax.tree.map(take, fg_rois), take(fg_valid)
+
+
 def forward_train(
     model: GeneralizedRCNN,
     variables: dict[str, Any],
@@ -294,7 +319,8 @@ def forward_train(
       `Proposals` + gt), "rois" (`targets.ROITargets`, `[B, R]`), "all_finite" bool[B]
       (False: a proposal decoded to a non-finite box; Detectron2 raises), "updates"[,
       "mask_targets" bool[B, F, M, M], "mask_logits" f32[B, F, M, M, K] of the foreground
-      slots `rois[:, :F]`]}`.
+      slots `rois[:, :F]`, or of the `F = roi_mask_head.num_sampled_masks` ROIs drawn from
+      them (`sample_mask_rois`)]}`.
     """
     m = config.model
     backend = backend or m.kernels
@@ -422,6 +448,17 @@ def forward_train(
         )
         fg_rois = jax.tree.map(lambda a: a[:, :num_fg], rois)
         fg_valid = fg_rois.valid & (fg_rois.gt_classes < rh.num_classes)
+        num_sampled = m.roi_mask_head.num_sampled_masks
+        if num_sampled < 0:
+            raise ValueError(
+                f"config.model.roi_mask_head.num_sampled_masks={num_sampled}: expected >= 0 "
+                "(0 = every foreground ROI)"
+            )
+        if 0 < num_sampled < num_fg:
+            fg_rois, fg_valid = sample_mask_rois(
+                jax.random.fold_in(roi_key, 1), fg_rois, fg_valid, num_sampled
+            )
+            num_fg = num_sampled
         fg_boxes = jnp.where(fg_valid[..., None], fg_rois.proposal_boxes, 0.0)
         # Detectron2 runs the mask head on the foreground ROIs only, usually far fewer than
         # the F static slots (128 for R50-FPN: ~0.7 TFLOP per full-size step if all ran).

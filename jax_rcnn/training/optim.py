@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -101,18 +102,85 @@ def warmup_multistep_schedule(
     return lr
 
 
+def warmup_cosine_schedule(
+    base_lr: float,
+    *,
+    max_iter: int,
+    base_lr_end: float = 0.0,
+    warmup_factor: float = 0.001,
+    warmup_iters: int = 1000,
+    warmup_method: str = "linear",
+) -> Callable[[Any], Any]:
+    """Detectron2's "WarmupCosineLR": the learning rate used at iteration `it` (0-based).
+
+    Detectron2 builds it as `WarmupParamScheduler(CosineParamScheduler(1, end))` under
+    `LRMultiplier(max_iter)`: the factor at `it` is `end + (1 - end) * (1 + cos(pi * it /
+    max_iter)) / 2` with `end = base_lr_end / base_lr`; during the warm-up it rises linearly
+    from `warmup_factor` to the cosine's value at `warmup_iters` ("constant": stays at
+    `warmup_factor`).
+
+    Example (base_lr 0.04, max_iter 1600, warm-up 100): `lr(0) = 4e-5`, `lr(800) = 0.02`,
+    `lr(1599) = 3.9e-8`.
+
+    Args:
+      base_lr: `SOLVER.BASE_LR`.
+      max_iter: `SOLVER.MAX_ITER`.
+      base_lr_end: `SOLVER.BASE_LR_END`, the learning rate the cosine ends at.
+      warmup_factor, warmup_iters, warmup_method: as `warmup_multistep_schedule`.
+
+    Returns:
+      `lr(it)`: a Python float for an int `it`, an f32 scalar for a traced step count.
+    """
+    if warmup_method not in ("linear", "constant"):
+        raise ValueError(f"unknown warmup_method {warmup_method!r}")
+    if not 0.0 <= base_lr_end <= base_lr:
+        raise ValueError(f"solver.base_lr_end={base_lr_end} must lie in [0, base_lr={base_lr}]")
+    end_value = base_lr_end / base_lr if base_lr else 0.0
+
+    def cosine(it, cos):
+        return end_value + (1.0 - end_value) * 0.5 * (1.0 + cos(math.pi * it / max_iter))
+
+    start = warmup_factor * cosine(0, math.cos)
+    warm_end = cosine(min(int(warmup_iters), max_iter), math.cos)
+
+    def warm(it):
+        if warmup_method == "constant":
+            return start
+        return start + (warm_end - start) * (it / warmup_iters if warmup_iters else 1.0)
+
+    def lr(it):
+        if isinstance(it, int):
+            return base_lr * (warm(it) if it < warmup_iters else cosine(it, math.cos))
+        itf = jnp.asarray(it).astype(jnp.float32)
+        factor = jnp.where(itf < warmup_iters, warm(itf), cosine(itf, jnp.cos))
+        return (base_lr * factor).astype(jnp.float32)
+
+    return lr
+
+
+LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
+
+
 def build_lr_schedule(config) -> Callable[[Any], Any]:
-    """`warmup_multistep_schedule` for `config.solver` (the schedule is in absolute LR units)."""
+    """The `config.solver.lr_scheduler_name` schedule ("WarmupMultiStepLR" or
+    "WarmupCosineLR") for `config.solver`, in absolute LR units."""
     s = config.solver
-    if s.lr_scheduler_name != "WarmupMultiStepLR":
-        raise ValueError(f"unsupported solver.lr_scheduler_name {s.lr_scheduler_name!r}")
-    return warmup_multistep_schedule(
-        s.base_lr,
-        steps=tuple(x for x in s.steps if x <= s.max_iter),  # Detectron2 drops later steps
-        gamma=s.gamma,
-        warmup_factor=s.warmup_factor,
-        warmup_iters=s.warmup_iters,
-        warmup_method=s.warmup_method,
+    warmup = dict(
+        warmup_factor=s.warmup_factor, warmup_iters=s.warmup_iters, warmup_method=s.warmup_method
+    )
+    if s.lr_scheduler_name == "WarmupMultiStepLR":
+        return warmup_multistep_schedule(
+            s.base_lr,
+            steps=tuple(x for x in s.steps if x <= s.max_iter),  # Detectron2 drops later steps
+            gamma=s.gamma,
+            **warmup,
+        )
+    if s.lr_scheduler_name == "WarmupCosineLR":
+        return warmup_cosine_schedule(
+            s.base_lr, max_iter=s.max_iter, base_lr_end=s.base_lr_end, **warmup
+        )
+    raise ValueError(
+        f"unsupported solver.lr_scheduler_name {s.lr_scheduler_name!r} (known: {LR_SCHEDULERS})"
     )
 
 

@@ -193,6 +193,40 @@ def test_box_relative_masks_loss_close(forward, npz, setup):
     assert _rel(loss, npz["loss_mask"]) < 0.015
 
 
+@pytest.mark.slow
+def test_num_sampled_masks_averages_the_drawn_foreground(forward, setup):
+    """`roi_mask_head.num_sampled_masks`: loss_mask is the mean of the per-ROI mask losses of
+    the drawn foreground ROIs (the same ROIs, heads and targets as the full run)."""
+    cfg, model, variables, batch = setup
+    cfg = cfg.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.model.roi_mask_head.num_sampled_masks = 4
+    out, aux = jax.jit(lambda v, b, k: rcnn.forward_train(model, v, b, k, config=cfg))(
+        variables, batch, jax.random.key(0)
+    )
+    full = forward[1]
+    num_fg = full["mask_logits"].shape[1]
+    rois = full["rois"]
+    fg_valid = rois.valid[0, :num_fg] & (rois.gt_classes[0, :num_fg] < K)
+    assert fg_valid.sum() > 4
+    assert aux["mask_logits"].shape[1] == 4
+    cls = rois.gt_classes[0, :num_fg]
+    full_logits = full["mask_logits"][0][np.arange(num_fg), ..., np.minimum(cls, K - 1)]
+    per_roi = np.mean(
+        np.logaddexp(0, full_logits) - full_logits * full["mask_targets"][0], axis=(1, 2)
+    )
+    drawn = []
+    for logits in np.asarray(aux["mask_logits"])[0]:
+        dist = np.abs(full["mask_logits"][0] - logits).max(axis=(1, 2, 3))
+        dist[~fg_valid] = np.inf
+        drawn.append(int(np.argmin(dist)))
+        assert dist[drawn[-1]] < 1e-3
+    assert len(set(drawn)) == 4
+    np.testing.assert_allclose(float(out["loss_mask"]), per_roi[drawn].mean(), rtol=1e-4)
+    for name in ("loss_cls", "loss_box_reg", "loss_rpn_cls"):  # the rest is unchanged
+        np.testing.assert_allclose(float(out[name]), float(forward[0][name]), rtol=1e-6)
+
+
 def test_make_batch_from_records_matches_the_mapper(npz):
     cfg = _config()
     coco = json.loads((FIXTURE / "annotations.json").read_text())

@@ -49,6 +49,50 @@ def test_constant_warmup_and_no_warmup():
     assert [lr(i) for i in range(4)] == pytest.approx([1, 1, 0.1, 0.1])
 
 
+def _d2_cosine_reference(it, base_lr, max_iter, end_lr, factor, warmup_iters):
+    """Detectron2's WarmupParamScheduler(CosineParamScheduler(1, end), warmup_factor,
+    warmup_iters / max_iter) read by LRMultiplier at `it / max_iter`, written out."""
+    where = it / max_iter
+    end = end_lr / base_lr
+
+    def cos_sched(w):
+        return end + 0.5 * (1 - end) * (1 + np.cos(np.pi * w))
+
+    warm_len = min(warmup_iters / max_iter, 1.0)
+    if where < warm_len:
+        lo, hi = factor * cos_sched(0.0), cos_sched(warm_len)
+        return base_lr * (lo + (hi - lo) * where / warm_len)
+    return base_lr * cos_sched(where)
+
+
+@pytest.mark.parametrize("end_lr", [0.0, 0.004])
+def test_warmup_cosine_matches_detectron2(end_lr):
+    lr = optim.warmup_cosine_schedule(
+        0.04, max_iter=1600, base_lr_end=end_lr, warmup_factor=0.001, warmup_iters=100
+    )
+    jlr = jax.jit(lr)
+    for it in (0, 1, 50, 99, 100, 101, 800, 1200, 1599):
+        want = _d2_cosine_reference(it, 0.04, 1600, end_lr, 0.001, 100)
+        np.testing.assert_allclose(lr(it), want, rtol=1e-12)
+        np.testing.assert_allclose(float(jlr(jnp.int32(it))), want, rtol=2e-5, atol=1e-9)
+    assert lr(800) == pytest.approx(0.02 + end_lr / 2)
+    assert lr(1600) == pytest.approx(end_lr)
+
+
+def test_lr_scheduler_name_selects_schedule_and_rejects_unknown(smoke_config):
+    c = smoke_config
+    c.solver.lr_scheduler_name = "WarmupCosineLR"
+    c.solver.max_iter, c.solver.warmup_iters, c.solver.base_lr = 10, 0, 1.0
+    assert optim.build_lr_schedule(c)(5) == pytest.approx(0.5)
+    c.solver.lr_scheduler_name = "WarmupPolyLR"
+    with pytest.raises(ValueError, match="WarmupPolyLR.*known"):
+        optim.build_lr_schedule(c)
+    c.solver.lr_scheduler_name = "WarmupCosineLR"
+    c.solver.base_lr_end = 2.0
+    with pytest.raises(ValueError, match="base_lr_end"):
+        optim.build_lr_schedule(c)
+
+
 def test_param_groups_follow_get_default_optimizer_params(smoke_config):
     c = smoke_config
     c.solver.weight_decay, c.solver.weight_decay_norm, c.solver.bias_lr_factor = 1e-4, 0.0, 2.0
