@@ -76,7 +76,7 @@ SAMPLING_STYLES = ("choice", "range")
 FUSE_TYPES = ("sum", "avg")
 POOLER_TYPES = ("ROIAlignV2", "ROIAlign")
 BBOX_REG_LOSS_TYPES = ("smooth_l1",)  # Detectron2 also has "giou" (not implemented)
-LR_SCHEDULERS = ("WarmupMultiStepLR",)
+LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 CLIP_TYPES = ("value", "norm")
 DATA_SOURCES = ("coco", "shapes", "tfds")
@@ -499,6 +499,7 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     ),
     "SOLVER.BIAS_LR_FACTOR": ("solver.bias_lr_factor", _float),
     "SOLVER.LR_SCHEDULER_NAME": ("solver.lr_scheduler_name", _str),
+    "SOLVER.BASE_LR_END": ("solver.base_lr_end", _float),
     "SOLVER.STEPS": ("solver.steps", _ints),
     "SOLVER.MAX_ITER": ("solver.max_iter", _int),
     "SOLVER.GAMMA": ("solver.gamma", _float),
@@ -598,7 +599,6 @@ _INERT: dict[str, str] = {
     "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST": "MODEL.LOAD_PROPOSALS",
     "DATALOADER.REPEAT_THRESHOLD": "RepeatFactorTrainingSampler (DATALOADER.SAMPLER_TRAIN)",
     "DATALOADER.REPEAT_SQRT": "RepeatFactorTrainingSampler (DATALOADER.SAMPLER_TRAIN)",
-    "SOLVER.BASE_LR_END": "WarmupCosineLR (SOLVER.LR_SCHEDULER_NAME)",
     "SOLVER.NUM_DECAYS": "WarmupStepWithFixedGammaLR (SOLVER.LR_SCHEDULER_NAME)",
     "SOLVER.RESCALE_INTERVAL": "WarmupStepWithFixedGammaLR (SOLVER.LR_SCHEDULER_NAME)",
     "TEST.AUG.MIN_SIZES": "TEST.AUG.ENABLED",
@@ -1146,6 +1146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     c.pooler("model.roi_box_head")
     c.int_at_least("model.roi_mask_head.num_conv", 0)
     c.int_at_least("model.roi_mask_head.conv_dim", 1)
+    c.int_at_least("model.roi_mask_head.num_sampled_masks", 0)
     c.pooler("model.roi_mask_head")
 
     # Input.
@@ -1200,6 +1201,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     c.int_at_least("solver.warmup_iters", 0)
     c.one_of("solver.warmup_method", WARMUP_METHODS)
     c.one_of("solver.lr_scheduler_name", LR_SCHEDULERS)
+    c.number_in("solver.base_lr_end", 0, s.base_lr if _is_number(s.base_lr) else math.inf)
     c.int_at_least("solver.checkpoint_period", 1)
     c.int_at_least("solver.max_to_keep", 1)
     c.one_of("solver.clip_gradients.clip_type", CLIP_TYPES)

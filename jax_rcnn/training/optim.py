@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from jax_rcnn.config import LR_SCHEDULERS
 from jax_rcnn.modeling import frozen_param_mask
 
 FROZEN_LABEL = "frozen"
@@ -156,9 +157,6 @@ def warmup_cosine_schedule(
         return (base_lr * factor).astype(jnp.float32)
 
     return lr
-
-
-LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 
 
 def build_lr_schedule(config) -> Callable[[Any], Any]:

@@ -261,7 +261,7 @@ def test_model_zoo_yaml_equals_our_config_file(py, yml):
         "MODEL:\n  DEVICE: cpu\nOUTPUT_DIR: /tmp/x\nCUDNN_BENCHMARK: true\nVIS_PERIOD: 5\n",
         "GLOBAL:\n  HACK: 3.0\nFLOAT32_PRECISION: high\n",
         "TEST:\n  EXPECTED_RESULTS: [['bbox', 'AP', 38.5, 0.2]]\n  AUG:\n    FLIP: false\n",
-        "DATALOADER:\n  REPEAT_THRESHOLD: 0.1\nSOLVER:\n  BASE_LR_END: 0.5\n",
+        "DATALOADER:\n  REPEAT_THRESHOLD: 0.1\n",
         "INPUT:\n  CROP:\n    SIZE: [0.5, 0.5]\n",
         "SOLVER:\n  WEIGHT_DECAY_BIAS: null\n",
         "TEST:\n  PRECISE_BN:\n    ENABLED: true\n",  # no trainable BN: PreciseBN is a no-op
@@ -522,7 +522,10 @@ def _set(config, dotted, value):
         ({"solver.steps": ()}, None),
         ({"solver.ims_per_batch": 0}, "solver.ims_per_batch"),
         ({"solver.momentum": 1.0}, "solver.momentum"),
-        ({"solver.lr_scheduler_name": "WarmupCosineLR"}, "solver.lr_scheduler_name"),
+        ({"solver.lr_scheduler_name": "WarmupPolyLR"}, "solver.lr_scheduler_name"),
+        ({"solver.lr_scheduler_name": "WarmupCosineLR"}, None),
+        ({"solver.base_lr_end": 0.5}, "solver.base_lr_end"),  # above base_lr 0.02
+        ({"model.roi_mask_head.num_sampled_masks": -1}, "model.roi_mask_head.num_sampled_masks"),
         ({"solver.warmup_method": "exp"}, "solver.warmup_method"),
         ({"solver.clip_gradients.clip_type": "full_model"}, "solver.clip_gradients.clip_type"),
         ({"train.compute_dtype": "float16"}, "train.compute_dtype"),
@@ -585,3 +588,10 @@ def test_weight_decay_bias_is_mapped(tmp_path):
     config = cfg_lib.from_detectron2(_override(tmp_path, "SOLVER:\n  WEIGHT_DECAY_BIAS: 0.0\n"))
     assert config.solver.weight_decay_bias == 0.0
     assert cfg_lib.from_detectron2(BASE_YAML).solver.weight_decay_bias is None
+
+
+def test_cosine_schedule_is_mapped(tmp_path):
+    text = "SOLVER:\n  LR_SCHEDULER_NAME: WarmupCosineLR\n  BASE_LR_END: 0.001\n"
+    config = cfg_lib.from_detectron2(_override(tmp_path, text))
+    assert config.solver.lr_scheduler_name == "WarmupCosineLR"
+    assert config.solver.base_lr_end == 0.001
