@@ -28,11 +28,12 @@ iterations, seed 0: 47.6 / 43.8 -> 54.2 / 51.3), then 16 sampled masks with 1800
 
 Measured on the 2-core AMD EPYC dev CPU, quiet (2026-11-22, `benchmarks/RESULTS.md`): ~0.33 s
 per iteration at the start, 0.34-0.39 s once the RPN finds the shapes; the whole `train.py`
-command took 11 min 21 s - 12 min 7 s with the dataset already generated (start-up ~14 s,
+command took 11 min 21 s - 12 min 15 s with the dataset already generated (start-up ~14 s,
 compile ~20 s, final evaluation ~15 s). Shapes val, 200 images, after 1800 iterations:
 
     bbox AP 55.7 (AP50 74.8)     segm AP 53.0 (AP50 73.5)      (seed 0, the default)
     bbox AP 55.1 (AP50 74.9)     segm AP 52.8 (AP50 73.3)      (--config.seed=1)
+    bbox AP 55.6 (AP50 74.5)     segm AP 53.0 (AP50 73.4)      (--config.seed=2)
 
 AP is still rising at the end (the schedule is limited by CPU time, not converged); longer
 schedules (`--config.solver.max_iter=... --config.solver.steps=...`) give more.
