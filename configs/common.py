@@ -144,8 +144,9 @@ def roi_mask_head(conv_dim: int = 256) -> ml_collections.ConfigDict:
             "cls_agnostic_mask": False,
             # jax_rcnn extension, not in Detectron2: train the mask head on at most this many
             # foreground ROIs per image, drawn uniformly at random from the sampled
-            # foreground (an unbiased estimate of Detectron2's loss_mask; TF's Mask R-CNN
-            # `num_sampled_masks`). 0 = every foreground ROI (Detectron2).
+            # foreground (each image's mean mask loss is estimated without bias; images with
+            # more than this many foreground ROIs weigh less in the batch mean than in
+            # Detectron2's; TF's Mask R-CNN `num_sampled_masks`). 0 = every foreground ROI.
             "num_sampled_masks": 0,
         }
     )

@@ -19,8 +19,8 @@ Changes from `Base-RCNN-FPN.yaml`, all for small images and training from scratc
 * fewer proposals and ROIs (512/256 proposals, 128 ROIs per image; at most 12 instances);
 * the mask head trains on 16 random foreground ROIs per image
   (`roi_mask_head.num_sampled_masks`, a jax_rcnn option; Detectron2 uses all of them, up to 32
-  here): an unbiased estimate of the mask loss for ~25 % less time per step once the RPN
-  finds the shapes (0.46 -> 0.35 s), spent on 200 more iterations.
+  here): each image's mean mask loss is estimated without bias (images with more than 16
+  weigh less in the batch mean), for ~25 % less time per step once the RPN finds the shapes (0.46 -> 0.35 s), spent on 200 more iterations.
 
 What moved AP most (`benchmarks/RESULTS.md`): LR 0.02 -> 0.04 (1000 iterations: bbox 18.0 ->
 24.3, mask 11.6 -> 18.9), 64 -> 128 ROIs per image (33.0 / 27.6), LR 0.04 -> 0.06 (1600
