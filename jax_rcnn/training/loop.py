@@ -367,17 +367,33 @@ def _data_state(loader) -> Any:
 
 
 def _this_process_data_state(saved: Any) -> Any:
-    if not isinstance(saved, dict) or "process_states" not in saved:
-        if jax.process_count() > 1:
-            raise ValueError("the checkpoint's data state is of a single-process run")
-        return saved
-    states = saved["process_states"]
+    """This process's loader state from a checkpoint's (`_data_state`).
+
+    `TrainLoader` states are global (the same on every host), so a run may resume on any number
+    of processes; a loader whose per-host states differ (a custom one) needs the process count
+    it was saved with.
+    """
+    states = (
+        saved["process_states"]
+        if isinstance(saved, dict) and "process_states" in saved
+        else [saved]
+    )
+    if all(s == states[0] for s in states) and _is_global_loader_state(states[0]):
+        return states[0]
     if len(states) != jax.process_count():
         raise ValueError(
-            f"the checkpoint was written by {len(states)} processes, this run has "
-            f"{jax.process_count()}: the data iterators cannot resume exactly"
+            f"the checkpoint was written by {len(states)} process(es), this run has "
+            f"{jax.process_count()}, and its data iterator states are per host: they cannot "
+            "resume exactly on another process count"
         )
     return states[jax.process_index()]
+
+
+def _is_global_loader_state(state: Any) -> bool:
+    """A `TrainLoader` state: it plans every global batch, the same on every host."""
+    from jax_rcnn.data.loader import STATE_VERSION
+
+    return isinstance(state, dict) and state.get("version") == STATE_VERSION and "queues" in state
 
 
 def train(

@@ -8,6 +8,7 @@ compiles once.
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -186,6 +187,7 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path):
 
     out = two_processes(2)  # steps 0, 1; checkpoint at 2
     assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["2"]
+    shutil.copytree(tmp_path / "multi", tmp_path / "elastic")
     shapes = _shapes(out[0])
     assert _shapes(out[1]) == shapes
     out = two_processes(3)  # resumes at 2, step 2
@@ -201,3 +203,12 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path):
     for a, b in zip(multi, single, strict=True):
         for k in a:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-4, err_msg=(a["iteration"], k))
+    # Elastic resume: the two-process checkpoint at step 2, continued by one process (4
+    # devices) from the global loader state, takes step 2 like the others.
+    elastic_out = _wait(_run(["train", tmp_path / "elastic", 3, "reference"], devices=4, **common))
+    assert "done 0 3" in elastic_out
+    assert _shapes(elastic_out) == shapes[2:]
+    elastic = _losses(tmp_path / "elastic")
+    assert [r["iteration"] for r in elastic] == [0, 1, 2]
+    for k in elastic[2]:
+        np.testing.assert_allclose(elastic[2][k], single[2][k], rtol=1e-4, err_msg=k)

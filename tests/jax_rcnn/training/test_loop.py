@@ -209,3 +209,20 @@ def test_quickstart_config_runs_end_to_end(tmp_path):
     assert all(math.isfinite(m["total_loss"]) for m in losses)
     assert {"bbox/AP", "segm/AP"} <= set(metrics[-1])
     assert (tmp_path / "w" / "predictions" / "iter_0000003.png").exists()
+
+
+def test_global_loader_states_resume_on_another_process_count():
+    from jax_rcnn.data.loader import STATE_VERSION
+
+    plan = {"version": STATE_VERSION, "seed": 0, "num_records": 10, "ims_per_batch": 4}
+    plan.update(batch=3, position=13, queues=[[0, [12]]])
+    # Saved by two hosts (TrainLoader: the same global state on both), resumed by one.
+    assert loop._this_process_data_state({"process_states": [plan, plan]}) == plan
+    assert loop._this_process_data_state(plan) == plan
+    # A custom loader's per-host states need the process count they were written with.
+    custom = {"process_states": [{"offset": 1}, {"offset": 2}]}
+    with pytest.raises(ValueError, match="written by 2 process.*this run has 1.*per host"):
+        loop._this_process_data_state(custom)
+    with pytest.raises(ValueError, match="per host"):
+        loop._this_process_data_state({"process_states": [{"offset": 1}, {"offset": 1}]})
+    assert loop._this_process_data_state({"offset": 1}) == {"offset": 1}
