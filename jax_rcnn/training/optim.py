@@ -53,6 +53,41 @@ def multistep_factor(it, steps: Sequence[int], gamma: float):
     return jnp.asarray(gamma, jnp.float32) ** passed
 
 
+def _with_warmup(
+    base_lr: float,
+    factor: Callable[[Any], Any],
+    *,
+    warmup_factor: float,
+    warmup_iters: int,
+    warmup_method: str,
+) -> Callable[[Any], Any]:
+    """Detectron2's `WarmupParamScheduler` around a schedule's LR `factor(it)` (a Python int or
+    a traced count): for `it < warmup_iters` the factor rises linearly from `warmup_factor *
+    factor(0)` to `factor(warmup_iters)` ("constant": stays at the start).
+
+    Returns `lr(it)`: a Python float for an int `it`, an f32 scalar for a traced step count.
+    """
+    if warmup_method not in ("linear", "constant"):
+        raise ValueError(f"unknown warmup_method {warmup_method!r}")
+    start = warmup_factor * factor(0)
+    end = factor(int(warmup_iters))
+
+    def warm(it):
+        if warmup_method == "constant":
+            return start
+        alpha = it / warmup_iters if warmup_iters else 1.0
+        return start + (end - start) * alpha
+
+    def lr(it):
+        if isinstance(it, int):
+            return base_lr * (warm(it) if it < warmup_iters else factor(it))
+        it = jnp.asarray(it)
+        factor_now = jnp.where(it < warmup_iters, warm(it.astype(jnp.float32)), factor(it))
+        return (base_lr * factor_now).astype(jnp.float32)
+
+    return lr
+
+
 def warmup_multistep_schedule(
     base_lr: float,
     *,
@@ -79,28 +114,14 @@ def warmup_multistep_schedule(
     Returns:
       `lr(it)`: a Python float for an int `it`, an f32 scalar for a traced step count.
     """
-    if warmup_method not in ("linear", "constant"):
-        raise ValueError(f"unknown warmup_method {warmup_method!r}")
     steps = tuple(int(s) for s in steps)
-    start = warmup_factor * multistep_factor(0, steps, gamma)
-    end = multistep_factor(int(warmup_iters), steps, gamma)
-
-    def warm(it):
-        if warmup_method == "constant":
-            return start
-        alpha = it / warmup_iters if warmup_iters else 1.0
-        return start + (end - start) * alpha
-
-    def lr(it):
-        if isinstance(it, int):
-            factor = warm(it) if it < warmup_iters else multistep_factor(it, steps, gamma)
-            return base_lr * factor
-        it = jnp.asarray(it)
-        itf = it.astype(jnp.float32)
-        factor = jnp.where(it < warmup_iters, warm(itf), multistep_factor(it, steps, gamma))
-        return (base_lr * factor).astype(jnp.float32)
-
-    return lr
+    return _with_warmup(
+        base_lr,
+        lambda it: multistep_factor(it, steps, gamma),
+        warmup_factor=warmup_factor,
+        warmup_iters=warmup_iters,
+        warmup_method=warmup_method,
+    )
 
 
 def warmup_cosine_schedule(
@@ -132,31 +153,23 @@ def warmup_cosine_schedule(
     Returns:
       `lr(it)`: a Python float for an int `it`, an f32 scalar for a traced step count.
     """
-    if warmup_method not in ("linear", "constant"):
-        raise ValueError(f"unknown warmup_method {warmup_method!r}")
     if not 0.0 <= base_lr_end <= base_lr:
         raise ValueError(f"solver.base_lr_end={base_lr_end} must lie in [0, base_lr={base_lr}]")
     end_value = base_lr_end / base_lr if base_lr else 0.0
 
-    def cosine(it, cos):
-        return end_value + (1.0 - end_value) * 0.5 * (1.0 + cos(math.pi * it / max_iter))
-
-    start = warmup_factor * cosine(0, math.cos)
-    warm_end = cosine(min(int(warmup_iters), max_iter), math.cos)
-
-    def warm(it):
-        if warmup_method == "constant":
-            return start
-        return start + (warm_end - start) * (it / warmup_iters if warmup_iters else 1.0)
-
-    def lr(it):
+    def cosine(it):
         if isinstance(it, int):
-            return base_lr * (warm(it) if it < warmup_iters else cosine(it, math.cos))
-        itf = jnp.asarray(it).astype(jnp.float32)
-        factor = jnp.where(itf < warmup_iters, warm(itf), cosine(itf, jnp.cos))
-        return (base_lr * factor).astype(jnp.float32)
+            return end_value + (1.0 - end_value) * 0.5 * (1.0 + math.cos(math.pi * it / max_iter))
+        where = jnp.asarray(it).astype(jnp.float32) / max_iter
+        return end_value + (1.0 - end_value) * 0.5 * (1.0 + jnp.cos(jnp.pi * where))
 
-    return lr
+    return _with_warmup(
+        base_lr,
+        cosine,
+        warmup_factor=warmup_factor,
+        warmup_iters=min(int(warmup_iters), max_iter),  # Detectron2: min(length, 1.0)
+        warmup_method=warmup_method,
+    )
 
 
 def build_lr_schedule(config) -> Callable[[Any], Any]:
