@@ -448,12 +448,7 @@ def forward_train(
         )
         fg_rois = jax.tree.map(lambda a: a[:, :num_fg], rois)
         fg_valid = fg_rois.valid & (fg_rois.gt_classes < rh.num_classes)
-        num_sampled = m.roi_mask_head.num_sampled_masks
-        if num_sampled < 0:
-            raise ValueError(
-                f"config.model.roi_mask_head.num_sampled_masks={num_sampled}: expected >= 0 "
-                "(0 = every foreground ROI)"
-            )
+        num_sampled = m.roi_mask_head.num_sampled_masks  # >= 0, `config.validate`
         if 0 < num_sampled < num_fg:
             fg_rois, fg_valid = sample_mask_rois(
                 jax.random.fold_in(roi_key, 1), fg_rois, fg_valid, num_sampled
