@@ -1,12 +1,13 @@
-"""Inference speed of full-size R50-FPN Faster / Mask R-CNN at 800x1333 (s/image).
+"""Inference speed of full-size R50-FPN Faster / Mask R-CNN and RetinaNet at 800x1333 (s/image).
 
-    python benchmarks/inference.py                       # both models, 15 timed runs each
-    python benchmarks/inference.py --models faster --runs 5
+    python benchmarks/inference.py                       # all models, 15 timed runs each
+    python benchmarks/inference.py --models faster retinanet --runs 5
 
 Prints, per model: compile time (first call minus a steady call), the median and spread of
 steady-state seconds per image, the time of each stage jitted on its own, and the ratio to
-Detectron2's eager PyTorch time on the same 2-core machine (3.0 s Faster, 3.4 s Mask R-CNN,
-medians of 15 runs; see the issue "Faster R-CNN and Mask R-CNN inference").
+Detectron2's eager PyTorch time on the same 2-core machine (2.85 s Faster, 2.98 s Mask R-CNN,
+3.48 s RetinaNet: medians of 5 on a quiet machine, Detectron2's initialisation; see the issue
+"The detector family, part 1").
 
 Weights are Detectron2's initialisation (no checkpoint is downloaded). Stage costs are static
 except the NMS loops, whose trip count follows the number of kept boxes; the input is a real
@@ -27,16 +28,17 @@ import jax.numpy as jnp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jax_rcnn import modeling  # noqa: E402
+from jax_rcnn import meta_arch, modeling  # noqa: E402
 from jax_rcnn.compile import jit as compile_jit  # noqa: E402
 from jax_rcnn.config import load_config  # noqa: E402
 from jax_rcnn.data import batching, transforms  # noqa: E402
-from jax_rcnn.modeling import rcnn  # noqa: E402
+from jax_rcnn.meta_arch import common, dense_head, roi_heads, rpn  # noqa: E402
 
-DETECTRON2_S = {"faster": 3.0, "mask": 3.4}
+DETECTRON2_S = {"faster": 2.85, "mask": 2.98, "retinanet": 3.48}
 CONFIGS = {
     "faster": "configs/faster_rcnn_R_50_FPN_1x.py",
     "mask": "configs/mask_rcnn_R_50_FPN_1x.py",
+    "retinanet": "configs/retinanet_R_50_FPN_1x.py",
 }
 
 
@@ -53,29 +55,34 @@ def _time(fn, *args, runs: int) -> tuple[float, list[float]]:
 
 
 def _stages(cfg, model, variables, images, sizes):
-    """Each stage of `rcnn.inference` jitted alone, fed with the previous stage's outputs."""
+    """Each stage of the model's `inference` jitted alone, fed with the previous stage's outputs."""
     m = cfg.model
 
-    def bound(v):
-        return lambda method, *args: model.apply(v, *args, method=method)
+    def nets(v):
+        return common.Networks(model, v)
 
-    feats_fn = compile_jit(
-        lambda v, x, s: bound(v)(
-            modeling.GeneralizedRCNN.features, rcnn.preprocess(x, s, m.pixel_mean, m.pixel_std)
-        )
-    )
+    feats_fn = compile_jit(lambda v, x, s: common.backbone_features(cfg, nets(v), x, s))
     feats = feats_fn(variables, images, sizes)
+    if m.meta_architecture == "RetinaNet":
 
-    def rpn(v, f, s):
-        logits, deltas = bound(v)(modeling.GeneralizedRCNN.rpn_head, f)
-        anchors = rcnn.rpn_anchors(cfg, f)
-        return rcnn.select_proposals(
-            cfg, anchors, logits, deltas, s, training=False, backend=m.kernels
-        )
+        def detect(v, f):
+            return dense_head.detect(cfg, dense_head.dense_head(cfg, nets(v), f), m.kernels)
 
-    rpn_fn = compile_jit(rpn)
+        det_fn = compile_jit(detect)
+        return [
+            ("backbone+FPN", feats_fn, (variables, images, sizes)),
+            ("head+decode+NMS", det_fn, (variables, feats)),
+        ]
+
+    def proposals(v, f, s):
+        out = rpn.rpn_head(cfg, nets(v), f)
+        return rpn.select_proposals(cfg, out, s, training=False, backend=m.kernels)
+
+    rpn_fn = compile_jit(proposals)
     props = rpn_fn(variables, feats, sizes)
-    box_fn = compile_jit(lambda v, f, p, s: rcnn.detect_boxes(cfg, bound(v), f, p, s, m.kernels))
+    box_fn = compile_jit(
+        lambda v, f, p, s: roi_heads.detect_boxes(cfg, nets(v), f, p, s, m.kernels)
+    )
     dets = box_fn(variables, feats, props, sizes)
     stages = [
         ("backbone+FPN", feats_fn, (variables, images, sizes)),
@@ -83,7 +90,7 @@ def _stages(cfg, model, variables, images, sizes):
         ("box pool+head+NMS", box_fn, (variables, feats, props, sizes)),
     ]
     if m.mask_on:
-        mask_fn = compile_jit(lambda v, f, d: rcnn.mask_probs(cfg, bound(v), f, d, m.kernels))
+        mask_fn = compile_jit(lambda v, f, d: roi_heads.mask_probs(cfg, nets(v), f, d, m.kernels))
         stages.append(("mask pool+head", mask_fn, (variables, feats, dets)))
     return stages
 
@@ -98,7 +105,8 @@ def run(name: str, runs: int) -> list[tuple]:
     images = jnp.asarray(ex["image"][None])
     sizes = jnp.asarray(ex["image_size"][None])
     originals = jnp.asarray(ex["original_size"][None])
-    full = compile_jit(lambda v, x, s, o: rcnn.inference(model, v, x, s, o, config=cfg))
+    inference = meta_arch.get(cfg).inference
+    full = compile_jit(lambda v, x, s, o: inference(model, v, x, s, o, config=cfg))
     first, times = _time(full, variables, images, sizes, originals, runs=runs)
     med = statistics.median(times)
     rows = [
@@ -115,7 +123,7 @@ def run(name: str, runs: int) -> list[tuple]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["faster", "mask"], choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")

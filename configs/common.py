@@ -56,6 +56,37 @@ def fpn(out_channels: int = 256) -> ml_collections.ConfigDict:
     )
 
 
+def retinanet(num_classes: int = 80) -> ml_collections.ConfigDict:
+    """`MODEL.RETINANET` of `Base-RetinaNet.yaml` (smooth-L1 beta 0: plain L1)."""
+    return ml_collections.ConfigDict(
+        {
+            "num_classes": num_classes,
+            "in_features": ("p3", "p4", "p5", "p6", "p7"),
+            "num_convs": 4,
+            "norm": "",  # only "" (Detectron2's default) is implemented
+            "prior_prob": 0.01,
+            "iou_thresholds": (0.4, 0.5),
+            "iou_labels": (0, -1, 1),
+            "bbox_reg_weights": (1.0, 1.0, 1.0, 1.0),
+            "bbox_reg_loss_type": "smooth_l1",  # or "giou"
+            "smooth_l1_loss_beta": 0.0,
+            "focal_loss_alpha": 0.25,
+            "focal_loss_gamma": 2.0,
+            "score_thresh_test": 0.05,
+            "topk_candidates_test": 1000,
+            "nms_thresh_test": 0.5,
+        }
+    )
+
+
+def retinanet_anchor_generator() -> ml_collections.ConfigDict:
+    """`MODEL.ANCHOR_GENERATOR` of Base-RetinaNet: sizes x * 2^(0, 1/3, 2/3) on p3..p7."""
+    sizes = tuple(tuple(x * 2 ** (k / 3) for k in range(3)) for x in (32, 64, 128, 256, 512))
+    return ml_collections.ConfigDict(
+        {"sizes": sizes, "aspect_ratios": ((0.5, 1.0, 2.0),), "offset": 0.0}
+    )
+
+
 def anchor_generator() -> ml_collections.ConfigDict:
     """`MODEL.ANCHOR_GENERATOR` of Base-RCNN-FPN (offset 0.0, one size per level)."""
     return ml_collections.ConfigDict(
@@ -156,6 +187,7 @@ def model(*, mask_on: bool, depth: int = 50, num_classes: int = 80) -> ml_collec
     """`MODEL.*` of `Base-RCNN-FPN.yaml` (+ `MODEL.MASK_ON`)."""
     return ml_collections.ConfigDict(
         {
+            "meta_architecture": "GeneralizedRCNN",
             "mask_on": mask_on,
             # A Detectron2 `.pkl` (model zoo or MSRA `R-50.pkl`) or an orbax checkpoint dir.
             "weights": "",
@@ -163,7 +195,7 @@ def model(*, mask_on: bool, depth: int = 50, num_classes: int = 80) -> ml_collec
             "kernels": "auto",
             "pixel_mean": (103.53, 116.28, 123.675),
             "pixel_std": (1.0, 1.0, 1.0),
-            "backbone": {"freeze_at": 2},
+            "backbone": {"name": "build_resnet_fpn_backbone", "freeze_at": 2},
             "resnets": resnet(depth),
             "fpn": fpn(),
             "anchor_generator": anchor_generator(),
@@ -171,6 +203,32 @@ def model(*, mask_on: bool, depth: int = 50, num_classes: int = 80) -> ml_collec
             "roi_heads": roi_heads(num_classes),
             "roi_box_head": roi_box_head(),
             "roi_mask_head": roi_mask_head(),
+        }
+    )
+
+
+def retinanet_model(*, depth: int = 50, num_classes: int = 80) -> ml_collections.ConfigDict:
+    """`MODEL.*` of `Base-RetinaNet.yaml`: ResNet res3-res5, FPN p3-p5 + P6/P7 from C5, head.
+
+    No RPN or ROI-head keys: they do nothing in a RetinaNet, so setting one is an error.
+    """
+    resnets = resnet(depth)
+    resnets.out_features = ("res3", "res4", "res5")
+    fpn_config = fpn()
+    fpn_config.in_features = ("res3", "res4", "res5")
+    return ml_collections.ConfigDict(
+        {
+            "meta_architecture": "RetinaNet",
+            "mask_on": False,
+            "weights": "",
+            "kernels": "auto",
+            "pixel_mean": (103.53, 116.28, 123.675),
+            "pixel_std": (1.0, 1.0, 1.0),
+            "backbone": {"name": "build_retinanet_resnet_fpn_backbone", "freeze_at": 2},
+            "resnets": resnets,
+            "fpn": fpn_config,
+            "anchor_generator": retinanet_anchor_generator(),
+            "retinanet": retinanet(num_classes),
         }
     )
 
@@ -286,13 +344,22 @@ def train_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"compute_dtype": "float32"})
 
 
-def base_config(*, mask_on: bool, depth: int = 50) -> ml_collections.ConfigDict:
-    """The whole `Base-RCNN-FPN.yaml` config, unlocked so a config file can adjust it."""
-    return ml_collections.ConfigDict(
+def base_config(
+    *, mask_on: bool = False, depth: int = 50, meta_architecture: str = "GeneralizedRCNN"
+) -> ml_collections.ConfigDict:
+    """The whole `Base-RCNN-FPN.yaml` (or `Base-RetinaNet.yaml`) config, unlocked so a config
+    file can adjust it."""
+    if meta_architecture == "RetinaNet":
+        if mask_on:
+            raise ValueError("RetinaNet has no mask head (mask_on must be False)")
+        model_config = retinanet_model(depth=depth)
+    else:
+        model_config = model(mask_on=mask_on, depth=depth)
+    config = ml_collections.ConfigDict(
         {
             "seed": 0,
             "log_period": 20,
-            "model": model(mask_on=mask_on, depth=depth),
+            "model": model_config,
             "input": input_config(),
             "data": data(),
             "dataloader": dataloader(),
@@ -301,6 +368,9 @@ def base_config(*, mask_on: bool, depth: int = 50) -> ml_collections.ConfigDict:
             "train": train_config(),
         }
     )
+    if meta_architecture == "RetinaNet":
+        config.solver.base_lr = 0.01  # Base-RetinaNet.yaml: half the R-CNN rate
+    return config
 
 
 def schedule_3x(config: ml_collections.ConfigDict) -> None:
@@ -320,15 +390,19 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     m.resnets.res2_out_channels = 32
     m.resnets.width_per_group = 8
     m.fpn.out_channels = 16
-    m.roi_box_head.fc_dim = 32
-    m.roi_mask_head.conv_dim = 16
-    m.roi_heads.num_classes = 3
-    m.rpn.pre_nms_topk_train = 200
-    m.rpn.post_nms_topk_train = 100
-    m.rpn.pre_nms_topk_test = 100
-    m.rpn.post_nms_topk_test = 50
-    m.roi_heads.batch_size_per_image = 64
-    m.rpn.batch_size_per_image = 64
+    if m.meta_architecture == "RetinaNet":
+        m.retinanet.num_classes = 3
+        m.retinanet.topk_candidates_test = 100
+    else:
+        m.roi_box_head.fc_dim = 32
+        m.roi_mask_head.conv_dim = 16
+        m.roi_heads.num_classes = 3
+        m.rpn.pre_nms_topk_train = 200
+        m.rpn.post_nms_topk_train = 100
+        m.rpn.pre_nms_topk_test = 100
+        m.rpn.post_nms_topk_test = 50
+        m.roi_heads.batch_size_per_image = 64
+        m.rpn.batch_size_per_image = 64
     config.test.detections_per_image = 20
     i = config.input
     i.min_size_train = (96, 128)

@@ -76,6 +76,13 @@ SAMPLING_STYLES = ("choice", "range")
 FUSE_TYPES = ("sum", "avg")
 POOLER_TYPES = ("ROIAlignV2", "ROIAlign")
 BBOX_REG_LOSS_TYPES = ("smooth_l1",)  # Detectron2 also has "giou" (not implemented)
+RETINANET_BBOX_REG_LOSS_TYPES = ("smooth_l1", "giou")  # Detectron2 also has "diou", "ciou"
+META_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet")  # == jax_rcnn.meta_arch.META_ARCHITECTURES
+# MODEL.BACKBONE.NAME -> the FPN's top block (== jax_rcnn.modeling.fpn.BACKBONES).
+BACKBONE_TOP_BLOCKS = {
+    "build_resnet_fpn_backbone": "LastLevelMaxPool",
+    "build_retinanet_resnet_fpn_backbone": "LastLevelP6P7",
+}
 LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 CLIP_TYPES = ("value", "norm")
@@ -402,6 +409,8 @@ def _amp_dtype(v: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "SEED": ("seed", _seed),
+    "MODEL.META_ARCHITECTURE": ("model.meta_architecture", _str),
+    "MODEL.BACKBONE.NAME": ("model.backbone.name", _str),
     "MODEL.MASK_ON": ("model.mask_on", _bool),
     "MODEL.WEIGHTS": ("model.weights", _str),
     "MODEL.PIXEL_MEAN": ("model.pixel_mean", _floats),
@@ -476,6 +485,21 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     ),
     "MODEL.ROI_MASK_HEAD.POOLER_TYPE": ("model.roi_mask_head.pooler_type", _str),
     "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": ("model.roi_mask_head.cls_agnostic_mask", _bool),
+    "MODEL.RETINANET.NUM_CLASSES": ("model.retinanet.num_classes", _int),
+    "MODEL.RETINANET.IN_FEATURES": ("model.retinanet.in_features", _strs),
+    "MODEL.RETINANET.NUM_CONVS": ("model.retinanet.num_convs", _int),
+    "MODEL.RETINANET.NORM": ("model.retinanet.norm", _str),
+    "MODEL.RETINANET.PRIOR_PROB": ("model.retinanet.prior_prob", _float),
+    "MODEL.RETINANET.IOU_THRESHOLDS": ("model.retinanet.iou_thresholds", _floats),
+    "MODEL.RETINANET.IOU_LABELS": ("model.retinanet.iou_labels", _ints),
+    "MODEL.RETINANET.BBOX_REG_WEIGHTS": ("model.retinanet.bbox_reg_weights", _floats),
+    "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": ("model.retinanet.bbox_reg_loss_type", _str),
+    "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA": ("model.retinanet.smooth_l1_loss_beta", _float),
+    "MODEL.RETINANET.FOCAL_LOSS_ALPHA": ("model.retinanet.focal_loss_alpha", _float),
+    "MODEL.RETINANET.FOCAL_LOSS_GAMMA": ("model.retinanet.focal_loss_gamma", _float),
+    "MODEL.RETINANET.SCORE_THRESH_TEST": ("model.retinanet.score_thresh_test", _float),
+    "MODEL.RETINANET.TOPK_CANDIDATES_TEST": ("model.retinanet.topk_candidates_test", _int),
+    "MODEL.RETINANET.NMS_THRESH_TEST": ("model.retinanet.nms_thresh_test", _float),
     "INPUT.FORMAT": ("input.format", _str),
     "INPUT.MIN_SIZE_TRAIN": ("input.min_size_train", _min_size_train),
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("input.min_size_train_sampling", _str),
@@ -545,16 +569,29 @@ def _precise_bn(v: Any, cfg: Mapping[str, Any]) -> bool:
     return v is False or not norms & {"BN", "SyncBN"}
 
 
+def _mask_on(v: Any, cfg: Mapping[str, Any]) -> bool:
+    return v is False or cfg["MODEL.META_ARCHITECTURE"] != "RetinaNet"
+
+
 def _mask_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
     return not cfg["MODEL.MASK_ON"] or v == "MaskRCNNConvUpsampleHead"
 
 
 # Keys that select a feature: (accepts(value, flat d2 config), what jax_rcnn supports).
 _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
-    "MODEL.META_ARCHITECTURE": (_one_of("GeneralizedRCNN"), "'GeneralizedRCNN'"),
+    "MODEL.META_ARCHITECTURE": (_one_of(*META_ARCHITECTURES), f"one of {META_ARCHITECTURES}"),
     "MODEL.LOAD_PROPOSALS": (_one_of(False), "false (precomputed proposals are not supported)"),
     "MODEL.KEYPOINT_ON": (_one_of(False), "false (no keypoint head)"),
-    "MODEL.BACKBONE.NAME": (_one_of("build_resnet_fpn_backbone"), "'build_resnet_fpn_backbone'"),
+    "MODEL.MASK_ON": (_mask_on, "false for RetinaNet (it has no mask head)"),
+    "MODEL.BACKBONE.NAME": (
+        _one_of(*BACKBONE_TOP_BLOCKS),
+        f"one of {tuple(BACKBONE_TOP_BLOCKS)}",
+    ),
+    "MODEL.RETINANET.NORM": (_one_of(""), "'' (no norm in the RetinaNet head)"),
+    "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": (
+        _one_of(*RETINANET_BBOX_REG_LOSS_TYPES),
+        f"one of {RETINANET_BBOX_REG_LOSS_TYPES}",
+    ),
     "MODEL.RESNETS.DEFORM_ON_PER_STAGE": (_all_false, "all false (no deformable convolutions)"),
     "MODEL.RESNETS.NORM": (_one_of(*NORMS), f"one of {NORMS}"),
     "MODEL.FPN.NORM": (_one_of(*NORMS), f"one of {NORMS}"),
@@ -581,7 +618,6 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
 
 # Keys (exact, or a group when ending in ".") used only by features `_RESTRICTED` keeps off.
 _INERT: dict[str, str] = {
-    "MODEL.RETINANET.": "RetinaNet head (MODEL.META_ARCHITECTURE)",
     "MODEL.SEM_SEG_HEAD.": "semantic / panoptic segmentation (MODEL.META_ARCHITECTURE)",
     "MODEL.PANOPTIC_FPN.": "panoptic FPN (MODEL.META_ARCHITECTURE)",
     "MODEL.ROI_KEYPOINT_HEAD.": "keypoint head (MODEL.KEYPOINT_ON)",
@@ -607,6 +643,31 @@ _INERT: dict[str, str] = {
     "TEST.PRECISE_BN.NUM_ITER": "TEST.PRECISE_BN.ENABLED",
     "TEST.KEYPOINT_OKS_SIGMAS": "keypoint evaluation (MODEL.KEYPOINT_ON)",
 }
+
+# Key groups that only one meta-architecture reads: under another one Detectron2 ignores them,
+# and so does `from_detectron2` (neither mapped nor checked; the jax_rcnn config of that
+# meta-architecture has no such keys).
+_META_ARCH_GROUPS: dict[str, tuple[str, ...]] = {
+    "GeneralizedRCNN": (
+        "MODEL.RPN.",
+        "MODEL.PROPOSAL_GENERATOR.",
+        "MODEL.ROI_HEADS.",
+        "MODEL.ROI_BOX_HEAD.",
+        "MODEL.ROI_MASK_HEAD.",
+    ),
+    "RetinaNet": ("MODEL.RETINANET.",),
+}
+
+
+def _other_meta_arch_key(key: str, meta_architecture: str) -> bool:
+    """True for a key of a group that `meta_architecture` does not read."""
+    return any(
+        key.startswith(prefix)
+        for name, prefixes in _META_ARCH_GROUPS.items()
+        if name != meta_architecture
+        for prefix in prefixes
+    )
+
 
 #: Detectron2 key -> jax_rcnn key (`MODEL.RPN.NMS_THRESH` -> `model.rpn.nms_thresh`).
 D2_TO_JAX_RCNN: Mapping[str, str] = MappingProxyType({k: v[0] for k, v in _MAPPED.items()})
@@ -685,6 +746,45 @@ def _common() -> ModuleType:
 # ---------------------------------------------------------------------------------------------
 # from_detectron2
 # ---------------------------------------------------------------------------------------------
+_EVAL_NODES = (
+    ast.Expression, ast.List, ast.Tuple, ast.ListComp, ast.comprehension, ast.BinOp,
+    ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Store, ast.Add, ast.Sub, ast.Mult,
+    ast.Div, ast.Pow, ast.USub, ast.UAdd,
+)  # fmt: skip
+
+
+def _eval_arithmetic(expr: str) -> Any:
+    """Evaluates the `!!python/object/apply:eval` expressions of Detectron2's YAMLs.
+
+    `Base-RetinaNet.yaml` writes its anchor sizes as
+    `!!python/object/apply:eval ["[[x, x * 2**(1.0/3), x * 2**(2.0/3) ] for x in [32, ...]]"]`,
+    which Detectron2 evaluates with Python's `eval`. Only arithmetic on numbers, lists and list
+    comprehensions is accepted here (no calls, attributes or builtins).
+    """
+    tree = ast.parse(expr, mode="eval")
+    for node in ast.walk(tree):
+        if not isinstance(node, _EVAL_NODES):
+            raise ValueError(
+                f"!!python/object/apply:eval {expr!r}: only arithmetic, lists and list "
+                f"comprehensions are supported, found {type(node).__name__}"
+            )
+    return eval(compile(tree, "<yaml eval>", "eval"), {"__builtins__": {}}, {})  # noqa: S307
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` plus Detectron2's `!!python/object/apply:eval` (see `_eval_arithmetic`)."""
+
+
+def _construct_eval(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    args = loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else None
+    if not args or len(args) != 1 or not isinstance(args[0], str):
+        raise ValueError(f"!!python/object/apply:eval needs one string argument, got {args!r}")
+    return _eval_arithmetic(args[0])
+
+
+_YAMLLoader.add_constructor("tag:yaml.org,2002:python/object/apply:eval", _construct_eval)
+
+
 def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     """[(file, dict)] from the root `_BASE_` to `path` (Detectron2's `load_yaml_with_base`)."""
     path = path.expanduser().resolve()
@@ -695,7 +795,7 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
         where = f" (the _BASE_ of {seen[-1]})" if seen else ""
         raise FileNotFoundError(f"Detectron2 config {path}{where} not found")
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = yaml.load(f, Loader=_YAMLLoader) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a Detectron2 config must be a YAML mapping")
     base = data.pop("_BASE_", None)
@@ -849,9 +949,12 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
         message names the Detectron2 key and value), or an invalid resulting config.
     """
     d2 = detectron2_config(path)
+    meta = d2["MODEL.META_ARCHITECTURE"]
     problems = []
     for key, value in d2.items():
         _rule(key)  # every key has a rule (an internal error otherwise)
+        if _other_meta_arch_key(key, meta):
+            continue
         if key in _RESTRICTED:
             accepts, supported = _RESTRICTED[key]
             if not accepts(value, d2):
@@ -859,8 +962,10 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     if problems:
         raise ValueError(f"Detectron2 config {path}:\n  " + "\n  ".join(problems))
 
-    config = _common().base_config(mask_on=bool(d2["MODEL.MASK_ON"]))
+    config = _common().base_config(mask_on=bool(d2["MODEL.MASK_ON"]), meta_architecture=meta)
     for key, (ours, convert) in _MAPPED.items():
+        if _other_meta_arch_key(key, meta):
+            continue
         try:
             _set(config, ours, convert(d2[key]))
         except (TypeError, ValueError) as e:
@@ -949,16 +1054,18 @@ class _Checker:
         )
         ok = all(x in (-1, 0, 1) for x in labels)
         self.require(ok, f"{prefix}.iou_labels", "must hold only -1, 0, 1")
+
+    def sampled_matcher(self, prefix: str) -> None:
+        """`matcher` plus the sampler's batch size and positive fraction."""
+        self.matcher(prefix)
         self.int_at_least(f"{prefix}.batch_size_per_image", 1)
         self.number_in(f"{prefix}.positive_fraction", 0, 1, open_low=True)
 
-    def box_regression(self, prefix: str) -> None:
+    def box_regression(self, prefix: str, loss_types=BBOX_REG_LOSS_TYPES) -> None:
         weights = tuple(self.get(f"{prefix}.bbox_reg_weights"))
         ok = len(weights) == 4 and all(_is_number(w) and w > 0 for w in weights)
         self.require(ok, f"{prefix}.bbox_reg_weights", "needs 4 positive values (dx, dy, dw, dh)")
-        self.one_of(f"{prefix}.bbox_reg_loss_type", BBOX_REG_LOSS_TYPES)
-        self.number_in(f"{prefix}.smooth_l1_beta", 0, math.inf)
-        self.number_in(f"{prefix}.bbox_reg_loss_weight", 0, math.inf)
+        self.one_of(f"{prefix}.bbox_reg_loss_type", loss_types)
 
     def pooler(self, prefix: str) -> None:
         self.int_at_least(f"{prefix}.pooler_resolution", 1)
@@ -1029,6 +1136,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """
     c = _Checker(config)
     m = config.model
+    c.one_of("model.meta_architecture", META_ARCHITECTURES)
+    c.one_of("model.backbone.name", tuple(BACKBONE_TOP_BLOCKS))
 
     # Backbone: the asserts of Detectron2's `build_resnet_backbone` and FPN.
     r = m.resnets
@@ -1041,7 +1150,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     c.one_of("model.resnets.res5_dilation", (1, 2))
     for key in ("num_groups", "width_per_group", "stem_out_channels", "res2_out_channels"):
         c.int_at_least(f"model.resnets.{key}", 1)
-    for key in ("resnets", "fpn", "roi_box_head", "roi_mask_head"):
+    for key in ("resnets", "fpn"):
         c.one_of(f"model.{key}.norm", NORMS)
     c.one_of("model.backbone.freeze_at", range(6))
     out_features = tuple(r.out_features)
@@ -1070,19 +1179,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     c.int_at_least("model.fpn.out_channels", 1)
     c.one_of("model.fpn.fuse_type", FUSE_TYPES)
-    # FPN outputs: p<k> for each input res<k>, plus one more level (p6, max-pooled).
+    # FPN outputs: p<k> for each input res<k>, plus the top block's (p6 max-pooled, or p6, p7).
     levels = [int(f[3:]) for f in fpn_in if f in FPN_LEVELS]
-    fpn_out = tuple(f"p{k}" for k in levels) + ((f"p{levels[-1] + 1}",) if levels else ())
+    num_extra = 2 if BACKBONE_TOP_BLOCKS.get(m.backbone.name) == "LastLevelP6P7" else 1
+    extra = tuple(f"p{levels[-1] + i}" for i in range(1, num_extra + 1)) if levels else ()
+    fpn_out = tuple(f"p{k}" for k in levels) + extra
+    if num_extra == 2:
+        c.require(
+            "res5" in out_features,
+            "model.resnets.out_features",
+            "must include res5: LastLevelP6P7 builds p6 from C5",
+        )
     c.one_of("model.kernels", KERNELS)
     c.require(len(m.pixel_mean) == 3, "model.pixel_mean", "needs 3 values (one per channel)")
     ok = len(m.pixel_std) == 3 and all(s > 0 for s in m.pixel_std)
     c.require(ok, "model.pixel_std", "needs 3 positive values")
 
-    # Anchors and RPN.
-    rpn_in = tuple(m.rpn.in_features)
-    ok = len(rpn_in) > 0 and set(rpn_in) <= set(fpn_out)
-    c.require(ok, "model.rpn.in_features", f"must be a non-empty subset of FPN outputs {fpn_out}")
-    ag = m.anchor_generator
+    if m.meta_architecture == "RetinaNet":
+        head_in = tuple(m.retinanet.in_features)
+        _check_retinanet(c, fpn_out)
+    else:
+        head_in = tuple(m.rpn.in_features)
+        _check_rcnn(c, fpn_out)
+    _check_anchors(c, head_in)
+    _check_rest(c, stride=2 ** levels[-1] if levels else 32)
+
+
+def _check_anchors(c: _Checker, head_in: tuple[str, ...]) -> None:
+    """Anchor sizes and ratios: one entry, or one per level the anchor head reads."""
+    ag = c.config.model.anchor_generator
     per_level = {
         "sizes": tuple(map(tuple, ag.sizes)),
         "ratios": tuple(map(tuple, ag.aspect_ratios)),
@@ -1090,9 +1215,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name, key in (("sizes", "sizes"), ("ratios", "aspect_ratios")):
         value = per_level[name]
         c.require(
-            len(value) in (1, len(rpn_in)),
+            len(value) in (1, len(head_in)),
             f"model.anchor_generator.{key}",
-            f"needs 1 entry or one per model.rpn.in_features level ({len(rpn_in)})",
+            f"needs 1 entry or one per level the head reads ({len(head_in)})",
         )
         ok = all(len(v) > 0 and all(_is_number(x) and x > 0 for x in v) for v in value)
         c.require(ok, f"model.anchor_generator.{key}", "needs positive values on every level")
@@ -1103,12 +1228,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
             len(counts) == 1,
             "model.anchor_generator.sizes",
             "every level needs the same number of anchors (sizes x aspect_ratios): "
-            "StandardRPNHead is shared by all levels",
+            "the head is shared by all levels",
         )
     c.require(0.0 <= ag.offset < 1.0, "model.anchor_generator.offset", "must be in [0, 1)")
+
+
+def _check_retinanet(c: _Checker, fpn_out: tuple[str, ...]) -> None:
+    """`RetinaNet`'s keys (Detectron2's asserts, and what jax_rcnn implements)."""
+    r = c.config.model.retinanet
+    c.require(not c.config.model.mask_on, "model.mask_on", "RetinaNet has no mask head")
+    c.int_at_least("model.retinanet.num_classes", 1)
+    ok = len(r.in_features) > 0 and set(r.in_features) <= set(fpn_out)
+    c.require(ok, "model.retinanet.in_features", f"must be a subset of FPN outputs {fpn_out}")
+    c.int_at_least("model.retinanet.num_convs", 0)
+    c.one_of("model.retinanet.norm", ("",))
+    c.number_in("model.retinanet.prior_prob", 0, 1, open_low=True)
+    c.require(r.prior_prob < 1, "model.retinanet.prior_prob", "must be < 1")
+    c.matcher("model.retinanet")
+    c.box_regression("model.retinanet", RETINANET_BBOX_REG_LOSS_TYPES)
+    c.number_in("model.retinanet.smooth_l1_loss_beta", 0, math.inf)
+    c.number_in("model.retinanet.focal_loss_alpha", -math.inf, 1)
+    c.number_in("model.retinanet.focal_loss_gamma", 0, math.inf)
+    c.number_in("model.retinanet.score_thresh_test", 0, 1)
+    c.int_at_least("model.retinanet.topk_candidates_test", 1)
+    c.number_in("model.retinanet.nms_thresh_test", 0, 1)
+
+
+def _check_rcnn(c: _Checker, fpn_out: tuple[str, ...]) -> None:
+    """`GeneralizedRCNN`'s RPN and ROI-head keys."""
+    m = c.config.model
+    rpn_in = tuple(m.rpn.in_features)
+    ok = len(rpn_in) > 0 and set(rpn_in) <= set(fpn_out)
+    c.require(ok, "model.rpn.in_features", f"must be a non-empty subset of FPN outputs {fpn_out}")
     rpn = m.rpn
-    c.matcher("model.rpn")
+    c.sampled_matcher("model.rpn")
     c.box_regression("model.rpn")
+    c.number_in("model.rpn.smooth_l1_beta", 0, math.inf)
+    c.number_in("model.rpn.bbox_reg_loss_weight", 0, math.inf)
     c.number_in("model.rpn.nms_thresh", 0, 1)
     c.number_in("model.rpn.min_size", 0, math.inf)
     c.number_in("model.rpn.loss_weight", 0, math.inf)
@@ -1126,14 +1282,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     # ROI heads.
     c.int_at_least("model.roi_heads.num_classes", 1)
+    for key in ("roi_box_head", "roi_mask_head"):
+        c.one_of(f"model.{key}.norm", NORMS)
     roi_in = tuple(m.roi_heads.in_features)
     ok = len(roi_in) > 0 and set(roi_in) <= set(fpn_out)
     c.require(ok, "model.roi_heads.in_features", f"must be a subset of FPN outputs {fpn_out}")
-    c.matcher("model.roi_heads")
+    c.sampled_matcher("model.roi_heads")
     c.number_in("model.roi_heads.score_thresh_test", 0, 1)
     c.number_in("model.roi_heads.nms_thresh_test", 0, 1)
     bh = m.roi_box_head
     c.box_regression("model.roi_box_head")
+    c.number_in("model.roi_box_head.smooth_l1_beta", 0, math.inf)
+    c.number_in("model.roi_box_head.bbox_reg_loss_weight", 0, math.inf)
     c.int_at_least("model.roi_box_head.num_conv", 0)
     c.int_at_least("model.roi_box_head.num_fc", 0)
     c.require(
@@ -1149,7 +1309,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     c.int_at_least("model.roi_mask_head.num_sampled_masks", 0)
     c.pooler("model.roi_mask_head")
 
-    # Input.
+
+def _check_rest(c: _Checker, stride: int) -> None:
+    """Input, data, solver and test keys (every meta-architecture)."""
+    config = c.config
     inp = config.input
     c.one_of("input.format", INPUT_FORMATS)
     c.one_of("input.mask_format", MASK_FORMATS)
@@ -1162,7 +1325,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("max_size_train", "min_size_test", "max_size_test", "max_gt", "gt_mask_size"):
         c.int_at_least(f"input.{key}", 1)
     c.one_of("input.pad_mode", PAD_MODES)
-    stride = 2 ** levels[-1] if levels else 32
     c.require(
         _is_int(inp.size_divisibility) and inp.size_divisibility % stride == 0,
         "input.size_divisibility",
@@ -1174,10 +1336,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     # Data.
     c.one_of("data.source", DATA_SOURCES)
     names = tuple(config.data.class_names)
+    k = num_classes(config)
     c.require(
-        not names or len(names) == m.roi_heads.num_classes,
+        not names or len(names) == k,
         "data.class_names",
-        f"has {len(names)} names, model.roi_heads.num_classes is {m.roi_heads.num_classes}",
+        f"has {len(names)} names, the model has {k} classes",
     )
     c.int_at_least("dataloader.num_workers", 0)
 
@@ -1217,6 +1380,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     c.int_at_least("log_period", 1)
     if c.problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(c.problems))
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """K, the number of object classes of any meta-architecture's config."""
+    m = config.model
+    if m.meta_architecture == "RetinaNet":
+        return int(m.retinanet.num_classes)
+    return int(m.roi_heads.num_classes)
 
 
 def to_flat_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from jax_rcnn import visualize
-from jax_rcnn.config import from_detectron2, load_config
+from jax_rcnn.config import from_detectron2, load_config, num_classes
 from jax_rcnn.data.transforms import read_image
 from jax_rcnn.predictor import Predictor
 
@@ -31,7 +31,7 @@ def class_names_for(config, override: str | None) -> tuple[str, ...]:
         return tuple(n.strip() for n in override.split(","))
     if config.data.class_names:
         return tuple(config.data.class_names)
-    if config.model.roi_heads.num_classes == COCO_NUM_CLASSES:
+    if num_classes(config) == COCO_NUM_CLASSES:
         from configs import common  # the repository's configs package (on sys.path via load)
 
         return common.COCO_CLASS_NAMES

@@ -20,14 +20,16 @@ mismatch is an error listing the offending names.
 
 `--format jax` (default) writes DIR/
 
-* `inference_{H}x{W}_b{B}.jaxexport`: `jax.export` serialisation of `rcnn.inference` for one
-  padded shape (each bucket of `config.input.buckets`; for `pad_mode="size_divisibility"` the
-  `--shapes` given, default the largest test shapes), batch `--batch`, lowered for every
+* `inference_{H}x{W}_b{B}.jaxexport`: `jax.export` serialisation of the model's `inference`
+  (`jax_rcnn.meta_arch`) for one padded shape (each bucket of `config.input.buckets`; for
+  `pad_mode="size_divisibility"` the `--shapes` given, default the largest test shapes), batch
+  `--batch`, lowered for every
   `--platforms` at once (one module runs on CPU and on CUDA). Signature:
   `f(variables {"params/backbone/...": array}, images u8[B, H, W, 3], image_sizes i32[B, 2],
   original_sizes i32[B, 2]) -> {"boxes", "scores", "classes", "valid"[, "mask_probs"]}`
-  (see `rcnn.inference`). The parameters are an argument, not constants, so each module is
-  small and every shape shares one copy of them;
+  (without `mask_probs` for RetinaNet and Faster R-CNN; see `jax_rcnn.meta_arch.rcnn.inference`).
+  The parameters are an argument, not constants, so each module is small and every shape shares
+  one copy of them;
 * `variables.npz`: those parameters, keys `collection/path/to/leaf`;
 * `manifest.json`: config, class names, input format, resize, buckets, shapes, batch size,
   platforms, versions and the file list (with sizes).
@@ -278,13 +280,16 @@ def _versions() -> dict[str, str]:
 
 
 def _base_manifest(config, kind: str, source: str, class_names: Sequence[str]) -> dict:
+    from jax_rcnn import config as config_lib
+
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "source": os.path.abspath(source),
         "class_names": list(class_names),
-        "num_classes": int(config.model.roi_heads.num_classes),
+        "meta_architecture": str(config.model.meta_architecture),
+        "num_classes": config_lib.num_classes(config),
         "mask_on": bool(config.model.mask_on),
         "input_format": str(config.input.format),
         "config": json.loads(json.dumps(config.to_dict(), default=str)),
@@ -378,9 +383,8 @@ def export_jax(
     Raises:
       ValueError: bad shapes, batch size or platforms; variables that do not fit `config`.
     """
-    from jax_rcnn import modeling
+    from jax_rcnn import meta_arch, modeling
     from jax_rcnn.checkpoint import detectron2 as d2_checkpoint
-    from jax_rcnn.modeling import rcnn
 
     bad = [p for p in platforms if p not in PLATFORMS]
     if bad or not platforms:
@@ -398,9 +402,10 @@ def export_jax(
     flat_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
     model = modeling.build_model(config)
     mask_on = bool(config.model.mask_on)
+    model_inference = meta_arch.get(config).inference
 
     def inference(flat_variables, images, image_sizes, original_sizes):
-        out = rcnn.inference(
+        out = model_inference(
             model,
             unflatten_variables(flat_variables),
             images,
@@ -670,10 +675,12 @@ def info(path: str | os.PathLike, step: int | None = None) -> str:
         lines.append(f"checkpoint: {ckpt_dir} (orbax, step {step})")
         lines.append("config:")
         for key in (
+            "model.meta_architecture",
             "model.resnets.depth",
             "model.resnets.norm",
             "model.fpn.out_channels",
             "model.roi_heads.num_classes",
+            "model.retinanet.num_classes",
             "model.mask_on",
             "input.pad_mode",
             "input.buckets",

@@ -1,4 +1,4 @@
-"""R-CNN training losses: RPN objectness/box, Fast R-CNN class/box, Mask R-CNN mask.
+"""Training losses: RPN objectness/box, Fast R-CNN class/box, Mask R-CNN mask, RetinaNet.
 
 **Parity:** reproduces Detectron2's `RPN.losses` (`proposal_generator/rpn.py`),
 `FastRCNNOutputLayers.losses` / `box_reg_loss` (`roi_heads/fast_rcnn.py`) and `mask_rcnn_loss`
@@ -10,7 +10,11 @@
 * `loss_cls`: softmax cross-entropy, **mean** over the sampled ROIs of all images together;
 * `loss_box_reg`: smooth-L1 over the foreground ROIs' gt-class deltas (weights 10, 10, 5, 5),
   summed and divided by the number of sampled ROIs (fg + bg) of all images;
-* `loss_mask`: BCE-with-logits of the gt class's `M x M` mask logits, mean over fg x M x M.
+* `loss_mask`: BCE-with-logits of the gt class's `M x M` mask logits, mean over fg x M x M;
+* RetinaNet (`RetinaNet.losses`, fvcore `sigmoid_focal_loss`, `giou_loss`): focal loss summed
+  over every non-ignored anchor x class (one-hot targets, background all zeros), box loss
+  (smooth-L1 on the deltas, or GIoU on the decoded boxes) summed over foreground anchors, both
+  divided by the caller's normaliser (Detectron2's EMA of the foreground count).
 
 Elementwise formulas follow PyTorch's: BCE is `(1 - t) * x - log_sigmoid(x)`, smooth-L1 is
 `|x|` for `beta < 1e-5` (fvcore) and `0.5 x^2 / beta` below `beta` otherwise. Loss weights
@@ -196,3 +200,109 @@ def mask_rcnn_loss(
     side = mask_logits.shape[-3] * mask_logits.shape[-2]
     count = jnp.maximum(jnp.sum(fg_valid) * side, 1).astype(logits.dtype)
     return jnp.sum(jnp.where(fg_valid[..., None, None], bce, 0.0)) / count * loss_weight
+
+
+def sigmoid_focal_loss(
+    logits: jax.Array, targets: jax.Array, *, alpha: float = 0.25, gamma: float = 2.0
+) -> jax.Array:
+    """Elementwise focal loss (fvcore `sigmoid_focal_loss`, no reduction).
+
+    Args:
+      logits: `f32[...]`.
+      targets: `f32|bool[...]` in {0, 1}.
+      alpha: weight of the positives (`1 - alpha` for the negatives); < 0 disables it.
+      gamma: focusing exponent.
+
+    Returns:
+      `f32[...]` `BCE(x, t) * (1 - p_t) ** gamma * alpha_t`. Example: x = 0, t = 1, alpha
+      0.25, gamma 2 -> log 2 * 0.25 * 0.25 = 0.0433. The gradient flows through `(1 - p_t)`.
+    """
+    t = targets.astype(logits.dtype)
+    p = jax.nn.sigmoid(logits)
+    p_t = p * t + (1.0 - p) * (1.0 - t)
+    loss = sigmoid_bce_with_logits(logits, t) * (1.0 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * t + (1.0 - alpha) * (1.0 - t)) * loss
+    return loss
+
+
+def giou_loss(boxes1: jax.Array, boxes2: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """Generalized IoU loss `1 - GIoU` (fvcore `giou_loss`, no reduction).
+
+    Args:
+      boxes1: `f32[..., 4]` xyxy predictions.
+      boxes2: `f32[..., 4]` xyxy targets.
+      eps: added to the union and the enclosing area, as fvcore does.
+
+    Returns:
+      `f32[...]`, 0 for identical boxes, up to 2 for far-apart ones. Example: [0, 0, 1, 1]
+      against [1, 0, 2, 1] -> IoU 0, enclosing area 2, union 2 -> loss 1.
+    """
+    x1, y1, x2, y2 = jnp.moveaxis(boxes1, -1, 0)
+    x1g, y1g, x2g, y2g = jnp.moveaxis(boxes2, -1, 0)
+    iw = jnp.minimum(x2, x2g) - jnp.maximum(x1, x1g)
+    ih = jnp.minimum(y2, y2g) - jnp.maximum(y1, y1g)
+    inter = jnp.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+    iou = inter / (union + eps)
+    area_c = (jnp.maximum(x2, x2g) - jnp.minimum(x1, x1g)) * (
+        jnp.maximum(y2, y2g) - jnp.minimum(y1, y1g)
+    )
+    return 1.0 - (iou - (area_c - union) / (area_c + eps))
+
+
+def retinanet_losses(
+    cls_logits: jax.Array,
+    box_deltas: jax.Array,
+    anchors: jax.Array,
+    gt_labels: jax.Array,
+    matched_gt_boxes: jax.Array,
+    normalizer: jax.Array,
+    *,
+    box2box: box_ops.Box2BoxTransform,
+    focal_alpha: float,
+    focal_gamma: float,
+    bbox_reg_loss_type: str,
+    smooth_l1_beta: float,
+) -> dict[str, jax.Array]:
+    """Detectron2 `RetinaNet.losses` for a batch, given the normaliser.
+
+    Args:
+      cls_logits: `f32[B, A, K]` all levels concatenated.
+      box_deltas: `f32[B, A, 4]`.
+      anchors: `f32[A, 4]` xyxy.
+      gt_labels: `i32[B, A]`: class in [0, K), K = background, -1 = ignored
+        (`jax_rcnn.targets.label_anchors_dense`).
+      matched_gt_boxes: `f32[B, A, 4]` read only for foreground anchors.
+      normalizer: `f32[]` divisor of both losses (Detectron2's EMA of the foreground count).
+      box2box: the box coder (`MODEL.RETINANET.BBOX_REG_WEIGHTS`).
+      focal_alpha: `FOCAL_LOSS_ALPHA`.
+      focal_gamma: `FOCAL_LOSS_GAMMA`.
+      bbox_reg_loss_type: "smooth_l1" (on deltas) or "giou" (on decoded boxes).
+      smooth_l1_beta: `SMOOTH_L1_LOSS_BETA` (0: L1).
+
+    Returns:
+      `{"loss_cls": f32[], "loss_box_reg": f32[]}`.
+    """
+    gt_labels = jax.lax.stop_gradient(gt_labels)
+    matched_gt_boxes = jax.lax.stop_gradient(matched_gt_boxes)
+    num_classes = cls_logits.shape[-1]
+    fg = (gt_labels >= 0) & (gt_labels != num_classes)
+    onehot = gt_labels[..., None] == jnp.arange(num_classes)
+    focal = sigmoid_focal_loss(cls_logits, onehot, alpha=focal_alpha, gamma=focal_gamma)
+    cls_sum = jnp.sum(jnp.where((gt_labels >= 0)[..., None], focal, 0.0))
+    if bbox_reg_loss_type == "smooth_l1":
+        target = box2box.get_deltas(anchors[None], matched_gt_boxes)
+        box = smooth_l1(box_deltas - target, smooth_l1_beta)
+    elif bbox_reg_loss_type == "giou":
+        pred = box2box.apply_deltas(box_deltas, jnp.broadcast_to(anchors, box_deltas.shape))
+        unit = jnp.asarray([0.0, 0.0, 1.0, 1.0], pred.dtype)
+        # Sanitised: background rows would otherwise feed garbage (and NaN) into the gradient.
+        pred = jnp.where(fg[..., None], pred, unit)
+        box = giou_loss(pred, jnp.where(fg[..., None], matched_gt_boxes, unit))[..., None]
+    else:
+        raise ValueError(
+            f"bbox_reg_loss_type must be 'smooth_l1' or 'giou', got {bbox_reg_loss_type!r}"
+        )
+    box_sum = jnp.sum(jnp.where(fg[..., None], box, 0.0))
+    return {"loss_cls": cls_sum / normalizer, "loss_box_reg": box_sum / normalizer}

@@ -1,11 +1,13 @@
-"""Box-head inference and the mapping of detections back to the original image.
+"""Box-head and dense-head inference, and the mapping of detections back to the original image.
 
-**Parity:** `fast_rcnn_inference_single_image` (`modeling/roi_heads/fast_rcnn.py`) and
-`detector_postprocess` (`modeling/postprocessing.py`). Detectron2 runs `batched_nms` over the
-(proposal, class) pairs whose score exceeds the threshold, keyed by class; NMS keyed by class never
-suppresses across classes, so it equals one NMS group per class followed by a merge of the
-survivors by score, which is what we do with static shapes. As in Detectron2, boxes are clipped
-to the resized image but *not* filtered for emptiness here; `detector_postprocess` drops empty
+**Parity:** `fast_rcnn_inference_single_image` (`modeling/roi_heads/fast_rcnn.py`),
+`DenseDetector._decode_multi_level_predictions` (`modeling/meta_arch/dense_detector.py`, see
+`dense_inference`) and `detector_postprocess` (`modeling/postprocessing.py`). Detectron2 runs
+`batched_nms` over the (proposal, class) pairs whose score exceeds the threshold, keyed by
+class; NMS keyed by class never suppresses across classes, so it equals one NMS group per class
+followed by a merge of the survivors by score, which is what we do with static shapes. As in
+Detectron2, boxes are clipped to the resized image but *not* filtered for emptiness here;
+`detector_postprocess` drops empty
 boxes after rescaling to the original image. Deviation in representation only: detections are
 padded to `topk_per_image` slots with `valid=False`.
 """
@@ -83,28 +85,61 @@ def fast_rcnn_inference(
     boxes = box_ops.clip(boxes, heights, widths)
     boxes = jnp.broadcast_to(boxes, (num_images, num_props, num_classes, 4))
     candidate = finite[..., None] & (scores > score_thresh)  # [B, R, K]
+    return nms_per_class(
+        boxes.transpose(0, 2, 1, 3),
+        scores.transpose(0, 2, 1),
+        candidate.transpose(0, 2, 1),
+        nms_thresh=nms_thresh,
+        topk_per_image=topk_per_image,
+        backend=backend,
+    )
 
-    # One NMS group per (image, class).
-    group_boxes = boxes.transpose(0, 2, 1, 3).reshape(num_images * num_classes, num_props, 4)
-    group_scores = scores.transpose(0, 2, 1).reshape(num_images * num_classes, num_props)
-    group_valid = candidate.transpose(0, 2, 1).reshape(num_images * num_classes, num_props)
-    max_keep = min(num_props, topk_per_image)
+
+def nms_per_class(
+    boxes: jax.Array,
+    scores: jax.Array,
+    valid: jax.Array,
+    *,
+    nms_thresh: float,
+    topk_per_image: int,
+    backend: str = "auto",
+) -> Detections:
+    """Detectron2's `batched_nms` keyed by class, then the `topk_per_image` best survivors.
+
+    NMS keyed by class never suppresses across classes, so it is one greedy NMS per (image,
+    class) group followed by a merge of the survivors by score.
+
+    Args:
+      boxes: `f32[B, K, N, 4]` candidate boxes of each class (`f32[B, 1, N, 4]` broadcasts).
+      scores: `f32[B, K, N]`.
+      valid: `bool[B, K, N]` candidates taking part.
+      nms_thresh: IoU threshold (suppress when > it).
+      topk_per_image: D, detections kept per image.
+      backend: NMS backend, see `jax_rcnn.kernels`.
+
+    Returns:
+      `Detections` with D slots; `proposal_idx` is the candidate index in [0, N).
+    """
+    num_images, num_classes, num_cand = scores.shape
+    boxes = jnp.broadcast_to(boxes, (num_images, num_classes, num_cand, 4))
+    max_keep = min(num_cand, topk_per_image)
     keep, keep_valid = kernels.nms(
-        group_boxes,
-        group_scores,
-        group_valid,
+        boxes.reshape(num_images * num_classes, num_cand, 4),
+        scores.reshape(num_images * num_classes, num_cand),
+        valid.reshape(num_images * num_classes, num_cand),
         iou_threshold=nms_thresh,
         max_output=max_keep,
         backend=backend,
     )
-    kept_scores = jnp.take_along_axis(group_scores, keep, axis=1)
-    kept_boxes = jnp.take_along_axis(group_boxes, keep[..., None], axis=1)
+    keep = keep.reshape(num_images, num_classes, max_keep)
+    kept_scores = jnp.take_along_axis(scores, keep, axis=2)
+    kept_boxes = jnp.take_along_axis(boxes, keep[..., None], axis=2)
 
     def per_image(x):
-        return x.reshape(num_images, num_classes * max_keep, *x.shape[2:])
+        return x.reshape(num_images, num_classes * max_keep, *x.shape[3:])
 
     kept_scores, kept_boxes = per_image(kept_scores), per_image(kept_boxes)
-    keep, keep_valid = per_image(keep), per_image(keep_valid)
+    keep, keep_valid = per_image(keep), keep_valid.reshape(num_images, -1)
     kept_classes = jnp.broadcast_to(
         jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), max_keep)[None], keep.shape
     )
@@ -126,6 +161,75 @@ def fast_rcnn_inference(
         proposal_idx=jnp.where(valid, take(keep), 0).astype(jnp.int32),
         valid=valid,
     )
+
+
+def dense_inference(
+    cls_logits: list[jax.Array],
+    box_deltas: list[jax.Array],
+    anchors: list[jax.Array],
+    *,
+    box2box: box_ops.Box2BoxTransform,
+    score_thresh: float,
+    topk_candidates: int,
+    nms_thresh: float,
+    topk_per_image: int,
+    backend: str = "auto",
+) -> Detections:
+    """One-stage detections (Detectron2's `DenseDetector._decode_multi_level_predictions`).
+
+    Per level: sigmoid of the `[A_l, K]` logits flattened anchor-major, keep the (anchor, class)
+    pairs with score > `score_thresh` (strict), the top `min(topk_candidates, kept)` of them,
+    decode their anchors' deltas (no clipping). Then all levels' candidates go through per-class
+    NMS and the best `topk_per_image` are kept. Boxes are clipped later, by
+    `detector_postprocess` (after NMS, unlike Fast R-CNN).
+
+    Args:
+      cls_logits: per level `f32[B, A_l, K]`.
+      box_deltas: per level `f32[B, A_l, 4]`.
+      anchors: per level `f32[A_l, 4]` xyxy.
+      box2box: the box coder.
+      score_thresh: `SCORE_THRESH_TEST`.
+      topk_candidates: `TOPK_CANDIDATES_TEST`, per level.
+      nms_thresh: `NMS_THRESH_TEST`.
+      topk_per_image: `TEST.DETECTIONS_PER_IMAGE`.
+      backend: NMS backend.
+
+    Returns:
+      `Detections` with `topk_per_image` slots in resized-input pixels; `proposal_idx` is the
+      index of the candidate's anchor among all levels' anchors.
+    """
+    all_boxes, all_scores, all_classes, all_valid, all_anchor_idx = [], [], [], [], []
+    offset = 0
+    for logits, deltas, level_anchors in zip(cls_logits, box_deltas, anchors, strict=True):
+        num_images, num_anchors, num_classes = logits.shape
+        probs = jax.nn.sigmoid(logits).reshape(num_images, num_anchors * num_classes)
+        k = min(topk_candidates, num_anchors * num_classes)
+        top, idx = jax.lax.top_k(jnp.where(probs > score_thresh, probs, -1.0), k)
+        anchor_idx, cls = idx // num_classes, idx % num_classes
+        d = jnp.take_along_axis(deltas, anchor_idx[..., None], axis=1)
+        a = jnp.asarray(level_anchors)[anchor_idx]
+        all_boxes.append(box2box.apply_deltas(d, a))
+        all_scores.append(top)
+        all_classes.append(cls)
+        all_valid.append(top > score_thresh)
+        all_anchor_idx.append(anchor_idx + offset)
+        offset += num_anchors
+    boxes = jnp.concatenate(all_boxes, axis=1)
+    scores = jnp.concatenate(all_scores, axis=1)
+    classes = jnp.concatenate(all_classes, axis=1)
+    valid = jnp.concatenate(all_valid, axis=1) & jnp.all(jnp.isfinite(boxes), axis=-1)
+    boxes = jnp.where(valid[..., None], boxes, 0.0)
+    per_class = valid[:, None, :] & (classes[:, None, :] == jnp.arange(num_classes)[:, None])
+    dets = nms_per_class(
+        boxes[:, None],
+        jnp.broadcast_to(scores[:, None], per_class.shape),
+        per_class,
+        nms_thresh=nms_thresh,
+        topk_per_image=topk_per_image,
+        backend=backend,
+    )
+    anchor_idx = jnp.take_along_axis(jnp.concatenate(all_anchor_idx, axis=1), dets.proposal_idx, 1)
+    return dets._replace(proposal_idx=jnp.where(dets.valid, anchor_idx, 0))
 
 
 def detector_postprocess(

@@ -29,12 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_rcnn import config as config_lib
-from jax_rcnn import modeling, postprocess
+from jax_rcnn import meta_arch, modeling, postprocess
 from jax_rcnn.checkpoint import detectron2 as d2_checkpoint
 from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.data import batching
 from jax_rcnn.data import transforms as T
-from jax_rcnn.modeling import rcnn
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +63,11 @@ class Predictor:
             variables = d2_checkpoint.load_weights(path, config, abstract)
         self.variables = jax.tree.map(jnp.asarray, variables)
         self.num_traces = 0  # one per padded shape (bucket); see tests
+        inference = meta_arch.get(config).inference
 
         def run(variables, images, image_sizes, original_sizes):
             self.num_traces += 1  # Python side effect: runs once per trace, not per call
-            return rcnn.inference(
+            return inference(
                 self.model, variables, images, image_sizes, original_sizes, config=config
             )
 

@@ -1,11 +1,11 @@
-"""Training targets: RPN anchor labels, sampled ROIs with their classes and boxes, mask targets.
+"""Training targets: RPN and RetinaNet anchor labels, sampled ROIs, mask targets.
 
 **Parity:** reproduces Detectron2's `RPN.label_and_sample_anchors`
-(`modeling/proposal_generator/rpn.py`), `StandardROIHeads.label_and_sample_proposals` /
-`_sample_proposals` (`modeling/roi_heads/roi_heads.py`) and the target side of
-`mask_head.py:mask_rcnn_loss` (`BitMasks.crop_and_resize(proposal_boxes, 28) >= 0.5` of the
-matched gt mask). Matching is `jax_rcnn.matching.match` (Detectron2 `Matcher`), sampling is
-`jax_rcnn.sampling.subsample_labels` (same counts and distribution, different random draws).
+(`modeling/proposal_generator/rpn.py`), `RetinaNet.label_anchors`,
+`StandardROIHeads.label_and_sample_proposals` / `_sample_proposals`
+(`modeling/roi_heads/roi_heads.py`) and the target side of `mask_head.py:mask_rcnn_loss`
+(`BitMasks.crop_and_resize(proposal_boxes, 28) >= 0.5` of the matched gt mask). Matching is
+`jax_rcnn.matching.match` (Detectron2 `Matcher`), sampling is `jax_rcnn.sampling.subsample_labels` (same counts and distribution, different random draws).
 Deviations, all in representation:
 
 * gt arrives padded to G with `gt_valid`; padded rows never match, and their content (even
@@ -151,6 +151,52 @@ def label_and_sample_anchors(
     labels = jnp.where(pos, 1, jnp.where(neg, 0, -1)).astype(jnp.int32)
     matched = jnp.where(jnp.any(gt_valid), gt_boxes[matched_idxs], 0.0)
     return AnchorTargets(jax.lax.stop_gradient(labels), jax.lax.stop_gradient(matched))
+
+
+def label_anchors_dense(
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_classes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    iou_thresholds: Sequence[float],
+    iou_labels: Sequence[int],
+    num_classes: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Class label and matched gt box of every anchor of one image (Detectron2's
+    `RetinaNet.label_anchors`): no sampling, no border filter.
+
+    Args:
+      anchors: `f32[A, 4]` xyxy anchors of all levels, concatenated p3..p7.
+      gt_boxes: `f32[G, 4]` xyxy gt boxes (padded rows may hold anything).
+      gt_classes: `i32[G]` contiguous ids in [0, K).
+      gt_valid: `bool[G]`.
+      iou_thresholds: Matcher thresholds, (0.4, 0.5).
+      iou_labels: Matcher labels, (0, -1, 1).
+      num_classes: K; the background label.
+
+    Returns:
+      `(gt_labels i32[A], matched_gt_boxes f32[A, 4])`: the matched gt's class for foreground
+      anchors, K for background, -1 for ignored; zeros for the boxes when no gt is valid (every
+      anchor is then background). Low-quality matches keep their own argmax gt, as in
+      Detectron2 (`Matcher.set_low_quality_matches_` changes only the label).
+    """
+    gt_valid = gt_valid.astype(bool)
+    gt_boxes = jnp.where(gt_valid[:, None], gt_boxes, 0.0)
+    quality = box_ops.pairwise_iou(gt_boxes, anchors)
+    matched_idxs, labels = matching.match(
+        quality,
+        gt_valid,
+        thresholds=tuple(iou_thresholds),
+        labels=tuple(iou_labels),
+        allow_low_quality_matches=True,
+    )
+    any_gt = jnp.any(gt_valid)
+    gt_labels = jnp.where(labels == 1, gt_classes[matched_idxs], num_classes)
+    gt_labels = jnp.where(labels == -1, -1, gt_labels)
+    gt_labels = jnp.where(any_gt, gt_labels, num_classes).astype(jnp.int32)
+    matched = jnp.where(any_gt, gt_boxes[matched_idxs], 0.0)
+    return jax.lax.stop_gradient(gt_labels), jax.lax.stop_gradient(matched)
 
 
 def label_and_sample_proposals(

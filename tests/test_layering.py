@@ -5,7 +5,11 @@
   Flax itself);
 * `pallas_kernels` is a leaf: it never imports `jax_rcnn`;
 * only `jax_rcnn/kernels.py` imports `pallas_kernels` (the one dispatch point);
-* `modeling/` never imports the host side (`data/`, `evaluation/`);
+* `modeling/` never imports the host side (`data/`, `evaluation/`) nor the wiring
+  (`meta_arch/`): networks do not know how they are wired;
+* `meta_arch/` (the wiring of stages) imports no Flax (covered above), no host side and no
+  training code;
+* the geometry modules (`jax_rcnn/*.py` pure functions) import neither networks nor wiring;
 * `data/` and `evaluation/` (host side) never import Flax or `modeling/`.
 """
 
@@ -81,6 +85,38 @@ def test_modeling_does_not_import_host_side(path):
     names = _imports(path)
     bad = _hits(names, "jax_rcnn.data") + _hits(names, "jax_rcnn.evaluation")
     assert not bad, f"{_rel(path)} imports host-side modules {bad}"
+
+
+@pytest.mark.parametrize("path", _files("jax_rcnn/modeling"), ids=_rel)
+def test_networks_do_not_import_the_wiring(path):
+    bad = _hits(_imports(path), "jax_rcnn.meta_arch")
+    assert not bad, f"{_rel(path)} imports {bad}; modeling/ holds only networks"
+
+
+@pytest.mark.parametrize("path", _files("jax_rcnn/meta_arch"), ids=_rel)
+def test_wiring_imports_no_host_side_or_training(path):
+    names = _imports(path)
+    bad = [h for p in ("jax_rcnn.data", "jax_rcnn.evaluation", "jax_rcnn.training")
+           for h in _hits(names, p)]  # fmt: skip
+    assert not bad, f"{_rel(path)} imports {bad}"
+
+
+GEOMETRY = ("anchors", "boxes", "losses", "masks", "matching", "poolers", "postprocess",
+            "proposals", "sampling", "targets")  # fmt: skip
+
+
+def test_meta_arch_package_is_covered():
+    assert {p.name for p in _files("jax_rcnn/meta_arch")} >= {
+        "__init__.py", "common.py", "rpn.py", "roi_heads.py", "dense_head.py", "rcnn.py",
+        "retinanet.py",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", GEOMETRY)
+def test_geometry_imports_no_networks_or_wiring(name):
+    names = _imports(ROOT / "jax_rcnn" / f"{name}.py")
+    bad = _hits(names, "jax_rcnn.modeling") + _hits(names, "jax_rcnn.meta_arch")
+    assert not bad, f"jax_rcnn/{name}.py imports {bad}"
 
 
 @pytest.mark.parametrize("path", _files("jax_rcnn/data") + _files("jax_rcnn/evaluation"), ids=_rel)

@@ -94,8 +94,10 @@ def _d2_name(collection: str, path: tuple[str, ...]) -> str:
     return ".".join([_BLOCK.sub(r"\1.\2", p) for p in path[:-1]] + [leaf])
 
 
-def _flat_input_chw(config) -> tuple[tuple[str, ...], tuple[int, int, int]]:
+def _flat_input_chw(config) -> tuple[tuple[tuple[str, ...], ...], tuple[int, int, int] | None]:
     """Module paths whose dense kernel reads the flattened pooled map, and that map's (C,S,S)."""
+    if config.model.meta_architecture != "GeneralizedRCNN":
+        return (), None  # no fully connected layer on pooled features
     bh = config.model.roi_box_head
     c = bh.conv_dim if bh.num_conv else config.model.fpn.out_channels
     s = bh.pooler_resolution
@@ -128,6 +130,8 @@ def _build_name_table(config) -> tuple[Entry, ...]:
     chw_modules, chw = _flat_input_chw(config)
     table = []
     for collection in sorted(abstract):
+        if collection not in {c for c, _ in _LEAF_TO_D2}:
+            continue  # not a Detectron2 weight
         for path, leaf in traverse_util.flatten_dict(abstract[collection]).items():
             shape = tuple(leaf.shape)
             chw_i = None
@@ -228,6 +232,13 @@ def describe_config(config) -> str:
     """One line naming what a config builds (for error messages)."""
     m = config.model
     r = m.resnets
+    if m.meta_architecture == "RetinaNet":
+        return (
+            f"RetinaNet R{r.depth}-FPN (norm={r.norm!r}, stem={r.stem_out_channels}, "
+            f"res2_out={r.res2_out_channels}, width_per_group={r.width_per_group}), "
+            f"fpn.out_channels={m.fpn.out_channels}, num_classes={m.retinanet.num_classes}, "
+            f"num_convs={m.retinanet.num_convs}"
+        )
     return (
         f"R{r.depth}-FPN (norm={r.norm!r}, stem={r.stem_out_channels}, "
         f"res2_out={r.res2_out_channels}, width_per_group={r.width_per_group}, "
@@ -247,16 +258,26 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
             s = int(mt.group(1))
             blocks[s] = max(blocks.get(s, 0), int(mt.group(2)) + 1)
     parts = []
+    if any(n.startswith("head.cls_subnet.") for n in names):
+        parts.append("RetinaNet (head.*)")
+    elif any(n.startswith(("proposal_generator.", "roi_heads.")) for n in names):
+        parts.append("GeneralizedRCNN (proposal_generator.*, roi_heads.*)")
     counts = tuple(blocks.get(s, 0) for s in (2, 3, 4, 5))
     depth = {(3, 4, 6, 3): "R50 or R34", (3, 4, 23, 3): "R101", (3, 8, 36, 3): "R152"}.get(counts)
     parts.append(f"blocks per stage res2..res5 {counts}" + (f" ({depth})" if depth else ""))
     cls = shapes.get("roi_heads.box_predictor.cls_score.weight")
     if cls:
         parts.append(f"num_classes={cls[0] - 1}")
-    lat = shapes.get("backbone.fpn_lateral2.weight")
+    cls = shapes.get("head.cls_score.weight")
+    if cls and shapes.get("head.bbox_pred.weight"):
+        num_anchors = shapes["head.bbox_pred.weight"][0] // 4
+        parts.append(f"num_classes={cls[0] // max(num_anchors, 1)}")
+    lat = shapes.get("backbone.fpn_lateral2.weight") or shapes.get("backbone.fpn_lateral3.weight")
     if lat:
         parts.append(f"fpn.out_channels={lat[0]}")
-    parts.append(f"mask head {'present' if any('mask_head' in n for n in names) else 'absent'}")
+    if not any(n.startswith("head.") for n in names):
+        has_mask = any("mask_head" in n for n in names)
+        parts.append(f"mask head {'present' if has_mask else 'absent'}")
     return ", ".join(parts)
 
 

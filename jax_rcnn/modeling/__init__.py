@@ -1,8 +1,11 @@
-"""jax_rcnn.modeling: the Flax modules that own parameters, gathered in `GeneralizedRCNN`.
+"""jax_rcnn.modeling: the Flax modules that own parameters, one container per meta-architecture.
 
-`GeneralizedRCNN` holds only the networks, in Detectron2's hierarchy; the geometry between
-them (anchors, proposals, ROIAlign, sampling, losses, postprocessing) lives in `jax_rcnn/*.py`
-and is wired by `rcnn.py`. Every network is reached through a method of the container:
+A container (`GeneralizedRCNN`, `RetinaNet`) holds only the networks, in Detectron2's module
+tree, so checkpoint names map one to one; the geometry between them (anchors, proposals,
+ROIAlign, sampling, losses, postprocessing) lives in `jax_rcnn/*.py` and is wired by
+`jax_rcnn.meta_arch`. `build_model(config)` builds the container that
+`config.model.meta_architecture` names (`NETWORKS`, a plain dict). Every network is reached
+through a method of the container:
 
     model = build_model(config)                        # train=False: BN uses running stats
     variables = init_variables(model, key)              # or convert a Detectron2 checkpoint
@@ -19,6 +22,8 @@ Shapes (NHWC, f32 outputs):
     of f32[B, Hi*Wi*A] and f32[B, Hi*Wi*A, 4], flat index (y * Wi + x) * A + a.
   * `box_head(pooled f32[..., S, S, C])` -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
   * `mask_head(pooled f32[..., S', S', C])` -> mask_logits f32[..., 2S', 2S', K].
+  * RetinaNet: `features(images)` -> {"p3", ..., "p7"}; `head(features dict)` ->
+    (cls_logits per level f32[B, Hi*Wi*A, K], box_deltas per level f32[B, Hi*Wi*A, 4]).
 
 Variable collections:
   * `params`: everything trainable. Paths mirror Detectron2 names, e.g.
@@ -47,11 +52,14 @@ from jax_rcnn.modeling.heads import (
 )
 from jax_rcnn.modeling.layers import FROZEN
 from jax_rcnn.modeling.resnet import frozen_module_prefixes, frozen_param_mask
+from jax_rcnn.modeling.retinanet_head import RetinaNetHead
 
 __all__ = [
     "FROZEN",
     "GeneralizedRCNN",
+    "NETWORKS",
     "RPN",
+    "RetinaNet",
     "StandardROIHeads",
     "abstract_variables",
     "build_backbone",
@@ -180,8 +188,36 @@ def build_backbone(config, *, train: bool = False, dtype: Any = jnp.float32) -> 
     return build_resnet_fpn_backbone(config, train=train, dtype=dtype)
 
 
-def build_model(config, *, train: bool = False, dtype: Any = None) -> GeneralizedRCNN:
-    """The `GeneralizedRCNN` networks for `config.model`.
+class RetinaNet(nn.Module):
+    """The parameterised networks of RetinaNet (Detectron2's `RetinaNet`: backbone + head).
+
+    Attributes:
+      backbone: ResNet-FPN with the `LastLevelP6P7` top block.
+      head: `RetinaNetHead`.
+      in_features: pyramid levels fed to the head (`MODEL.RETINANET.IN_FEATURES`).
+    """
+
+    backbone: FPN
+    head: RetinaNetHead
+    in_features: tuple[str, ...] = ("p3", "p4", "p5", "p6", "p7")
+
+    def features(self, images: jax.Array) -> dict[str, jax.Array]:
+        """images f32[B, H, W, 3] -> {"p3": f32[B, H/8, W/8, C], ..., "p7": ...}."""
+        return self.backbone(images)
+
+    def dense_head(self, features: dict[str, jax.Array]):
+        """Pyramid dict -> (cls_logits [B, HiWiA, K] per level, box_deltas [B, HiWiA, 4])."""
+        return self.head([features[f] for f in self.in_features])
+
+    def __call__(self, images: jax.Array) -> dict[str, Any]:
+        """Runs every network once; used by `init`. images f32[B, H, W, 3], H, W multiples of 32."""
+        feats = self.features(images)
+        logits, deltas = self.dense_head(feats)
+        return dict(features=feats, cls_logits=logits, box_deltas=deltas)
+
+
+def build_model(config, *, train: bool = False, dtype: Any = None) -> nn.Module:
+    """The networks of `config.model.meta_architecture` (`GeneralizedRCNN`, `RetinaNet`).
 
     Args:
       config: a jax_rcnn config (`configs/*.py`).
@@ -189,9 +225,38 @@ def build_model(config, *, train: bool = False, dtype: Any = None) -> Generalize
         everything else behave identically in both modes.
       dtype: computation dtype; default `config.train.compute_dtype` ("float32" when absent).
         Parameters are always f32; head outputs are f32.
+
+    Raises:
+      ValueError: an unknown meta-architecture.
     """
     if dtype is None:
         dtype = jnp.dtype(config.get("train", {}).get("compute_dtype", "float32"))
+    name = config.model.meta_architecture
+    if name not in NETWORKS:
+        raise ValueError(
+            f"config.model.meta_architecture = {name!r}: not one of {sorted(NETWORKS)}"
+        )
+    return NETWORKS[name](config, train=train, dtype=dtype)
+
+
+def build_retinanet(config, *, train: bool, dtype: Any) -> RetinaNet:
+    """`RetinaNet` networks for `config.model` (`model.retinanet`, the backbone keys)."""
+    r = config.model.retinanet
+    return RetinaNet(
+        backbone=build_backbone(config, train=train, dtype=dtype),
+        head=RetinaNetHead(
+            num_classes=r.num_classes,
+            num_anchors=num_cell_anchors(config),
+            num_convs=r.num_convs,
+            prior_prob=r.prior_prob,
+            dtype=dtype,
+        ),
+        in_features=tuple(r.in_features),
+    )
+
+
+def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCNN:
+    """`GeneralizedRCNN` networks for `config.model` (RPN, box head, mask head when on)."""
     m = config.model
     bh, mh = m.roi_box_head, m.roi_mask_head
     mask_head = None
@@ -236,8 +301,15 @@ def build_model(config, *, train: bool = False, dtype: Any = None) -> Generalize
     )
 
 
+# `MODEL.META_ARCHITECTURE` -> builder of its networks (`jax_rcnn.meta_arch` wires them).
+NETWORKS = {
+    "GeneralizedRCNN": build_generalized_rcnn,
+    "RetinaNet": build_retinanet,
+}
+
+
 def init_variables(
-    model: GeneralizedRCNN, key: jax.Array, image_size: tuple[int, int] = (64, 64)
+    model: nn.Module, key: jax.Array, image_size: tuple[int, int] = (64, 64)
 ) -> dict[str, Any]:
     """Detectron2's initialisation of every variable (`params`, `frozen`, ...)."""
     return model.init(key, jnp.zeros((1, *image_size, 3), jnp.float32))

@@ -266,6 +266,7 @@ class Conv2d(nn.Module):
       norm: see `get_norm`.
       relu: apply ReLU after the norm.
       kernel_init: initialiser of the HWIO kernel.
+      bias_init: initialiser of the bias (zeros; RetinaNet's `cls_score` uses its prior).
       tap_weight_grad: compute the kernel gradient as one dot per tap
         (`conv2d_tap_weight_grad`); for convs on ROI crops (heads). Ignored for 1x1 convs,
         groups or dilation.
@@ -284,6 +285,7 @@ class Conv2d(nn.Module):
     norm: str = ""
     relu: bool = False
     kernel_init: Initializer = c2_msra_fill
+    bias_init: Initializer = nn.initializers.zeros
     tap_weight_grad: bool = False
     train: bool = False
     axis_name: str | None = None
@@ -321,7 +323,7 @@ class Conv2d(nn.Module):
                 feature_group_count=self.groups,
             )
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
         norm = get_norm(self.norm, train=self.train, axis_name=self.axis_name, dtype=self.dtype)
         if norm is not None:

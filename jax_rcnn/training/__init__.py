@@ -7,9 +7,11 @@
     out = step_losses(variables, batch, jax.random.key(0))   # {"loss_rpn_cls": f32[], ...}
     grads = jax.grad(lambda p: sum(losses(cfg, {**variables, "params": p}, batch, key).values()))
 
-`losses` is `jax_rcnn.modeling.rcnn.forward_train` with the model built from the config; the
-dictionary has Detectron2's names and values (`loss_rpn_cls`, `loss_rpn_loc`, `loss_cls`,
-`loss_box_reg`, `loss_mask`). Close over `cfg` when jitting (configs are not hashable).
+`losses` is the `forward_train` of the config's meta-architecture (`jax_rcnn.meta_arch`) with the
+model built from the config; the dictionary has Detectron2's names and values (`loss_rpn_cls`,
+`loss_rpn_loc`, `loss_cls`, `loss_box_reg`, `loss_mask` for R-CNN; `loss_cls`, `loss_box_reg` for
+RetinaNet, whose normaliser comes from `variables["loss_state"]` when given, else 100). Close
+over `cfg` when jitting (configs are not hashable).
 `jax_rcnn.compile.jit` is `jax.jit` with XLA:CPU's YNNPACK convolutions turned off for the
 program (several times faster convolution gradients on CPU; the same as `jax.jit` elsewhere).
 """
@@ -23,16 +25,15 @@ import jax
 import numpy as np
 import pycocotools.mask as mask_util
 
-from jax_rcnn import modeling
+from jax_rcnn import meta_arch, modeling
 from jax_rcnn.data import batching
 from jax_rcnn.data import transforms as T
-from jax_rcnn.modeling import rcnn
 
 __all__ = ["losses", "make_batch"]
 
 
 def losses(cfg, variables: dict[str, Any], batch: dict[str, Any], key: jax.Array) -> dict:
-    """Detectron2's training losses of one batch (`GeneralizedRCNN.forward` in train mode).
+    """Detectron2's training losses of one batch (the model's `forward` in train mode).
 
     Args:
       cfg: the jax_rcnn config (static: close over it under `jit`).
@@ -47,11 +48,13 @@ def losses(cfg, variables: dict[str, Any], batch: dict[str, Any], key: jax.Array
       key: PRNG key of the step (RPN anchor and ROI sampling).
 
     Returns:
-      `{"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"[, "loss_mask"]}`, `f32[]`.
+      `{"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"[, "loss_mask"]}` (R-CNN) or
+      `{"loss_cls", "loss_box_reg"}` (RetinaNet), `f32[]`.
     """
     model = modeling.build_model(cfg, train=True)
     mutable = ("batch_stats",) if "batch_stats" in variables else ()
-    out, _ = rcnn.forward_train(model, variables, batch, key, config=cfg, mutable=mutable)
+    forward_train = meta_arch.get(cfg).forward_train
+    out, _ = forward_train(model, variables, batch, key, config=cfg, mutable=mutable)
     return out
 
 

@@ -50,7 +50,7 @@ import jax
 import numpy as np
 
 from jax_rcnn import masks as mask_ops
-from jax_rcnn import modeling, visualize
+from jax_rcnn import meta_arch, modeling, visualize
 from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.config import format_config
 from jax_rcnn.training import checkpointing, distributed
@@ -72,19 +72,15 @@ _INIT_KEY, _TRAIN_KEY = 0, 1
 
 
 def default_loss_fn(config) -> LossFn:
-    """`forward_train` of the training-mode model (BN layers update `batch_stats`)."""
-    from jax_rcnn.modeling import rcnn
-
+    """`forward_train` of the config's meta-architecture on the training-mode model (BN layers
+    update `batch_stats`)."""
     model = modeling.build_model(config, train=True)
-    m = config.model
-    uses_bn = any(
-        n in ("BN", "SyncBN")
-        for n in (m.resnets.norm, m.fpn.norm, m.roi_box_head.norm, m.roi_mask_head.norm)
-    )
-    mutable = ("batch_stats",) if uses_bn else ()
+    abstract = jax.eval_shape(lambda k: modeling.init_variables(model, k), jax.random.key(0))
+    mutable = ("batch_stats",) if "batch_stats" in abstract else ()
+    forward_train = meta_arch.get(config).forward_train
 
     def loss_fn(variables, batch, key):
-        return rcnn.forward_train(model, variables, batch, key, config=config, mutable=mutable)
+        return forward_train(model, variables, batch, key, config=config, mutable=mutable)
 
     return loss_fn
 
@@ -231,7 +227,6 @@ def evaluate(
     """
     from jax_rcnn.data.loader import dataset_records, eval_batches
     from jax_rcnn.evaluation import COCOEvaluator
-    from jax_rcnn.modeling import rcnn
 
     mesh = mesh if mesh is not None else distributed.make_mesh()
     num_devices = mesh.devices.size
@@ -246,8 +241,9 @@ def evaluate(
     model = modeling.build_model(config)
     repl, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
     variables = distributed.replicate(mesh, variables)
+    inference = meta_arch.get(config).inference
     infer = compile_jit(
-        lambda v, im, sz, osz: rcnn.inference(model, v, im, sz, osz, config=config),
+        lambda v, im, sz, osz: inference(model, v, im, sz, osz, config=config),
         in_shardings=(repl, data, data, data),
         out_shardings=data,
     )

@@ -9,6 +9,10 @@ one `jax.jit` with the state donated, compiled once per padded batch shape (one 
   over as constants, so XLA prunes their backward pass, and they are carried over unchanged
   (bit for bit) rather than updated by zero.
 * The total loss is the sum of the loss dict (Detectron2's `sum(loss_dict.values())`).
+* `loss_state`: what a meta-architecture's losses carry from step to step (RetinaNet's EMA loss
+  normaliser; empty for R-CNN). It reaches the loss function as the `loss_state` variable
+  collection, comes back in `aux["updates"]["loss_state"]`, and is checkpointed with the rest,
+  so a resumed run continues exactly.
 * A non-finite total loss leaves the whole state untouched (step count included) and reports
   `finite = False`; the loop stops there, so nothing non-finite is ever saved.
 * Compute dtype: the model reads `config.train.compute_dtype` ("bfloat16" runs convolutions and
@@ -31,12 +35,14 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 
+from jax_rcnn import meta_arch
 from jax_rcnn.compile import jit as compile_jit
+from jax_rcnn.meta_arch.common import LOSS_STATE
 from jax_rcnn.modeling import FROZEN, frozen_param_mask
 from jax_rcnn.training import distributed, optim
 
 # loss_fn(variables, batch, key) -> (losses {name: f32[]}, aux dict), the signature of
-# `jax_rcnn.modeling.rcnn.forward_train` with model and config bound.
+# `jax_rcnn.meta_arch.<name>.forward_train` with model and config bound.
 LossFn = Callable[[dict, dict, jax.Array], tuple[dict[str, jax.Array], dict[str, Any]]]
 
 
@@ -50,6 +56,7 @@ class TrainState:
       frozen: FrozenBN buffers (`frozen` collection), never changed.
       batch_stats: BN running statistics (empty without BN).
       opt_state: optimizer state (momentum buffers).
+      loss_state: the losses' own state (`meta_arch.<name>.initial_loss_state`; `{}` for R-CNN).
     """
 
     step: jax.Array
@@ -57,6 +64,7 @@ class TrainState:
     frozen: Any
     batch_stats: Any
     opt_state: Any
+    loss_state: Any = flax.struct.field(default_factory=dict)
 
     def variables(self) -> dict[str, Any]:
         """The Flax variables dict for `model.apply`."""
@@ -83,6 +91,7 @@ def create_train_state(config, variables: dict[str, Any], step: int = 0) -> Trai
         frozen=variables.get(FROZEN, {}),
         batch_stats=variables.get("batch_stats", {}),
         opt_state=optim.build_optimizer(config).init(params),
+        loss_state=meta_arch.get(config).initial_loss_state(config),
     )
 
 
@@ -141,6 +150,7 @@ def make_train_step(config, loss_fn: LossFn, mesh: Mesh | None = None) -> Callab
                 "params": _merge(train_flat, jax.lax.stop_gradient(fixed_p)),
                 FROZEN: state.frozen,
                 "batch_stats": state.batch_stats,
+                LOSS_STATE: state.loss_state,
             }
             variables = {k: v for k, v in variables.items() if k == "params" or v}
             losses, aux = _normalise_loss_output(loss_fn(variables, batch, key))
@@ -153,12 +163,13 @@ def make_train_step(config, loss_fn: LossFn, mesh: Mesh | None = None) -> Callab
         new_params = optax.apply_updates(state.params, updates)
         # Frozen leaves are carried over as they were, bit for bit.
         new_params = _merge(_split(new_params, mask)[0], fixed_p)
-        batch_stats = aux.get("updates", {}).get("batch_stats", state.batch_stats)
+        updates_aux = aux.get("updates", {})
         new_state = state.replace(
             step=state.step + 1,
             params=new_params,
-            batch_stats=batch_stats,
+            batch_stats=updates_aux.get("batch_stats", state.batch_stats),
             opt_state=opt_state,
+            loss_state=updates_aux.get(LOSS_STATE, state.loss_state),
         )
         finite = jnp.isfinite(total_loss)
         if "all_finite" in aux:

@@ -25,6 +25,8 @@ PY_CONFIGS = (
     "configs/faster_rcnn_R_50_FPN_3x.py",
     "configs/mask_rcnn_R_50_FPN_1x.py",
     "configs/mask_rcnn_R_50_FPN_3x.py",
+    "configs/retinanet_R_50_FPN_1x.py",
+    "configs/retinanet_R_50_FPN_3x.py",
 )
 ZOO_YAMLS = (
     "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
@@ -129,8 +131,10 @@ def test_every_detectron2_key_has_exactly_one_rule():
 
 def test_mapped_keys_exist_in_the_schema():
     base = cfg_lib.to_flat_dict(cfg_lib._common().base_config(mask_on=True))
+    retina = cfg_lib.to_flat_dict(cfg_lib._common().base_config(meta_architecture="RetinaNet"))
     for d2_key, ours in cfg_lib.D2_TO_JAX_RCNN.items():
-        assert ours in base, f"{d2_key} -> {ours} is not a key of configs/common.py"
+        schema = retina if d2_key.startswith("MODEL.RETINANET.") else base
+        assert ours in schema, f"{d2_key} -> {ours} is not a key of configs/common.py"
 
 
 def test_detectron2_defaults_have_the_fixture_dump_keys():
@@ -231,6 +235,8 @@ def test_model_zoo_yaml(name, mask_on, depth, steps, max_iter):
         ("configs/faster_rcnn_R_50_FPN_1x.py", ZOO_YAMLS[0]),
         ("configs/mask_rcnn_R_50_FPN_1x.py", ZOO_YAMLS[1]),
         ("configs/mask_rcnn_R_50_FPN_3x.py", ZOO_YAMLS[2]),
+        ("configs/retinanet_R_50_FPN_1x.py", "COCO-Detection/retinanet_R_50_FPN_1x.yaml"),
+        ("configs/retinanet_R_50_FPN_3x.py", "COCO-Detection/retinanet_R_50_FPN_3x.yaml"),
     ],
 )
 def test_model_zoo_yaml_equals_our_config_file(py, yml):
@@ -246,13 +252,59 @@ def test_model_zoo_yaml_equals_our_config_file(py, yml):
     }
 
 
+def test_retinanet_zoo_yaml_with_its_eval_anchor_sizes():
+    """Base-RetinaNet.yaml writes its anchor sizes with `!!python/object/apply:eval`."""
+    config = cfg_lib.from_detectron2(ZOO / "COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    m = config.model
+    assert m.meta_architecture == "RetinaNet"
+    assert m.backbone.name == "build_retinanet_resnet_fpn_backbone"
+    assert m.anchor_generator.sizes[0] == (32, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3))
+    assert m.anchor_generator.sizes[4][2] == pytest.approx(812.7493386077181)
+    assert m.retinanet.smooth_l1_loss_beta == 0.0
+    assert config.solver.base_lr == 0.01
+    assert "rpn" not in m and "roi_heads" not in m  # no inert keys in a RetinaNet config
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["__import__('os').system('true')", "open('x')", "[x.__class__ for x in [1]]", "f(1)"],
+)
+def test_yaml_eval_accepts_arithmetic_only(tmp_path, expr):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        f"MODEL:\n  ANCHOR_GENERATOR:\n    SIZES: !!python/object/apply:eval [{expr!r}]\n"
+    )
+    with pytest.raises(ValueError, match="only arithmetic"):
+        cfg_lib.from_detectron2(path)
+
+
+def test_retinanet_rejects_mask_on(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    base = ZOO / "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
+    path.write_text(f"_BASE_: {str(base)!r}\nMODEL:\n  MASK_ON: true\n")
+    with pytest.raises(ValueError, match="MODEL.MASK_ON"):
+        cfg_lib.from_detectron2(path)
+
+
+def test_retinanet_ignores_rcnn_keys_as_detectron2_does(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    base = ZOO / "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
+    path.write_text(f"_BASE_: {str(base)!r}\nMODEL:\n  ROI_HEADS:\n    NAME: CascadeROIHeads\n")
+    assert cfg_lib.from_detectron2(path).model.meta_architecture == "RetinaNet"
+
+
+def test_rcnn_keys_are_not_keys_of_a_retinanet_config():
+    config = cfg_lib.load_config("configs/retinanet_R_50_FPN_1x.py")
+    with pytest.raises(AttributeError):
+        config.model.rpn.nms_thresh = 0.5
+
+
 # ---------------------------------------------------------------------------------------------
 # from_detectron2: accepted, converted and rejected keys
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "text",
     [
-        "MODEL:\n  RETINANET:\n    NUM_CLASSES: 3\n    IN_FEATURES: ['p2']\n",
         "MODEL:\n  SEM_SEG_HEAD:\n    NUM_CLASSES: 3\n    NORM: ''\n",
         "MODEL:\n  PANOPTIC_FPN:\n    COMBINE:\n      ENABLED: false\n",
         "MODEL:\n  ROI_KEYPOINT_HEAD:\n    NUM_KEYPOINTS: 5\n",
@@ -277,7 +329,21 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
 @pytest.mark.parametrize(
     "text, key, value",
     [
-        ("MODEL:\n  META_ARCHITECTURE: RetinaNet\n", "MODEL.META_ARCHITECTURE", "RetinaNet"),
+        (
+            "MODEL:\n  META_ARCHITECTURE: SemanticSegmentor\n",
+            "MODEL.META_ARCHITECTURE",
+            "SemanticSegmentor",
+        ),
+        (
+            "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  RETINANET:\n    NORM: GN\n",
+            "MODEL.RETINANET.NORM",
+            "GN",
+        ),
+        (
+            "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  RETINANET:\n    BBOX_REG_LOSS_TYPE: diou\n",
+            "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
+            "diou",
+        ),
         ("MODEL:\n  KEYPOINT_ON: true\n", "MODEL.KEYPOINT_ON", "True"),
         ("MODEL:\n  LOAD_PROPOSALS: true\n", "MODEL.LOAD_PROPOSALS", "True"),
         (

@@ -219,3 +219,52 @@ def test_losses_jit(fn):
             jnp.ones((1, 1), bool),
         )
         np.testing.assert_allclose(out, math.log(2), rtol=1e-6)
+
+
+def test_sigmoid_focal_loss_worked_examples():
+    x = jnp.array([0.0, 0.0, 2.0])
+    t = jnp.array([1.0, 0.0, 0.0])
+    out = np.asarray(losses.sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0))
+    p = 1 / (1 + math.exp(-2.0))
+    expected = [
+        math.log(2) * 0.25 * 0.25,  # p_t = 0.5, alpha_t = 0.25
+        math.log(2) * 0.25 * 0.75,  # negative: alpha_t = 0.75
+        _bce(2.0, 0.0) * p**2 * 0.75,  # confident false positive: (1 - p_t) = p
+    ]
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    # alpha < 0 disables the weighting; gamma 0 is plain BCE.
+    np.testing.assert_allclose(
+        losses.sigmoid_focal_loss(x, t, alpha=-1, gamma=0.0),
+        [_bce(0, 1), _bce(0, 0), _bce(2, 0)],
+        rtol=1e-6,
+    )
+
+
+def test_giou_loss_worked_examples():
+    a = jnp.array([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+    b = jnp.array([[1.0, 0.0, 2.0, 1.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 1.0]])
+    # Touching: IoU 0, enclosing 2, union 2 -> 1. Identical -> 0. Half -> 1 - 0.5.
+    np.testing.assert_allclose(losses.giou_loss(a, b), [1.0, 0.0, 0.5], atol=1e-6)
+
+
+def test_retinanet_losses_normaliser_ignored_and_background():
+    anchors = jnp.array([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 20.0, 20.0], [5.0, 5.0, 15.0, 15.0]])
+    logits = jnp.zeros((1, 3, 2))
+    deltas = jnp.full((1, 3, 4), 0.5)
+    gt_labels = jnp.array([[1, 2, -1]])  # fg class 1, background (K = 2), ignored
+    matched = jnp.broadcast_to(anchors, (1, 3, 4))  # zero target deltas
+    out = losses.retinanet_losses(
+        logits, deltas, anchors, gt_labels, matched, jnp.asarray(4.0),
+        box2box=box_ops.Box2BoxTransform((1.0, 1.0, 1.0, 1.0)), focal_alpha=0.25,
+        focal_gamma=2.0, bbox_reg_loss_type="smooth_l1", smooth_l1_beta=0.0,
+    )  # fmt: skip
+    pos, neg = math.log(2) * 0.25 * 0.25, math.log(2) * 0.25 * 0.75
+    # fg anchor: class 1 positive, class 0 negative; bg anchor: two negatives; ignored: nothing.
+    np.testing.assert_allclose(float(out["loss_cls"]), (pos + 3 * neg) / 4, rtol=1e-6)
+    np.testing.assert_allclose(float(out["loss_box_reg"]), 4 * 0.5 / 4, rtol=1e-6)
+    giou = losses.retinanet_losses(
+        logits, jnp.zeros((1, 3, 4)), anchors, gt_labels, matched, jnp.asarray(1.0),
+        box2box=box_ops.Box2BoxTransform((1.0, 1.0, 1.0, 1.0)), focal_alpha=0.25,
+        focal_gamma=2.0, bbox_reg_loss_type="giou", smooth_l1_beta=0.0,
+    )  # fmt: skip
+    assert float(giou["loss_box_reg"]) == pytest.approx(0.0, abs=1e-6)  # exact boxes

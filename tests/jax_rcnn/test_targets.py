@@ -262,3 +262,27 @@ def test_mask_targets_garbage_in_padded_gt(dtype):
     b = mask_targets(dirty, dirty_boxes, *args, jnp.ones((1, 1), bool), 28)
     np.testing.assert_array_equal(a, b)
     assert bool(a.any())
+
+
+def test_label_anchors_dense_worked_example():
+    from jax_rcnn.targets import label_anchors_dense
+
+    anchors = jnp.array(
+        [[0, 0, 10, 10], [0, 0, 10, 20], [0, 0, 10, 14], [50, 50, 60, 60.0]], jnp.float32
+    )
+    gt = jnp.array([[0, 0, 10, 10], [0, 0, 0, 0.0]])
+    classes = jnp.array([3, 0])
+    valid = jnp.array([True, False])
+    labels, matched = label_anchors_dense(
+        anchors, gt, classes, valid, iou_thresholds=(0.4, 0.5), iou_labels=(0, -1, 1),
+        num_classes=5,
+    )  # fmt: skip
+    # IoU 1 -> class 3; 0.5 -> fg (>= 0.5); 0.714 -> fg; 0 -> background (K = 5).
+    np.testing.assert_array_equal(labels, [3, 3, 3, 5])
+    np.testing.assert_array_equal(matched[:3], np.broadcast_to(gt[0], (3, 4)))
+    none, zeros = label_anchors_dense(
+        anchors, gt, classes, jnp.zeros(2, bool), iou_thresholds=(0.4, 0.5),
+        iou_labels=(0, -1, 1), num_classes=5,
+    )  # fmt: skip
+    np.testing.assert_array_equal(none, [5, 5, 5, 5])
+    assert float(jnp.abs(zeros).sum()) == 0.0

@@ -10,7 +10,7 @@ import pytest
 
 from jax_rcnn import modeling
 from jax_rcnn.config import load_config
-from jax_rcnn.modeling import rcnn
+from jax_rcnn.meta_arch import rcnn
 
 
 @pytest.mark.slow

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import faster_rcnn_R_50_FPN_1x, mask_rcnn_R_50_FPN_1x, mask_rcnn_R_50_FPN_3x
+from configs import (
+    faster_rcnn_R_50_FPN_1x,
+    mask_rcnn_R_50_FPN_1x,
+    mask_rcnn_R_50_FPN_3x,
+    retinanet_R_50_FPN_1x,
+)
 from jax_rcnn import modeling
 from jax_rcnn.checkpoint import detectron2 as d2
 from tests.jax_rcnn.conftest import TINY_MASKRCNN, tiny_maskrcnn_config
@@ -29,12 +34,15 @@ ZOO = {
     "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml": faster_rcnn_R_50_FPN_1x.get_config,
     "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml": mask_rcnn_R_50_FPN_1x.get_config,
     "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml": r101_config,
+    "COCO-Detection/retinanet_R_50_FPN_1x.yaml": retinanet_R_50_FPN_1x.get_config,
 }
 
 
 @pytest.fixture(scope="module")
 def zoo_shapes():
-    return json.loads((DATA / "model_zoo_state_dict_shapes.json").read_text())
+    shapes = json.loads((DATA / "model_zoo_state_dict_shapes.json").read_text())
+    family = json.loads((DATA / "model_zoo_state_dict_shapes_family.json").read_text())
+    return {**family, **shapes}
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +247,39 @@ def test_msra_errors():
     assert "res4_5_branch2c_w" in msg and "res4_6_branch2a_w" in msg
     with pytest.raises(ValueError, match="convert_msra_backbone_to_flax"):
         d2.convert_detectron2_to_flax(c2, config)
+
+
+TINY_RETINANET_PKL = DATA / "tiny_retinanet" / "model_final.pkl"
+
+
+def _tiny_retinanet_config():
+    from jax_rcnn.config import from_detectron2
+
+    return from_detectron2(DATA / "tiny_retinanet" / "config.yaml")
+
+
+def test_tiny_retinanet_round_trip_is_bit_exact():
+    state = d2.load_detectron2_pkl(TINY_RETINANET_PKL)
+    config = _tiny_retinanet_config()
+    back = d2.convert_flax_to_detectron2(d2.convert_detectron2_to_flax(state, config), config)
+    assert set(back) == set(state)
+    assert all(np.array_equal(back[k], v) for k, v in state.items())
+
+
+def test_retinanet_checkpoint_into_mask_rcnn_config_is_a_clear_error():
+    state = d2.load_detectron2_pkl(TINY_RETINANET_PKL)
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(state, tiny_maskrcnn_config())
+    text = str(info.value)
+    assert "checkpoint looks like: RetinaNet" in text
+    assert "head.cls_subnet.0.weight" in text  # unexpected names are listed
+    assert "proposal_generator.rpn_head.conv.weight" in text  # missing names too
+
+
+def test_mask_rcnn_checkpoint_into_retinanet_config_is_a_clear_error(tiny_state_dict):
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(tiny_state_dict, _tiny_retinanet_config())
+    text = str(info.value)
+    assert "does not match the config: RetinaNet R50-FPN" in text
+    assert "checkpoint looks like: GeneralizedRCNN" in text
+    assert "backbone.top_block.p6.weight" in text

@@ -21,7 +21,7 @@ from jax_rcnn import losses as loss_ops
 from jax_rcnn import modeling, targets
 from jax_rcnn.checkpoint import detectron2 as d2
 from jax_rcnn.data import transforms as T
-from jax_rcnn.modeling import rcnn
+from jax_rcnn.meta_arch import rcnn
 from jax_rcnn.training import losses as training_losses
 from jax_rcnn.training import make_batch
 

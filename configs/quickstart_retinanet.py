@@ -1,0 +1,83 @@
+"""Quickstart RetinaNet: a small RetinaNet trained from scratch on the built-in `shapes` dataset.
+
+Not a Detectron2 model-zoo config: the RetinaNet of `retinanet_R_50_FPN_1x.py` (ResNet + FPN,
+shared 4-conv class and box towers, focal loss, 9 anchors per position, per-level top-k
+decoding) shrunk like `configs/quickstart.py` for `jax_rcnn.data.shapes` (8 classes of shapes on
+textured backgrounds, 128 x 160 images, 1000 train / 200 val, generated on first use).
+
+Changes from `Base-RetinaNet.yaml`, all for small images and training from scratch:
+* ResNet-18 stages res2..res4, trainable BN everywhere (`freeze_at = 0`), FPN of width 64 with
+  BN on res2..res4 and the max-pool top block (`build_resnet_fpn_backbone`: p2..p5), because
+  the shapes are 8 to 64 px: the head reads p2..p5 (strides 4-32) instead of p3..p7 (8-128);
+* anchors x * 2^(0, 1/3, 2/3) for x = 8, 16, 32, 64 on p2..p5, ratios (0.5, 1, 2);
+* head towers of 64 channels (the FPN width), 4 convs each, as in Detectron2;
+* 4 images per batch, base LR 0.04 (BN everywhere), 1800 iterations, 100 warm-up, LR x0.1
+  at 1440 and 1665; at most 12 instances, 50 detections per image.
+
+Commands (from the repository root):
+
+    python train.py --config configs/quickstart_retinanet.py --workdir /tmp/quickstart_retinanet
+    python train.py --config configs/quickstart_retinanet.py:smoke --workdir /tmp/qsr_smoke
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the config; `arg="smoke"` gives a few-iteration variant for tests."""
+    config = common.base_config(meta_architecture="RetinaNet", depth=18)
+    m = config.model
+    m.backbone.name = "build_resnet_fpn_backbone"  # p2..p5: the shapes are 8 to 64 px
+    m.backbone.freeze_at = 0
+    m.resnets.norm = "BN"
+    m.resnets.stem_out_channels = 32
+    m.resnets.res2_out_channels = 64  # Detectron2's rule for R18/R34
+    m.resnets.out_features = ("res2", "res3", "res4")
+    m.fpn.in_features = ("res2", "res3", "res4")
+    m.fpn.out_channels = 64
+    m.fpn.norm = "BN"
+    m.anchor_generator.sizes = tuple(
+        tuple(x * 2 ** (k / 3) for k in range(3)) for x in (8, 16, 32, 64)
+    )
+    r = m.retinanet
+    r.num_classes = 8
+    r.in_features = ("p2", "p3", "p4", "p5")
+
+    i = config.input
+    i.min_size_train = (128,)
+    i.max_size_train = 160
+    i.min_size_test = 128
+    i.max_size_test = 160
+    i.buckets = ((128, 160), (160, 128))
+    i.max_gt = 16
+
+    config.data.source = "shapes"
+    config.data.name = "shapes"
+    config.dataloader.num_workers = 0
+
+    s = config.solver
+    s.ims_per_batch = 4
+    s.base_lr = 0.04
+    s.max_iter = 1800
+    s.steps = (1440, 1665)
+    s.warmup_iters = 100
+    s.checkpoint_period = 500
+    config.test.eval_period = s.max_iter  # one COCO evaluation (and picture) at the end
+    config.test.detections_per_image = 50
+    config.test.ims_per_batch = 8
+    config.log_period = 20
+
+    if arg == "smoke":
+        s.max_iter = 4
+        s.steps = (3,)
+        s.warmup_iters = 2
+        s.checkpoint_period = 2
+        config.test.eval_period = 4
+        config.data.shapes.num_train = 16
+        config.data.shapes.num_val = 8
+        config.log_period = 1
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r} (known: 'smoke')")
+    return common.finalize(config)

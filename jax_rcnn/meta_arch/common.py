@@ -1,0 +1,150 @@
+"""What every meta-architecture shares: bound networks, input normalisation, first-slot runs.
+
+**Parity:** `preprocess` is Detectron2's `GeneralizedRCNN.preprocess_image` /
+`DenseDetector.preprocess_image`: normalisation inside the model, zero padding *after*
+normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# Static slot counts that work on "the first n of S padded slots" may run on (plus S itself).
+FIRST_SLOT_SIZES = (8, 16, 32, 64)
+
+# Variable collections that are not Flax variables: model-side training state carried by the
+# train state (`TrainState.loss_state`), e.g. RetinaNet's loss normaliser.
+LOSS_STATE = "loss_state"
+
+
+class Networks:
+    """A model's networks with their variables bound: `nets.features(x)`, `nets.box_head(p)`.
+
+    Every attribute is a method of the Flax container (`GeneralizedRCNN`, `RetinaNet`, ...)
+    applied with the bound variables. With `mutable` collections (BN `batch_stats` in
+    training), each call applies the method with those collections mutable and keeps the
+    updates, so the next network sees them (as PyTorch's in-place BN buffers do).
+    """
+
+    def __init__(self, model: Any, variables: dict[str, Any], mutable: Sequence[str] = ()):
+        self.model = model
+        self.state = {k: v for k, v in variables.items() if k != LOSS_STATE}
+        self.mutable = tuple(mutable)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(type(self.model), name)
+
+        def call(*args):
+            if not self.mutable:
+                return self.model.apply(self.state, *args, method=method)
+            out, updates = self.model.apply(
+                self.state, *args, method=method, mutable=list(self.mutable)
+            )
+            self.state.update(updates)
+            return out
+
+        return call
+
+    def mutable_state(self) -> dict[str, Any]:
+        """The current values of the mutable collections (`{}` without any)."""
+        return {k: self.state[k] for k in self.mutable}
+
+    def set_mutable_state(self, values: dict[str, Any]) -> None:
+        """Replaces the mutable collections (e.g. with a `lax.switch` branch's outputs)."""
+        self.state.update(values)
+
+
+def feature_stride(name: str) -> int:
+    """Stride of a pyramid level name: "p2" -> 4, ..., "p7" -> 128."""
+    return 2 ** int(name[1:])
+
+
+def preprocess(
+    images: jax.Array,
+    image_sizes: jax.Array,
+    pixel_mean: tuple[float, ...],
+    pixel_std: tuple[float, ...],
+) -> jax.Array:
+    """Normalises a padded batch exactly like Detectron2's `preprocess_image`.
+
+    Args:
+      images: `u8|f32[B, H, W, 3]` BGR, each image at the top-left, anything in the padding.
+      image_sizes: `i32[B, 2]` (h, w) of each image before padding.
+      pixel_mean: per-channel mean (BGR).
+      pixel_std: per-channel std.
+
+    Returns:
+      `f32[B, H, W, 3]`: `(x - mean) / std` inside each image, exactly 0 in the padding
+      (Detectron2 pads the *normalised* tensor with zeros).
+    """
+    x = (images.astype(jnp.float32) - jnp.asarray(pixel_mean, jnp.float32)) / jnp.asarray(
+        pixel_std, jnp.float32
+    )
+    rows = jnp.arange(images.shape[1])[None, :, None]
+    cols = jnp.arange(images.shape[2])[None, None, :]
+    inside = (rows < image_sizes[:, 0, None, None]) & (cols < image_sizes[:, 1, None, None])
+    return jnp.where(inside[..., None], x, 0.0)
+
+
+def backbone_features(config, nets: Networks, images, image_sizes) -> dict[str, jax.Array]:
+    """Stage 1 of every detector: normalise the padded batch, run the backbone.
+
+    Args:
+      config: the jax_rcnn config (`model.pixel_mean`, `model.pixel_std`).
+      nets: the bound networks (a `features` method).
+      images: `u8|f32[B, H, W, 3]` BGR, padded bottom/right.
+      image_sizes: `i32[B, 2]` (h, w) before padding.
+
+    Returns:
+      The feature dict, e.g. `{"p2": f32[B, H/4, W/4, C], ..., "p6": ...}`.
+    """
+    m = config.model
+    return nets.features(preprocess(images, image_sizes, m.pixel_mean, m.pixel_std))
+
+
+def run_on_first_slots(valid: jax.Array, make_branch, *operands):
+    """`make_branch(n)(*operands)` for the smallest n of `FIRST_SLOT_SIZES` (or S) that holds
+    every valid slot of every image: one `lax.switch` branch per size.
+
+    Padded arrays of S slots (detections, foreground ROIs, gt) mostly hold padding; work that
+    ignores invalid slots gives the same result on the first n slots when no valid slot lies
+    beyond n. Each branch must return the same shapes (pad back to S where needed).
+
+    Args:
+      valid: `bool[B, S]` valid slots.
+      make_branch: `n -> fn(*operands)`, n a static int.
+      *operands: passed to the chosen branch.
+    """
+    num_slots = valid.shape[1]
+    sizes = sorted({min(n, num_slots) for n in (*FIRST_SLOT_SIZES, num_slots)})
+    needed = jnp.max(jnp.where(valid, jnp.arange(1, num_slots + 1), 0))
+    index = jnp.searchsorted(jnp.asarray(sizes), needed)
+    return jax.lax.switch(index, [make_branch(n) for n in sizes], *operands)
+
+
+def label_on_first_gt(label_one, gt_boxes, gt_valid, *operands):
+    """`vmap(label_one)` over images, against the first n gt slots holding every valid gt.
+
+    Anchor-gt IoU is `[G, A]` per image (G = `input.max_gt`, 100 for COCO: 0.4 s of a
+    full-size CPU step); padded gt never match, so labelling against the first n gt slots that
+    hold every valid one gives the same labels.
+
+    Args:
+      label_one: `(gt_boxes f32[n, 4], gt_valid bool[n], *operand_i) -> targets` of one image.
+      gt_boxes: `f32[B, G, 4]`.
+      gt_valid: `bool[B, G]`.
+      *operands: per-image operands with a leading B (keys, image sizes, ...).
+    """
+    gt_valid = gt_valid.astype(bool)
+
+    def first(n):
+        def branch(gt_boxes, gt_valid, *operands):
+            return jax.vmap(label_one)(gt_boxes[:, :n], gt_valid[:, :n], *operands)
+
+        return branch
+
+    return run_on_first_slots(gt_valid, first, gt_boxes, gt_valid, *operands)

@@ -1,0 +1,140 @@
+"""Faster / Mask R-CNN (`GeneralizedRCNN`): backbone -> RPN -> ROI heads, top to bottom.
+
+**Parity:** Detectron2's `GeneralizedRCNN` (`modeling/meta_arch/rcnn.py`) with `RPN` and
+`StandardROIHeads`; each stage's parity notes are in `meta_arch/rpn.py` and
+`meta_arch/roi_heads.py`. Every variable-length set is padded to a static size with a
+`*_valid` mask. In training, proposals and targets carry no gradient (Detectron2's approximate
+joint training).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jax_rcnn import postprocess
+from jax_rcnn.meta_arch import roi_heads, rpn
+from jax_rcnn.meta_arch.common import Networks, backbone_features
+
+GT_KEYS = ("image_size", "gt_boxes", "gt_classes", "gt_valid", "gt_masks")
+
+
+def inference(
+    model: Any,
+    variables: dict[str, Any],
+    images: jax.Array,
+    image_sizes: jax.Array,
+    original_sizes: jax.Array,
+    *,
+    config,
+    backend: str | None = None,
+) -> dict[str, jax.Array]:
+    """Detections for a padded batch, as Detectron2's test path computes them.
+
+    Args:
+      model: the networks (`jax_rcnn.modeling.build_model(config)`).
+      variables: their variables (`params`, `frozen`, ...).
+      images: `u8|f32[B, H, W, 3]` BGR, resized, padded bottom/right (H, W multiples of 32).
+      image_sizes: `i32[B, 2]` (h, w) of each resized image before padding.
+      original_sizes: `i32[B, 2]` (H0, W0) of the original images (`detector_postprocess`).
+      config: the jax_rcnn config.
+      backend: kernel backend; default `config.model.kernels`.
+
+    Returns:
+      dict with (D = `config.test.detections_per_image`, P = `post_nms_topk_test`):
+        `boxes f32[B, D, 4]` xyxy original pixels, `scores f32[B, D]`, `classes i32[B, D]`,
+        `valid bool[B, D]`; `det_boxes f32[B, D, 4]` in resized-input pixels;
+        `proposal_boxes f32[B, P, 4]`, `proposal_logits f32[B, P]`, `proposal_valid bool[B, P]`;
+        and for mask models `mask_probs f32[B, D, M, M]` (sigmoid of the predicted class's
+        28x28 mask logits, to be pasted with `jax_rcnn.masks.paste_masks_in_image`).
+    """
+    backend = backend or config.model.kernels
+    nets = Networks(model, variables)
+
+    features = backbone_features(config, nets, images, image_sizes)
+    rpn_out = rpn.rpn_head(config, nets, features)
+    props = rpn.select_proposals(config, rpn_out, image_sizes, training=False, backend=backend)
+    dets = roi_heads.detect_boxes(config, nets, features, props, image_sizes, backend)
+
+    boxes, valid = postprocess.detector_postprocess(
+        dets.boxes, dets.valid, image_sizes, original_sizes
+    )
+    out = dict(
+        boxes=boxes,
+        scores=dets.scores,
+        classes=dets.classes,
+        valid=valid,
+        det_boxes=dets.boxes,
+        det_valid=dets.valid,
+        proposal_boxes=props.boxes,
+        proposal_logits=props.logits,
+        proposal_valid=props.valid,
+    )
+    if config.model.mask_on:
+        out["mask_probs"] = roi_heads.mask_probs(config, nets, features, dets, backend)
+    return out
+
+
+def forward_train(
+    model: Any,
+    variables: dict[str, Any],
+    batch: dict[str, jax.Array],
+    key: jax.Array,
+    *,
+    config,
+    mutable: tuple[str, ...] = (),
+    backend: str | None = None,
+) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+    """Detectron2's training losses for a padded batch (`GeneralizedRCNN.forward`).
+
+    Args:
+      model: the networks (`build_model(config, train=True)`).
+      variables: their variables (`params`, `frozen`, ...); differentiate w.r.t. `params`.
+      batch: `image u8|f32[B, H, W, 3]` BGR padded, `image_size i32[B, 2]`, `gt_boxes
+        f32[B, G, 4]` xyxy resized-input px, `gt_classes i32[B, G]`, `gt_valid bool[B, G]`, and
+        for mask models `gt_masks`: `u8[B, G, M, M]` box-relative soft masks
+        (`jax_rcnn.data.batching.make_train_example`) or `bool[B, G, Hm, Wm]` full-image
+        bitmasks (exact Detectron2 targets), told apart by dtype (`targets.mask_targets`).
+      key: PRNG key of this step (anchor and ROI sampling).
+      config: the jax_rcnn config.
+      mutable: names of the variable collections to update (`("batch_stats",)` for BN); their
+        new values are returned in `aux["updates"]`.
+      backend: kernel backend; default `config.model.kernels`.
+
+    Returns:
+      `(losses, aux)`: losses `{"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"[,
+      "loss_mask"]}` of `f32[]`; aux `{"rpn_labels" i32[B, A], "proposals" (training
+      `Proposals`, before gt is appended), "rois" (`targets.ROITargets`, `[B, R]`),
+      "all_finite" bool[B] (False: a proposal decoded to a non-finite box; Detectron2
+      raises), "updates"[, "mask_targets" f32[B, F, M, M], "mask_logits" f32[B, F, M, M, K]
+      of the foreground slots `rois[:, :F]`, or of the `F = roi_mask_head.num_sampled_masks`
+      ROIs drawn from them]}`.
+    """
+    backend = backend or config.model.kernels
+    gt = {k: batch[k] for k in GT_KEYS if k in batch}
+    anchor_key, roi_key = jax.random.split(key)
+    nets = Networks(model, variables, mutable)
+
+    features = backbone_features(config, nets, batch["image"], gt["image_size"])
+    rpn_out = rpn.rpn_head(config, nets, features)
+    losses, rpn_labels = rpn.rpn_losses(config, rpn_out, gt, anchor_key)
+    props = rpn.select_proposals(config, rpn_out, gt["image_size"], training=True, backend=backend)
+    rois = roi_heads.sample_rois(config, props, gt, roi_key)
+    losses.update(roi_heads.box_losses(config, nets, features, rois, backend))
+    aux = dict(rpn_labels=rpn_labels, proposals=props, rois=rois, all_finite=props.all_finite)
+    if config.model.mask_on:
+        mask_key = jax.random.fold_in(roi_key, 1)
+        mask_loss, mask_aux = roi_heads.mask_losses(
+            config, nets, features, rois, gt, mask_key, backend
+        )
+        losses.update(mask_loss)
+        aux.update(mask_aux)
+    aux["updates"] = nets.mutable_state()
+    return losses, aux
+
+
+def initial_loss_state(config) -> dict[str, Any]:
+    """Training state the losses carry from step to step: none for R-CNN."""
+    del config
+    return {}
