@@ -285,3 +285,27 @@ def test_checkpoint_that_does_not_fit_the_config(tmp_path):
     ):
         export.export_checkpoint(smoke, WEIGHTS, tmp_path / "o", format="detectron2")
     assert not (tmp_path / "o").exists()
+
+
+RETINANET = ROOT / "tests" / "data" / "tiny_retinanet"
+
+
+@pytest.mark.slow
+def test_retinanet_artifact_and_detectron2_round_trip(tmp_path):
+    """RetinaNet: the `jax.export` artifact reproduces Detectron2's detections, the `.pkl`
+    export is the fixture's checkpoint bit for bit."""
+    config, weights = RETINANET / "config.yaml", RETINANET / "model_final.pkl"
+    args = ["--config", str(config), "--weights", str(weights)]
+    assert export.main([*args, "--out", str(tmp_path / "d2"), "--format", "detectron2"]) == 0
+    _assert_bit_exact(
+        _read_pkl(tmp_path / "d2" / export.D2_CHECKPOINT)["model"], _read_pkl(weights)["model"]
+    )
+    assert export.main([*args, "--out", str(tmp_path / "jax"), "--shapes", "608x800"]) == 0
+    manifest = json.loads((tmp_path / "jax" / export.MANIFEST).read_text())
+    assert manifest["meta_architecture"] == "RetinaNet" and manifest["num_classes"] == 4
+    out = export.load(tmp_path / "jax")(read_image(RETINANET / "image.jpg", "BGR"))
+    want = np.load(RETINANET / "inference.npz")
+    assert "masks" not in out and len(out["scores"]) == len(want["img0_final_scores"])
+    np.testing.assert_allclose(out["boxes"], want["img0_final_boxes"], atol=0.05)
+    np.testing.assert_allclose(out["scores"], want["img0_final_scores"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(out["classes"], want["img0_final_classes"])

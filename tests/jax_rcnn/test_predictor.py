@@ -146,3 +146,20 @@ def test_compiles_once_per_bucket(tmp_path):
     pred(portrait)
     pred.batch(landscape + [portrait])
     assert pred.num_traces == 3  # landscape bucket at batch 1 and 2, portrait bucket at batch 1
+
+
+RETINANET = pathlib.Path(__file__).parents[1] / "data" / "tiny_retinanet"
+
+
+def test_retinanet_predictor_matches_detectron2():
+    """The whole test path (read, resize, pad, model, postprocess) on the RetinaNet fixture."""
+    predictor = Predictor(
+        from_detectron2(RETINANET / "config.yaml"), weights=RETINANET / "model_final.pkl"
+    )
+    want = np.load(RETINANET / "inference.npz")
+    out = predictor(read_image(RETINANET / "image.jpg", "BGR"))
+    assert set(out) == {"boxes", "scores", "classes"}  # no masks
+    assert len(out["scores"]) == len(want["img0_final_scores"])
+    np.testing.assert_allclose(out["boxes"], want["img0_final_boxes"], atol=0.05)
+    np.testing.assert_allclose(out["scores"], want["img0_final_scores"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(out["classes"], want["img0_final_classes"])
