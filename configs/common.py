@@ -63,7 +63,7 @@ def retinanet(num_classes: int = 80) -> ml_collections.ConfigDict:
             "num_classes": num_classes,
             "in_features": ("p3", "p4", "p5", "p6", "p7"),
             "num_convs": 4,
-            "norm": "",  # only "" (Detectron2's default) is implemented
+            "norm": "",  # "" (Detectron2's default) or "GN"
             "prior_prob": 0.01,
             "iou_thresholds": (0.4, 0.5),
             "iou_labels": (0, -1, 1),

@@ -587,7 +587,7 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
         _one_of(*BACKBONE_TOP_BLOCKS),
         f"one of {tuple(BACKBONE_TOP_BLOCKS)}",
     ),
-    "MODEL.RETINANET.NORM": (_one_of(""), "'' (no norm in the RetinaNet head)"),
+    "MODEL.RETINANET.NORM": (_one_of("", "GN"), "'' or 'GN' (per-level BN is not implemented)"),
     "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": (
         _one_of(*RETINANET_BBOX_REG_LOSS_TYPES),
         f"one of {RETINANET_BBOX_REG_LOSS_TYPES}",
@@ -1241,7 +1241,7 @@ def _check_retinanet(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     ok = len(r.in_features) > 0 and set(r.in_features) <= set(fpn_out)
     c.require(ok, "model.retinanet.in_features", f"must be a subset of FPN outputs {fpn_out}")
     c.int_at_least("model.retinanet.num_convs", 0)
-    c.one_of("model.retinanet.norm", ("",))
+    c.one_of("model.retinanet.norm", ("", "GN"))
     c.number_in("model.retinanet.prior_prob", 0, 1, open_low=True)
     c.require(r.prior_prob < 1, "model.retinanet.prior_prob", "must be < 1")
     c.matcher("model.retinanet")

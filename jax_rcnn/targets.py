@@ -5,7 +5,8 @@
 `StandardROIHeads.label_and_sample_proposals` / `_sample_proposals`
 (`modeling/roi_heads/roi_heads.py`) and the target side of `mask_head.py:mask_rcnn_loss`
 (`BitMasks.crop_and_resize(proposal_boxes, 28) >= 0.5` of the matched gt mask). Matching is
-`jax_rcnn.matching.match` (Detectron2 `Matcher`), sampling is `jax_rcnn.sampling.subsample_labels` (same counts and distribution, different random draws).
+`jax_rcnn.matching.match` (Detectron2 `Matcher`), sampling is
+`jax_rcnn.sampling.subsample_labels` (same counts and distribution, different random draws).
 Deviations, all in representation:
 
 * gt arrives padded to G with `gt_valid`; padded rows never match, and their content (even

@@ -249,6 +249,7 @@ def build_retinanet(config, *, train: bool, dtype: Any) -> RetinaNet:
             num_anchors=num_cell_anchors(config),
             num_convs=r.num_convs,
             prior_prob=r.prior_prob,
+            norm=r.norm,
             dtype=dtype,
         ),
         in_features=tuple(r.in_features),

@@ -96,9 +96,14 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 def get_norm(
-    norm: str, *, train: bool = False, axis_name: str | None = None, dtype: Any = jnp.float32
+    norm: str,
+    *,
+    train: bool = False,
+    axis_name: str | None = None,
+    dtype: Any = jnp.float32,
+    name: str = "norm",
 ) -> nn.Module | None:
-    """Detectron2's `get_norm`: the normalisation module for a conv, named "norm".
+    """Detectron2's `get_norm`: the normalisation module for a conv, named `name` ("norm").
 
     Must be called inside a compact method of the parent (the module is bound there).
 
@@ -110,12 +115,13 @@ def get_norm(
         statistics are averaged. Under plain `jit` with a sharded batch, "BN" already uses
         global-batch statistics.
       dtype: computation dtype.
+      name: the module's name (its variables' path), "norm" inside a `Conv2d`.
 
     Returns:
       The module, or None for "".
     """
     if norm == "FrozenBN":
-        return FrozenBatchNorm2d(name="norm")
+        return FrozenBatchNorm2d(name=name)
     if norm in ("BN", "SyncBN"):
         return nn.BatchNorm(
             use_running_average=not train,
@@ -123,10 +129,10 @@ def get_norm(
             epsilon=1e-5,
             axis_name=axis_name if norm == "SyncBN" else None,
             dtype=dtype,
-            name="norm",
+            name=name,
         )
     if norm == "GN":
-        return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=dtype, name="norm")
+        return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=dtype, name=name)
     if norm == "":
         return None
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")

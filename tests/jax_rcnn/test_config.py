@@ -335,9 +335,9 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
             "SemanticSegmentor",
         ),
         (
-            "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  RETINANET:\n    NORM: GN\n",
+            "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  RETINANET:\n    NORM: BN\n",
             "MODEL.RETINANET.NORM",
-            "GN",
+            "BN",
         ),
         (
             "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  RETINANET:\n    BBOX_REG_LOSS_TYPE: diou\n",

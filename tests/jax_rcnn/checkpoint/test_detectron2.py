@@ -283,3 +283,16 @@ def test_mask_rcnn_checkpoint_into_retinanet_config_is_a_clear_error(tiny_state_
     assert "does not match the config: RetinaNet R50-FPN" in text
     assert "checkpoint looks like: GeneralizedRCNN" in text
     assert "backbone.top_block.p6.weight" in text
+
+
+def test_retinanet_gn_head_names_follow_detectron2_sequential_indices():
+    config = retinanet_R_50_FPN_1x.get_config()
+    config.model.retinanet.norm = "GN"
+    names = {e.d2_name: e.d2_shape for e in d2.name_table(config)}
+    for tower in ("cls_subnet", "bbox_subnet"):
+        for conv, norm in ((0, 1), (3, 4), (6, 7), (9, 10)):
+            assert names[f"head.{tower}.{conv}.weight"] == (256, 256, 3, 3)
+            assert names[f"head.{tower}.{conv}.bias"] == (256,)
+            assert names[f"head.{tower}.{norm}.weight"] == (256,)  # GroupNorm
+            assert names[f"head.{tower}.{norm}.bias"] == (256,)
+    assert not any(n.startswith("head.cls_subnet.2.") for n in names)
