@@ -88,6 +88,17 @@ def parity(out_path: str) -> None:
     result["bf16_metrics"] = {k: float(v) for k, v in metrics.items()}
     result["bf16_metric_dtypes"] = sorted({str(np.asarray(v).dtype) for v in metrics.values()})
 
+    # RetinaNet: its loss normaliser counts the foreground anchors of the global batch.
+    retina = smoke_config("configs/retinanet_R_50_FPN_1x.py:smoke")
+    retina_vars = jax.device_get(loop.initial_variables(retina))
+    retina_updates = {}
+    for n in (1, 8):
+        mesh = distributed.make_mesh(jax.devices()[:n])
+        params, metrics = _step(retina, retina_vars, batch, mesh)
+        retina_updates[n] = jax.tree.map(lambda a, b: a - b, params, retina_vars["params"])
+        result[f"retinanet_metrics_{n}"] = {k: float(v) for k, v in metrics.items()}
+    result["retinanet_update_max_rel_diff"] = _max_rel(retina_updates[8], retina_updates[1])
+
     for n in (1, 8):
         workdir = os.path.join(os.path.dirname(out_path), f"eval_{n}")
         mesh = distributed.make_mesh(jax.devices()[:n])

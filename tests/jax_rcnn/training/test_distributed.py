@@ -77,6 +77,17 @@ def test_one_step_on_8_devices_equals_1_device(parity):
 
 
 @pytest.mark.slow
+def test_retinanet_step_on_8_devices_equals_1_device(parity):
+    one, eight = parity["retinanet_metrics_1"], parity["retinanet_metrics_8"]
+    assert set(one) == set(eight) >= {"loss_cls", "loss_box_reg", "loss_normalizer"}
+    # The normaliser counts the foreground anchors of the global batch on any device count.
+    assert eight["loss_normalizer"] == one["loss_normalizer"] > 90
+    for k in one:
+        np.testing.assert_allclose(eight[k], one[k], rtol=2e-5, atol=1e-7, err_msg=k)
+    assert parity["retinanet_update_max_rel_diff"] < 1e-3
+
+
+@pytest.mark.slow
 def test_bf16_step_keeps_f32_params_and_losses(parity):
     assert parity["bf16_param_dtypes"] == ["float32"]
     assert "bfloat16" not in parity["bf16_metric_dtypes"]
