@@ -16,7 +16,8 @@
   (smooth-L1 on the deltas, or GIoU on the decoded boxes) summed over foreground anchors, both
   divided by the caller's normaliser (Detectron2's EMA of the foreground count).
 
-Elementwise formulas follow PyTorch's: BCE is `(1 - t) * x - log_sigmoid(x)`, smooth-L1 is
+Elementwise formulas follow PyTorch's: BCE is `softplus(x) - t x` (PyTorch's stable form; its
+gradient `sigmoid(x) - t` has no cancellation), smooth-L1 is
 `|x|` for `beta < 1e-5` (fvcore) and `0.5 x^2 / beta` below `beta` otherwise. Loss weights
 (`MODEL.RPN.LOSS_WEIGHT`, `BBOX_REG_LOSS_WEIGHT`) multiply the results as in Detectron2.
 Deviations (representation only): variable-length sets are padded with a validity mask, and an
@@ -57,10 +58,15 @@ def sigmoid_bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
       targets: `f32|bool[...]` in [0, 1].
 
     Returns:
-      `f32[...]` `(1 - t) * x - log_sigmoid(x)`; e.g. x = 0 gives log 2 for either target.
+      `f32[...]` `softplus(x) - t x`; e.g. x = 0 gives log 2 for either target.
+      Written so that the gradient, `sigmoid(x) - t`, has no cancellation: the form
+      `(1 - t) x - log_sigmoid(x)` differentiates to `(1 - t) - sigmoid(-x)`, which loses all
+      float32 digits of the tiny gradients of confident negatives (x << 0, the bulk of the
+      RPN's and RetinaNet's anchors).
     """
     t = targets.astype(logits.dtype)
-    return (1.0 - t) * logits - jax.nn.log_sigmoid(logits)
+    # softplus = logaddexp(x, 0), whose derivative JAX evaluates as exp(x - softplus(x)).
+    return jax.nn.softplus(logits) - t * logits
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

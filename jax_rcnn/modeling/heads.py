@@ -34,6 +34,7 @@ from jax_rcnn.modeling.layers import (
     c2_msra_fill,
     c2_xavier_fill,
     normal_init,
+    output_dtype,
 )
 
 
@@ -99,9 +100,9 @@ class StandardRPNHead(nn.Module):
         for x in features:
             t = conv(x)
             b, h, w, _ = t.shape
-            all_logits.append(objectness(t).astype(jnp.float32).reshape(b, h * w * a))
+            all_logits.append(output_dtype(objectness(t)).reshape(b, h * w * a))
             # Channel a * 4 + k of the 1x1 conv is delta k of anchor a (Detectron2's view).
-            all_deltas.append(deltas(t).astype(jnp.float32).reshape(b, h * w * a, self.box_dim))
+            all_deltas.append(output_dtype(deltas(t)).reshape(b, h * w * a, self.box_dim))
         return all_logits, all_deltas
 
 
@@ -212,7 +213,7 @@ class FastRCNNOutputLayers(nn.Module):
         deltas = nn.Dense(
             num_reg * self.box_dim, kernel_init=normal_init(0.001), name="bbox_pred", **kw
         )(x)
-        return scores.astype(jnp.float32), deltas.astype(jnp.float32)
+        return output_dtype(scores), output_dtype(deltas)
 
 
 class MaskRCNNConvUpsampleHead(nn.Module):
@@ -248,4 +249,4 @@ class MaskRCNNConvUpsampleHead(nn.Module):
         x = Conv2d(
             self.num_classes, 1, kernel_init=normal_init(0.001), dtype=self.dtype, name="predictor"
         )(x)
-        return x.astype(jnp.float32).reshape(*lead, *x.shape[1:])
+        return output_dtype(x).reshape(*lead, *x.shape[1:])

@@ -95,6 +95,12 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale.astype(x.dtype) + shift.astype(x.dtype)
 
 
+def output_dtype(x: jax.Array) -> jax.Array:
+    """A head's output in float32, or wider: bf16 compute gives f32 outputs (losses and
+    postprocessing in f32), a float64 model (x64 parity tests) keeps f64."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def get_norm(
     norm: str,
     *,

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_rcnn.modeling.layers import Conv2d, get_norm, normal_init
+from jax_rcnn.modeling.layers import Conv2d, get_norm, normal_init, output_dtype
 
 HEAD_NORMS = ("", "GN")
 
@@ -99,7 +99,7 @@ class RetinaNetHead(nn.Module):
         logits, deltas = [], []
         for x in features:
             b, h, w, _ = x.shape
-            logits.append(cls_score(cls_subnet(x)).astype(jnp.float32).reshape(b, h * w * a, k))
-            d = bbox_pred(bbox_subnet(x)).astype(jnp.float32)
+            logits.append(output_dtype(cls_score(cls_subnet(x))).reshape(b, h * w * a, k))
+            d = output_dtype(bbox_pred(bbox_subnet(x)))
             deltas.append(d.reshape(b, h * w * a, self.box_dim))
         return logits, deltas
