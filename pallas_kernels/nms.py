@@ -159,6 +159,10 @@ def nms_reference(
 # --------------------------------------------------------------------------------------------
 # Pallas kernels (Triton backend).
 
+KERNEL_VERSION = 1
+"""Bump on any change to the Pallas kernels or their launch settings: `jax_rcnn.kernels` keys
+its cached GPU self-check verdicts on it (with the device kind and the JAX version)."""
+
 _WORD = 32  # bits per suppression-mask word
 MASK_BLOCK_ROWS = 64
 MASK_NUM_WARPS = 4

@@ -306,6 +306,11 @@ def roi_align_reference(
 # Pallas kernels (Triton backend).
 
 
+KERNEL_VERSION = 1
+"""Bump on any change to the Pallas kernels or their launch settings: `jax_rcnn.kernels` keys
+its cached GPU self-check verdicts on it (with the device kind and the JAX version)."""
+
+
 class _Launch(NamedTuple):
     """Static launch settings of one kernel: channels per program and Triton knobs."""
 
