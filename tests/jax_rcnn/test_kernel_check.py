@@ -215,3 +215,14 @@ def test_cpu_auto_is_reference_without_a_check(monkeypatch, tmp_path):
     assert kernels.resolve_backend("auto") == "reference"
     assert kernels.resolve_backend("pallas") == "pallas"  # interpreted, nothing compiled
     assert counting.calls == 0 and not (tmp_path / kernel_check.CACHE_FILE).exists()
+
+
+def test_jax_without_pallas_triton_falls_back(fake_gpu, monkeypatch, caplog):
+    """docs/kernels.md, plan step 1: when JAX drops Pallas-Triton, "auto" runs the references."""
+    from pallas_kernels import nms as nms_module
+
+    monkeypatch.setattr(nms_module, "pltriton", None)
+    monkeypatch.setitem(kernels.KERNELS, "nms", REAL["nms"])
+    with caplog.at_level(logging.WARNING, logger="jax_rcnn.kernels"):
+        assert kernels.resolve_backend("auto", "nms") == "reference"
+    assert "no Pallas Triton backend" in caplog.text
