@@ -30,8 +30,6 @@ from jax_rcnn.kernel_check import Kernel, KernelCheckError, Verdict
 from pallas_kernels import nms as _nms
 from pallas_kernels import roi_align as _roi_align
 
-__all__ = ["BACKENDS", "KERNELS", "KernelCheckError", "nms", "resolve_backend", "roi_align"]
-
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "pallas", "reference")
