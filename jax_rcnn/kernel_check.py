@@ -306,6 +306,8 @@ def _write(path: str, key: str, entry: dict) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # os.kill would address a process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
