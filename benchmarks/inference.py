@@ -95,8 +95,16 @@ def _stages(cfg, model, variables, images, sizes):
     return stages
 
 
-def run(name: str, runs: int) -> list[tuple]:
-    cfg = load_config(CONFIGS[name])
+def run(name: str, runs: int, *, stages: bool = True, config: str | None = None) -> list[tuple]:
+    """Rows `(model, stage, median s, min s, max s, compile s, ratio to Detectron2)`.
+
+    Args:
+      name: a key of `CONFIGS`.
+      runs: timed calls after the first (compiling) one.
+      stages: also time each stage jitted alone (more compiles).
+      config: another config path (`path.py[:arg]`) to run instead of `CONFIGS[name]`.
+    """
+    cfg = load_config(config or CONFIGS[name])
     model = modeling.build_model(cfg)
     variables = modeling.init_variables(model, jax.random.key(0))
     photo = transforms.read_image(ROOT / "tests/data/tiny_maskrcnn/image.jpg")
@@ -113,7 +121,7 @@ def run(name: str, runs: int) -> list[tuple]:
         (f"{name} R50-FPN", "end to end", med, min(times), max(times), first - med,
          med / DETECTRON2_S[name])
     ]  # fmt: skip
-    for stage, fn, args in _stages(cfg, model, variables, images, sizes):
+    for stage, fn, args in _stages(cfg, model, variables, images, sizes) if stages else []:
         f, t = _time(fn, *args, runs=max(3, runs // 3))
         rows.append(
             ("", stage, statistics.median(t), min(t), max(t), f - statistics.median(t), None)

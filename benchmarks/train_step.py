@@ -115,6 +115,14 @@ def _records(n: int, size: tuple[int, int], num_classes: int, seed: int = 0) -> 
     return records
 
 
+def _peak_device_gib() -> float | None:
+    """Largest peak of bytes in use over the local devices (None where JAX does not track it,
+    e.g. on CPU)."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) / 2**30 if peaks else None
+
+
 def measure(model: str, per_device: int, size: tuple[int, int], dtype: str, steps: int) -> dict:
     """Times `steps + 1` train steps of `model` on every device (the first one compiles)."""
     config = _config(model, size, dtype)
@@ -148,6 +156,7 @@ def measure(model: str, per_device: int, size: tuple[int, int], dtype: str, step
         "img_per_s": ims / sec,
         "img_per_s_per_device": ims / sec / n,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_device_gib": _peak_device_gib(),
         "total_loss": float(metrics["total_loss"]),
     }
 

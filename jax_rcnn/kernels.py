@@ -6,40 +6,114 @@ picks the Pallas kernel or the pure-JAX reference. Nothing else in jax_rcnn impo
 
 `backend`:
   * "reference": the pure-JAX references (any platform; the CPU implementation);
-  * "pallas": the Pallas kernels, compiled on GPU and run in interpret mode elsewhere;
-  * "auto": Pallas when the default JAX backend is a GPU and the kernels are available,
-    the references otherwise.
+  * "pallas": the Pallas kernels, compiled on GPU and run in interpret mode elsewhere. On a
+    GPU each kernel must pass its self-check (`jax_rcnn.kernel_check`) first, or
+    `KernelCheckError` is raised;
+  * "auto": on a GPU, each Pallas kernel that passes its self-check on that device, the
+    reference for one that fails (with a logged warning naming the kernel, the device and the
+    error); the references on every other platform.
+
+The self-check runs once per (kernel version, device kind, JAX version) and machine, eagerly,
+the first time a kernel is resolved (usually while the model is being traced); see
+`jax_rcnn.kernel_check` for the cache and `$JAX_RCNN_KERNEL_CHECK` ("on", "off", "rerun").
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import jax
 
+from jax_rcnn import kernel_check
+from jax_rcnn.kernel_check import Kernel, KernelCheckError, Verdict
 from pallas_kernels import nms as _nms
 from pallas_kernels import roi_align as _roi_align
 
+logger = logging.getLogger(__name__)
+
 BACKENDS = ("auto", "pallas", "reference")
 
+KERNELS = {
+    "roi_align": Kernel(
+        _roi_align.roi_align, _roi_align.roi_align_reference, _roi_align.KERNEL_VERSION
+    ),
+    "nms": Kernel(_nms.nms, _nms.nms_reference, _nms.KERNEL_VERSION),
+}
+"""op -> its implementations; tests swap in faulty kernels here."""
 
-def resolve_backend(backend: str) -> str:
+_WARNED: set[str] = set()
+
+
+def _platform() -> str:
+    return jax.default_backend()
+
+
+def _device_kind() -> str:
+    return jax.devices()[0].device_kind
+
+
+def self_check(op: str, *, check_mode: str | None = None) -> Verdict:
+    """The (cached) self-check verdict of `op`'s Pallas kernel on the default device.
+
+    Args:
+      op: "roi_align" or "nms".
+      check_mode: "on", "off" or "rerun"; None reads `$JAX_RCNN_KERNEL_CHECK`.
+    """
+    return kernel_check.verdict(
+        op,
+        KERNELS[op],
+        device_kind=_device_kind(),
+        interpret=jax.default_backend() != "gpu",  # the real platform, also when tests fake it
+        check_mode=check_mode,
+    )
+
+
+def resolve_backend(backend: str, op: str | None = None) -> str:
     """Returns "pallas" or "reference" for a `config.model.kernels` value.
+
+    Called with static arguments, often at trace time; the first call that needs a GPU
+    self-check runs it eagerly (seconds, once per machine).
+
+    Args:
+      backend: one of `BACKENDS`.
+      op: "roi_align" or "nms"; None resolves for both (Pallas only if both pass).
 
     Raises:
       ValueError: `backend` is not one of `BACKENDS`.
+      KernelCheckError: `backend="pallas"` and a kernel failed its self-check on this GPU.
     """
     if backend not in BACKENDS:
         raise ValueError(f"config.model.kernels must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        has_pallas = hasattr(_roi_align, "roi_align") and hasattr(_nms, "nms")
-        return "pallas" if (jax.default_backend() == "gpu" and has_pallas) else "reference"
-    if backend == "pallas" and not (hasattr(_roi_align, "roi_align") and hasattr(_nms, "nms")):
-        raise NotImplementedError(
-            "config.model.kernels='pallas' but this build of pallas_kernels has no Pallas "
-            "kernels yet; use 'reference' or 'auto'"
-        )
-    return backend
+    if backend == "reference" or (backend == "auto" and _platform() != "gpu"):
+        return "reference"
+    if _platform() != "gpu":
+        return "pallas"  # forced off GPU: the interpreter, nothing compiled to check
+    for name in (op,) if op is not None else tuple(KERNELS):
+        result = self_check(name)
+        if result.ok:
+            continue
+        where = f"{_device_kind()} (jax {jax.__version__})"
+        if backend == "pallas":
+            raise KernelCheckError(
+                f"the Pallas {name} kernel failed its self-check on {where}: {result.detail}. "
+                "config.model.kernels='pallas' forces the kernels; use 'auto' (falls back to "
+                "the pure-JAX reference) or 'reference'."
+            )
+        if name not in _WARNED:
+            _WARNED.add(name)
+            logger.warning(
+                "the Pallas %s kernel failed its self-check on %s: %s. Using the pure-JAX "
+                "reference for %s in this run (config.model.kernels='auto'). Please report "
+                "this with the device; $%s=rerun checks again.",
+                name,
+                where,
+                result.detail,
+                name,
+                kernel_check.MODE_ENV,
+            )
+        return "reference"
+    return "pallas"
 
 
 def roi_align(
@@ -70,11 +144,8 @@ def roi_align(
     Returns:
       `f32[R, S, S, C]` pooled features (feature dtype for bf16 inputs is upcast to f32).
     """
-    impl = (
-        _roi_align.roi_align
-        if resolve_backend(backend) == "pallas"
-        else _roi_align.roi_align_reference
-    )
+    kernel = KERNELS["roi_align"]
+    impl = kernel.pallas if resolve_backend(backend, "roi_align") == "pallas" else kernel.reference
     return impl(
         features,
         boxes,
@@ -110,5 +181,6 @@ def nms(
       `(keep i32[G, K], keep_valid bool[G, K])`: indices into N of kept boxes in descending
       score order; slots past the number kept hold index 0 and `keep_valid=False`.
     """
-    impl = _nms.nms if resolve_backend(backend) == "pallas" else _nms.nms_reference
+    kernel = KERNELS["nms"]
+    impl = kernel.pallas if resolve_backend(backend, "nms") == "pallas" else kernel.reference
     return impl(boxes, scores, valid, iou_threshold=iou_threshold, max_output=max_output)

@@ -28,7 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
+
+try:
+    from jax.experimental.pallas import triton as pltriton
+except ImportError:  # a JAX without Pallas-Triton (docs/kernels.md): the reference still works
+    pltriton = None
 
 
 def _f32_threshold(iou_threshold: float) -> np.float32:
@@ -158,6 +162,10 @@ def nms_reference(
 
 # --------------------------------------------------------------------------------------------
 # Pallas kernels (Triton backend).
+
+KERNEL_VERSION = 1
+"""Bump on any change to the Pallas kernels or their launch settings: `jax_rcnn.kernels` keys
+its cached GPU self-check verdicts on it (with the device kind and the JAX version)."""
 
 _WORD = 32  # bits per suppression-mask word
 MASK_BLOCK_ROWS = 64
@@ -330,6 +338,11 @@ def nms(
     Returns:
       `(keep i32[G, K], keep_valid bool[G, K])` as `nms_reference`.
     """
+    if pltriton is None:
+        raise NotImplementedError(
+            f"jax {jax.__version__} has no Pallas Triton backend; use the reference "
+            "(config.model.kernels='auto' or 'reference'; see docs/kernels.md)"
+        )
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     num_groups, n = scores.shape

@@ -33,7 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
+
+try:
+    from jax.experimental.pallas import triton as pltriton
+except ImportError:  # a JAX without Pallas-Triton (docs/kernels.md): the reference still works
+    pltriton = None
 
 MAX_GRID = 128
 """Cap on samples per bin side. Exact for ROIs up to `128 * S` feature px per side (3584 image
@@ -306,6 +310,11 @@ def roi_align_reference(
 # Pallas kernels (Triton backend).
 
 
+KERNEL_VERSION = 1
+"""Bump on any change to the Pallas kernels or their launch settings: `jax_rcnn.kernels` keys
+its cached GPU self-check verdicts on it (with the device kind and the JAX version)."""
+
+
 class _Launch(NamedTuple):
     """Static launch settings of one kernel: channels per program and Triton knobs."""
 
@@ -537,6 +546,11 @@ def roi_align(
     Returns:
       `f32[R, S, S, C]`.
     """
+    if pltriton is None:
+        raise NotImplementedError(
+            f"jax {jax.__version__} has no Pallas Triton backend; use the reference "
+            "(config.model.kernels='auto' or 'reference'; see docs/kernels.md)"
+        )
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     table, fparams, iparams = _table_and_params(
