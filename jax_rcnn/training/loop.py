@@ -177,18 +177,13 @@ class Progress:
 def _gt_json(config) -> str:
     d = config.data
     if d.source == "coco":
-        return d.test.json
-    if d.source == "shapes":
-        from jax_rcnn.data.shapes import ensure_shapes_dataset
+        from jax_rcnn.data.loader import coco_paths
 
-        s = d.shapes
-        return ensure_shapes_dataset(
-            d.cache_dir or None,
-            num_train=s.num_train,
-            num_val=s.num_val,
-            image_size=tuple(s.image_size),
-            seed=s.seed,
-        )["val_json"]
+        return coco_paths(config, "test")["json"]
+    if d.source == "shapes":
+        from jax_rcnn.data.shapes import config_paths
+
+        return config_paths(config)["val_json"]
     raise NotImplementedError(f"COCO evaluation needs a gt json; config.data.source={d.source!r}")
 
 
