@@ -184,3 +184,11 @@ def train_buckets(config, image_sizes: Iterable[tuple[int, int]] | None = None) 
         i.min_size_train, i.min_size_train_sampling, i.max_size_train, image_sizes
     )
     return choose_buckets(weights, int(i.size_divisibility), int(i.max_buckets))
+
+
+def eval_buckets(config, image_sizes: Iterable[tuple[int, int]]) -> BucketChoice:
+    """`choose_buckets` for the test resize (`input.min_size_test`, `max_size_test`) of the
+    evaluated images, within `input.max_buckets`."""
+    i = config.input
+    weights = resized_shape_weights((i.min_size_test,), "choice", i.max_size_test, image_sizes)
+    return choose_buckets(weights, int(i.size_divisibility), int(i.max_buckets))

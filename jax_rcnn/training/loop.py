@@ -232,7 +232,8 @@ def evaluate(
     Returns:
       `{"bbox": {"AP": ..., "AP50": ..., ...}, "segm": {...}}` (AP in percent).
     """
-    from jax_rcnn.data.loader import dataset_records, eval_batches
+    from jax_rcnn.data.buckets import eval_buckets
+    from jax_rcnn.data.loader import dataset_records, eval_batches, eval_plan
     from jax_rcnn.evaluation import COCOEvaluator
     from jax_rcnn.modeling import rcnn
 
@@ -246,6 +247,8 @@ def evaluate(
         config = copy.deepcopy(config)
         config.test.ims_per_batch = eval_batch
     records, meta = dataset_records(config, "test")
+    if config.input.auto_buckets and config.input.pad_mode == "buckets":
+        config = _with_buckets(config, eval_buckets(config, _sizes(records)), "evaluation")
     model = modeling.build_model(config)
     repl, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
     variables = distributed.replicate(mesh, variables)
@@ -263,6 +266,22 @@ def evaluate(
     )
     infer = distributed.SyncCompiled(infer, "infer")
     paste = distributed.SyncCompiled(paste, "paste", static_argnums=(2,))
+    # Every padded shape of the split is known from the records: compile them all up front, in
+    # parallel (the plan's shapes are the same for any number of hosts).
+    t0, stats0 = time.perf_counter(), compile_stats()
+    planned = sorted({(h, w) for (_, h, w), _ in eval_plan(config, records, 0, 1)})
+    b = int(config.test.ims_per_batch)
+    infer.precompile(
+        [
+            (
+                variables,
+                jax.ShapeDtypeStruct((b, h, w, 3), np.uint8, sharding=data),
+                jax.ShapeDtypeStruct((b, 2), np.int32, sharding=data),
+                jax.ShapeDtypeStruct((b, 2), np.int32, sharding=data),
+            )
+            for h, w in planned
+        ]
+    )
     mask_on = bool(config.model.mask_on)
     to_cat = {v: int(k) for k, v in meta["thing_dataset_id_to_contiguous_id"].items()}
     main_process = jax.process_index() == 0
@@ -276,7 +295,7 @@ def evaluate(
     by_id = {r["image_id"]: r for r in records}
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
     drawn = []
-    t0, stats0, shapes = time.perf_counter(), compile_stats(), set()
+    shapes = set()
     for batch in eval_batches(config, records):
         shapes.add(np.shape(batch["image"]))
         inputs = distributed.shard_batch(
@@ -398,12 +417,20 @@ def training_config(config, records=None):
         return config
     from jax_rcnn.data.buckets import train_buckets
 
-    sizes = None if records is None else [(r["height"], r["width"]) for r in records]
-    choice = train_buckets(config, sizes)
+    choice = train_buckets(config, None if records is None else _sizes(records))
+    return _with_buckets(config, choice, "training", policy_only=records is None)
+
+
+def _sizes(records) -> list[tuple[int, int]]:
+    return [(r["height"], r["width"]) for r in records]
+
+
+def _with_buckets(config, choice, what: str, policy_only: bool = False):
     logger.info(
-        "training buckets (H, W) %s: %d train-step programs (input.max_buckets = %d); expected "
-        "padded pixels %.1f %% (%.1f %% with exact per-image padding to a multiple of %d), "
-        "over %d resized image shapes%s",
+        "%s buckets (H, W) %s: %d programs (input.max_buckets = %d); expected padded pixels "
+        "%.1f %% (%.1f %% with exact per-image padding to a multiple of %d), over %d resized "
+        "image shapes%s",
+        what,
         list(choice.buckets),
         len(choice.buckets),
         config.input.max_buckets,
@@ -411,7 +438,7 @@ def training_config(config, records=None):
         100 * choice.exact_share,
         config.input.size_divisibility,
         choice.num_shapes,
-        "" if records is not None else " (resize policy only)",
+        " (resize policy only)" if policy_only else "",
     )
     out = copy.deepcopy(config)
     out.input.pad_mode = "buckets"
