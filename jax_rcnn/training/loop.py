@@ -386,6 +386,16 @@ def _timed_evaluate(config, variables, workdir, **kwargs) -> dict[str, float]:
     }
 
 
+def _check_data_paths(config, splits) -> None:
+    """COCO paths (or builtin dataset names) of `splits` exist: a clear error before anything
+    compiles, and before hours of training when only the test split is wrong."""
+    if config.data.source == "coco":
+        from jax_rcnn.data.loader import coco_paths
+
+        for split in splits:
+            coco_paths(config, split)
+
+
 def _used_buckets(config, records) -> tuple[tuple[int, int], ...]:
     """The buckets of `config.input.buckets` that some training image can land in."""
     from jax_rcnn.data.batching import pick_bucket
@@ -545,6 +555,7 @@ def train(
       checkpointing.CheckpointMismatchError: the work dir holds another model's checkpoint.
       FloatingPointError: the loss became non-finite (the iteration is named).
     """
+    _check_data_paths(config, ("train", "test") if final_eval else ("train",))
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
     setup_compilation_cache(config)  # before anything compiles
@@ -690,6 +701,7 @@ def train(
 def evaluate_only(config, workdir: str | os.PathLike) -> dict[str, dict[str, float]]:
     """`train.py --eval_only`: evaluates the work dir's latest checkpoint, else the config's
     initial weights (`config.model.weights`), and appends the result to `metrics.jsonl`."""
+    _check_data_paths(config, ("test",))
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
     setup_compilation_cache(config)
