@@ -18,7 +18,9 @@ yacs' rules), then looks every key up in exactly one of these tables:
 * `_NO_EFFECT`: the key does not change what is computed (device, output dir, logging,
   cudnn benchmark, ...); any value is accepted and dropped. `DATASETS.TRAIN` / `TEST` name
   entries of Detectron2's dataset registry, which jax_rcnn does not have: they are recorded
-  as `config.data.name` (see `_dataset_name`); the data paths still have to be given.
+  as `config.data.name` (see `_dataset_name`) and `config.data.train.name` / `test.name`;
+  Detectron2's builtin COCO names resolve to files under `$DETECTRON2_DATASETS`
+  (`jax_rcnn.data.builtin`), other names need `config.data.<split>.json/.images`.
 * `_RESTRICTED`: the key selects a feature; only the values jax_rcnn implements are accepted
   (`MODEL.META_ARCHITECTURE` must be "GeneralizedRCNN", `MODEL.KEYPOINT_ON` false, ...);
   anything else is a `ValueError` naming the key and the value. A mapped key may be
