@@ -145,10 +145,17 @@ def test_train_py_final_eval_bucket_budget_and_second_run_compiles_nothing(tmp_p
         "--config.input.max_buckets=1",
         f"--config.train.compilation_cache_dir={tmp_path / 'xla'}",
     )
+    # Our own cache settings, not the test session's JAX cache (tests/conftest.py), which a
+    # user-set JAX_COMPILATION_CACHE_DIR would take precedence over.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))
+    }
     metrics = []
     for run in ("first", "second"):
         cmd = _train_py(tmp_path / run, tmp_path / "cache", *overrides)
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert "training buckets (H, W) [(128, 160)]: 1 programs" in proc.stderr
         metrics.append(_read_metrics(tmp_path / run))
