@@ -22,8 +22,9 @@ Compilation cost is counted and cached:
 
 * `setup_compilation_cache(config)`: JAX's persistent compilation cache, on by default in
   `$JAX_RCNN_CACHE/xla` (or `~/.cache/jax_rcnn/xla`), `config.train.compilation_cache_dir`
-  to move it, "off" to disable; every program is cached (no minimum compile time), so a
-  repeated or resumed run compiles nothing. `JAX_COMPILATION_CACHE_DIR` set by the user wins.
+  to move it, "off" to disable; every program is cached (no minimum compile time, unless
+  `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` says otherwise), so a repeated or resumed run
+  compiles nothing. `JAX_COMPILATION_CACHE_DIR` set by the user wins.
 * `compile_stats()`: programs compiled by XLA in this process and their seconds, and programs
   loaded from the persistent cache instead (from `jax.monitoring` events).
 """
@@ -155,16 +156,22 @@ def setup_compilation_cache(config) -> str | None:
     current = jax.config.jax_compilation_cache_dir
     if current:
         logger.info("persistent compilation cache: %s (set by the user)", current)
-        return current
-    if wanted == "off":
+        directory = current
+    elif wanted == "off":
         logger.info("persistent compilation cache: off (config.train.compilation_cache_dir)")
         return None
-    directory = os.path.abspath(os.path.expanduser(wanted or default_cache_dir()))
-    os.makedirs(directory, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", directory)
-    # Cache every program: the many small ones add up to seconds at start-up too.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    else:
+        directory = os.path.abspath(os.path.expanduser(wanted or default_cache_dir()))
+        os.makedirs(directory, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", directory)
+    # Cache every program (the many small ones add up to seconds at start-up too), unless the
+    # user chose JAX's thresholds.
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    if current:
+        return current
     from jax._src import compilation_cache  # noqa: PLC0415 - private, re-read the new dir
 
     # JAX reads the directory once, at its first compile; a process that compiled before (a

@@ -72,7 +72,8 @@ def test_persistent_cache_second_process_compiles_nothing(tmp_path):
     import sys
 
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "JAX_PLATFORMS": "cpu"}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    for key in [k for k in env if k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT"))]:
+        del env[key]  # the test session's own JAX cache settings (tests/conftest.py)
     runs = []
     for _ in range(2):
         proc = subprocess.run(
