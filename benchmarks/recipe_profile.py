@@ -63,6 +63,9 @@ def main():
     p.add_argument("--yaml", default="tests/data/recipes/d2_scratch_gn_mask_rcnn.yaml")
     p.add_argument("--size", type=int, nargs=2, default=(320, 512))
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--no_step", action="store_true", help="skip the whole-step row (a long compile)"
+    )
     a = p.parse_args()
     config = config_lib.from_detectron2(a.yaml)
     h, w = a.size
@@ -73,22 +76,18 @@ def main():
     model = modeling.build_model(config, train=True)
     rows = []
 
-    state = create_train_state(config, variables)
-    step = make_train_step(config, loop.default_loss_fn(config))
-    key = jax.random.key(0)
-    jb = jax.device_put(batch)
+    if not a.no_step:
+        step = make_train_step(config, loop.default_loss_fn(config))
+        key = jax.random.key(0)
+        jb = jax.device_put(batch)
+        # The step donates its state: time it by threading the state through.
+        holder = {"s": create_train_state(config, variables)}
 
-    def run_step(state, batch, key):
-        return step(state, batch, key)
+        def once():
+            holder["s"], metrics = step(holder["s"], jb, key)
+            return metrics
 
-    # The step donates its state: time it by threading the state through.
-    holder = {"s": state}
-
-    def once():
-        holder["s"], metrics = step(holder["s"], jb, key)
-        return metrics
-
-    rows.append(("train step (all)", _time(once, runs=a.runs)))
+        rows.append(("train step (all)", _time(once, runs=a.runs)))
 
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}

@@ -16,7 +16,6 @@ def _train_py(tmp_path, *args):
 
 
 def test_yaml_path_is_rewritten_to_the_wrapper_config():
-    sys.path.insert(0, str(ROOT))
     import train
 
     wrapper = str(ROOT / "configs" / "detectron2_yaml.py")
