@@ -5,14 +5,17 @@ r"""Train Faster / Mask R-CNN: Detectron2's `tools/train_net.py` for jax_rcnn.
     python train.py --config configs/quickstart.py --workdir /tmp/quickstart
     python train.py --config configs/x.py --workdir DIR --eval_only   # evaluate DIR's latest
 
-`--config path[:variant]` loads `get_config(variant)`; `--config.a.b=value` overrides any key
-(the config is locked: a misspelt key is an error). Re-running the same command resumes from
+`--config path[:variant]` loads `get_config(variant)`; `--config recipe.yaml` translates a
+Detectron2 YAML (`configs/detectron2_yaml.py`); `--config.a.b=value` overrides any key (the
+config is locked: a misspelt key is an error). Re-running the same command resumes from
 the newest checkpoint in `--workdir`. Outputs: `DIR/metrics.jsonl`, `DIR/tb/` (TensorBoard),
 `DIR/checkpoints/`, `DIR/predictions/`, `DIR/inference/`. The library is `jax_rcnn.training`.
 Every visible device is used; several hosts: the same command on each (docs/scaling.md).
 """
 
 import logging
+import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -54,5 +57,23 @@ def main(argv):
         loop.train(config, _WORKDIR.value)
 
 
+def _yaml_to_config_file(argv: list[str]) -> list[str]:
+    """`--config x.yaml` -> `--config=configs/detectron2_yaml.py:x.yaml` (config_flags: .py)."""
+    wrapper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs/detectron2_yaml.py")
+    out, i = [], 0
+    while i < len(argv):
+        a, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
+        path = (
+            a[len("--config=") :] if a.startswith("--config=") else nxt if a == "--config" else ""
+        )
+        if path.endswith((".yaml", ".yml")):
+            out.append(f"--config={wrapper}:{path}")
+            i += 2 if a == "--config" else 1
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=_yaml_to_config_file(sys.argv))

@@ -253,6 +253,12 @@ def input_config() -> ml_collections.ConfigDict:
             # (H, W) padded shapes, each a multiple of `size_divisibility`. The defaults hold any
             # image resized to short side <= 800, long side <= 1333 (landscape and portrait).
             "buckets": ((800, 1344), (1344, 800)),
+            # jax_rcnn: training pads into at most `max_buckets` shapes chosen at start-up from
+            # the resize policy and the training images' sizes (fewest padded pixels; one
+            # compile each; `jax_rcnn.data.buckets`) instead of `pad_mode`, which then only
+            # applies to evaluation and inference. `from_detectron2` turns it on.
+            "auto_buckets": False,
+            "max_buckets": 4,
             # jax_rcnn: static cap on ground-truth instances per image (overflow is counted and
             # logged, never silent) and the side of the fixed-size training mask representation.
             "max_gt": 100,
@@ -269,14 +275,27 @@ def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
             # "tfds": a TFDS detection dataset (extra `tfds`).
             "source": "coco",
             "name": dataset,
-            "train": {"json": "", "images": ""},
-            "test": {"json": "", "images": ""},
+            # `name`: a Detectron2 dataset name (`DATASETS.TRAIN` / `TEST`); a builtin one
+            # (`coco_2017_train`, ...) gives the paths under $DETECTRON2_DATASETS when they are
+            # empty (`jax_rcnn.data.builtin`).
+            "train": {"json": "", "images": "", "name": ""},
+            "test": {"json": "", "images": "", "name": ""},
             "tfds_name": "coco/2017",
             "tfds_train_split": "train",
             "tfds_test_split": "validation",
             "cache_dir": "",  # "" = $JAX_RCNN_CACHE or ~/.cache/jax_rcnn
             # The built-in synthetic dataset (`source = "shapes"`), generated on first use.
-            "shapes": {"num_train": 1000, "num_val": 200, "image_size": (128, 160), "seed": 0},
+            # `image_size_range = (lo, hi)`: each image's height and width drawn in [lo, hi]
+            # (variable sizes and aspect ratios) instead of the fixed `image_size`;
+            # `num_classes`: the first N of the 8 shape classes.
+            "shapes": {
+                "num_train": 1000,
+                "num_val": 200,
+                "image_size": (128, 160),
+                "image_size_range": (),
+                "num_classes": 8,
+                "seed": 0,
+            },
             "class_names": (),  # filled from the dataset when empty
         }
     )
@@ -341,7 +360,14 @@ def test_config() -> ml_collections.ConfigDict:
 
 def train_config() -> ml_collections.ConfigDict:
     """jax_rcnn: numerics of the train step."""
-    return ml_collections.ConfigDict({"compute_dtype": "float32"})
+    return ml_collections.ConfigDict(
+        {
+            "compute_dtype": "float32",
+            # Persistent XLA compilation cache: "" = $JAX_RCNN_CACHE/xla or
+            # ~/.cache/jax_rcnn/xla; "off" = none (`jax_rcnn.compile.setup_compilation_cache`).
+            "compilation_cache_dir": "",
+        }
+    )
 
 
 def base_config(

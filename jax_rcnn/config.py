@@ -18,7 +18,9 @@ yacs' rules), then looks every key up in exactly one of these tables:
 * `_NO_EFFECT`: the key does not change what is computed (device, output dir, logging,
   cudnn benchmark, ...); any value is accepted and dropped. `DATASETS.TRAIN` / `TEST` name
   entries of Detectron2's dataset registry, which jax_rcnn does not have: they are recorded
-  as `config.data.name` (see `_dataset_name`); the data paths still have to be given.
+  as `config.data.name` (see `_dataset_name`) and `config.data.train.name` / `test.name`;
+  Detectron2's builtin COCO names resolve to files under `$DETECTRON2_DATASETS`
+  (`jax_rcnn.data.builtin`), other names need `config.data.<split>.json/.images`.
 * `_RESTRICTED`: the key selects a feature; only the values jax_rcnn implements are accepted
   (`MODEL.META_ARCHITECTURE` must be "GeneralizedRCNN", `MODEL.KEYPOINT_ON` false, ...);
   anything else is a `ValueError` naming the key and the value. A mapped key may be
@@ -39,8 +41,14 @@ Decisions:
   only behaviour jax_rcnn implements).
 * `INPUT.MIN_SIZE_TRAIN` may be an int (as `ResizeShortestEdge` accepts): `n` is `(n,)` for
   "choice" sampling and `(n, n)` for "range".
-* jax_rcnn-only keys get Detectron2's behaviour: `input.pad_mode = "size_divisibility"` and
-  `input.size_divisibility` = the stride of the last FPN input (32 for res2-res5).
+* jax_rcnn-only keys get Detectron2's behaviour where it serves the user:
+  `input.pad_mode = "size_divisibility"` (Detectron2's exact padding, for evaluation and
+  inference) and `input.size_divisibility` = the stride of the last FPN input (32 for
+  res2-res5). Training uses `input.auto_buckets` (at most `input.max_buckets` padded shapes
+  chosen for the data, `jax_rcnn.data.buckets`) instead of one compile per batch shape.
+* `DATASETS.TRAIN` / `TEST` become `config.data.train.name` / `test.name`: a Detectron2 builtin
+  name resolves to its files under `$DETECTRON2_DATASETS` (`jax_rcnn.data.builtin`) unless
+  `config.data.<split>.json/.images` are set.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import ast
 import copy
 import importlib
 import importlib.util
+import logging
 import math
 import os
 import re
@@ -60,6 +69,8 @@ from typing import Any
 
 import ml_collections
 import yaml
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Supported values (validate() and from_detectron2 use the same sets).
@@ -941,7 +952,9 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
       path: a Detectron2 YAML file, e.g. a model-zoo `mask_rcnn_R_50_FPN_3x.yaml`.
 
     Returns:
-      The locked config; `input.pad_mode` is "size_divisibility" (Detectron2's padding).
+      The locked config; `input.pad_mode` is "size_divisibility" (Detectron2's padding, for
+      evaluation and inference), `input.auto_buckets` is on (training), and
+      `data.train.name` / `data.test.name` hold `DATASETS.TRAIN` / `TEST`.
 
     Raises:
       FileNotFoundError: the file or a `_BASE_` does not exist.
@@ -975,7 +988,10 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     ):
         config.input.min_size_train = (d2["INPUT.MIN_SIZE_TRAIN"],) * 2
     config.data.name = _dataset_name(d2["DATASETS.TRAIN"], d2["DATASETS.TEST"])
+    config.data.train.name = "+".join(str(n) for n in d2["DATASETS.TRAIN"])
+    config.data.test.name = "+".join(str(n) for n in d2["DATASETS.TEST"])
     config.input.pad_mode = "size_divisibility"
+    config.input.auto_buckets = True
     last = config.model.fpn.in_features[-1] if config.model.fpn.in_features else "res5"
     if last in FPN_LEVELS:
         config.input.size_divisibility = 2 ** int(last[3:])
@@ -1108,7 +1124,8 @@ def _check_buckets(c: _Checker) -> None:
         ok = b[0] % d == 0 and b[1] % d == 0
         c.require(ok, "input.buckets", f"bucket {b} is not a multiple of size_divisibility={d}")
     cases = [("test", inp.min_size_test, inp.max_size_test)]
-    if inp.min_size_train and all(_is_int(x) for x in inp.min_size_train):
+    train_fixed = not inp.auto_buckets  # auto: training buckets are chosen at start-up
+    if train_fixed and inp.min_size_train and all(_is_int(x) for x in inp.min_size_train):
         cases.append(("train", max(inp.min_size_train), inp.max_size_train))
     for mode, short, longest in cases:
         if not (_is_int(short) and _is_int(longest) and short > 0 and longest > 0):
@@ -1121,6 +1138,59 @@ def _check_buckets(c: _Checker) -> None:
                 "input.buckets",
                 f"no bucket holds a {orientation} {mode} image of up to {shape} "
                 f"(resized to short side {short}, long side <= {longest})",
+            )
+
+
+# (key, when it has no effect, what decides): a key set to a non-default value while the
+# condition holds is an error naming both keys; checked by `_check_no_effect`.
+_NO_EFFECT_UNLESS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    *(
+        (f"data.{split}.{field}", lambda c: c.data.source != "coco", "data.source")
+        for split in ("train", "test")
+        for field in ("json", "images")
+    ),
+    *(
+        (f"data.{key}", lambda c: c.data.source != "tfds", "data.source")
+        for key in ("tfds_name", "tfds_train_split", "tfds_test_split")
+    ),
+    *(
+        (f"data.shapes.{key}", lambda c: c.data.source != "shapes", "data.source")
+        for key in ("num_train", "num_val", "image_size", "image_size_range", "num_classes", "seed")
+    ),
+    ("data.cache_dir", lambda c: c.data.source == "coco", "data.source"),
+    ("input.buckets", lambda c: c.input.pad_mode != "buckets", "input.pad_mode"),
+    ("input.max_buckets", lambda c: not c.input.auto_buckets, "input.auto_buckets"),
+    ("model.roi_mask_head.num_sampled_masks", lambda c: not c.model.mask_on, "model.mask_on"),
+    (
+        "solver.base_lr_end",
+        lambda c: c.solver.lr_scheduler_name == "WarmupMultiStepLR",
+        "solver.lr_scheduler_name",
+    ),
+)
+
+
+def _as_tuples(v: Any) -> Any:
+    return tuple(_as_tuples(x) for x in v) if isinstance(v, list | tuple) else v
+
+
+def _check_no_effect(c: _Checker) -> None:
+    """A key changed from its default where another key's setting makes it unused is an error
+    (e.g. `data.train.json` with `data.source = "shapes"`): the user meant something else."""
+    m = c.config.model
+    defaults = _Checker(
+        _common().base_config(mask_on=bool(m.mask_on), meta_architecture=m.meta_architecture)
+    )
+    for key, unused, decider in _NO_EFFECT_UNLESS:
+        try:  # a key this config family does not have is not checked
+            value, default = c.get(key), defaults.get(key)
+        except (KeyError, AttributeError):
+            continue
+        if _as_tuples(value) != _as_tuples(default) and unused(c.config):
+            c.require(
+                False,
+                key,
+                f"has no effect with config.{decider} = {c.get(decider)!r}; remove it or change "
+                f"config.{decider}",
             )
 
 
@@ -1332,6 +1402,8 @@ def _check_rest(c: _Checker, stride: int) -> None:
     )
     if inp.pad_mode == "buckets":
         _check_buckets(c)
+    c.require(isinstance(inp.auto_buckets, bool), "input.auto_buckets", "must be a bool")
+    c.int_at_least("input.max_buckets", 1)
 
     # Data.
     c.one_of("data.source", DATA_SOURCES)
@@ -1343,6 +1415,12 @@ def _check_rest(c: _Checker, stride: int) -> None:
         f"has {len(names)} names, the model has {k} classes",
     )
     c.int_at_least("dataloader.num_workers", 0)
+    sh = config.data.shapes
+    c.one_of("data.shapes.num_classes", range(1, 9))
+    rng = tuple(sh.image_size_range)
+    ok = not rng or (len(rng) == 2 and all(_is_int(x) for x in rng) and 1 <= rng[0] <= rng[1])
+    c.require(ok, "data.shapes.image_size_range", "must be () or (lo, hi) ints, 1 <= lo <= hi")
+    _check_no_effect(c)
 
     # Solver.
     s = config.solver
@@ -1352,8 +1430,13 @@ def _check_rest(c: _Checker, stride: int) -> None:
     ok = all(_is_int(x) and x > 0 for x in steps)
     ok = ok and all(a < b for a, b in zip(steps, steps[1:], strict=False))
     c.require(ok, "solver.steps", "must be positive ints, strictly increasing")
-    ok = all(x < s.max_iter for x in steps)
-    c.require(ok, "solver.steps", f"must all be < solver.max_iter = {s.max_iter}")
+    late = [x for x in steps if _is_int(x) and _is_int(s.max_iter) and x >= s.max_iter]
+    if late:  # Detectron2's build_lr_scheduler warns and drops them too
+        logger.warning(
+            "config.solver.steps %s >= config.solver.max_iter = %d have no effect: ignored",
+            late,
+            s.max_iter,
+        )
     c.number_in("solver.base_lr", 0, math.inf)
     c.number_in("solver.momentum", 0, 1)
     c.require(s.momentum < 1, "solver.momentum", "must be < 1")

@@ -96,28 +96,13 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data = config.data
     if data.source == "coco":
-        paths = {}
-        for field in ("json", "images"):
-            key = f"config.data.{split}.{field}"
-            path = data[split][field]
-            if not path:
-                raise ValueError(f"{key} is empty; set it to the COCO {field} path of the split")
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{key} = {path!r} does not exist")
-            paths[field] = path
+        paths = coco_paths(config, split)
         records, meta = load_coco_json(paths["json"], paths["images"], dataset_name=data.name)
         meta = {**meta, "json_file": paths["json"]}
     elif data.source == "shapes":
-        from jax_rcnn.data.shapes import ensure_shapes_dataset
+        from jax_rcnn.data.shapes import config_paths
 
-        shapes = data.shapes
-        paths = ensure_shapes_dataset(
-            data.cache_dir or None,
-            num_train=shapes.num_train,
-            num_val=shapes.num_val,
-            image_size=tuple(shapes.image_size),
-            seed=shapes.seed,
-        )
+        paths = config_paths(config)
         which = "train" if split == "train" else "val"
         records, meta = load_coco_json(
             paths[f"{which}_json"], paths[f"{which}_images"], dataset_name=f"shapes/{which}"
@@ -135,6 +120,40 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
     if not records:
         raise ValueError(f"config.data.source={data.source!r}: the {split} split has no images")
     return records, meta
+
+
+def coco_paths(config, split: str) -> dict[str, str]:
+    """`{"json", "images"}` of a "coco" split: `config.data.<split>.json/.images`, or, when both
+    are empty, the paths of the Detectron2 builtin dataset `config.data.<split>.name`.
+
+    Raises:
+        ValueError: a path is empty and the name does not resolve (the message names the keys).
+        FileNotFoundError: a path does not exist (the message names its key, or the dataset
+            name and `$DETECTRON2_DATASETS`).
+    """
+    from jax_rcnn.data import builtin
+
+    entry = config.data[split]
+    key = f"config.data.{split}"
+    paths = {"json": entry.json, "images": entry.images}
+    origin = {f: f"{key}.{f}" for f in paths}
+    if not (paths["json"] or paths["images"]) and entry.name:
+        paths = builtin.resolve(entry.name, key)
+        origin = {
+            f: f"{key}.{f} (Detectron2 dataset {entry.name!r} under ${builtin.ENV} = "
+            f"{builtin.datasets_root()!r})"
+            for f in paths
+        }
+    for field, path in paths.items():
+        if not path:
+            named = f" ({key}.name = {entry.name!r} is not used when a path is set)"
+            raise ValueError(
+                f"{key}.{field} is empty; set it to the COCO {field} path of the split"
+                + (named if entry.name else "")
+            )
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{origin[field]}: {path!r} does not exist")
+    return paths
 
 
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:

@@ -124,7 +124,10 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def render_image(
-    rng: np.random.Generator, image_size: tuple[int, int], max_instances: int
+    rng: np.random.Generator,
+    image_size: tuple[int, int],
+    max_instances: int,
+    num_classes: int = len(CLASS_NAMES),
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draws one image.
 
@@ -132,6 +135,7 @@ def render_image(
         rng: the image's own generator.
         image_size: (height, width).
         max_instances: most shapes placed before occlusion culling.
+        num_classes: shapes are drawn from the first `num_classes` of `CLASS_NAMES`.
 
     Returns:
         `(image u8[h, w, 3] RGB, [(class index, visible bool[h, w] mask), ...])` in drawing
@@ -143,7 +147,7 @@ def render_image(
     max_r = min(h, w) / 4.0  # diameter up to half the short side
     shapes = []
     for _ in range(n):
-        cls = int(rng.integers(len(CLASS_NAMES)))
+        cls = int(rng.integers(num_classes))
         r = float(np.exp(rng.uniform(np.log(_MIN_SIZE / 2), np.log(max_r))))
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         mask = _shape_mask(CLASS_NAMES[cls], h, w, cx, cy, r, rng.uniform(0, 2 * np.pi), rng)
@@ -171,13 +175,20 @@ def render_image(
 
 
 def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict) -> None:
-    h, w = params["image_size"]
     img_dir = os.path.join(out_dir, split)
     os.makedirs(img_dir)
     images, annotations = [], []
+    size_range = params.get("image_size_range")
+    num_classes = params.get("num_classes", len(CLASS_NAMES))
     for i in range(num):
         rng = np.random.default_rng([params["seed"], split_id, i])
-        image, instances = render_image(rng, (h, w), params["max_instances"])
+        if size_range:
+            # A separate stream, so the image's own draws do not depend on its size draw.
+            size_rng = np.random.default_rng([params["seed"], split_id, i, 1])
+            h, w = (int(x) for x in size_rng.integers(size_range[0], size_range[1] + 1, 2))
+        else:
+            h, w = params["image_size"]
+        image, instances = render_image(rng, (h, w), params["max_instances"], num_classes)
         file_name = f"{i:06d}.png"
         Image.fromarray(image).save(os.path.join(img_dir, file_name), compress_level=1)
         images.append({"id": i + 1, "file_name": file_name, "height": h, "width": w})
@@ -202,7 +213,8 @@ def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict
         "images": images,
         "annotations": annotations,
         "categories": [
-            {"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CLASS_NAMES)
+            {"id": k + 1, "name": n, "supercategory": "shape"}
+            for k, n in enumerate(CLASS_NAMES[:num_classes])
         ],
     }
     with open(os.path.join(out_dir, f"{split}.json"), "w") as f:
@@ -240,6 +252,8 @@ def ensure_shapes_dataset(
     image_size: tuple[int, int] = (128, 160),
     seed: int = 0,
     max_instances: int = 12,
+    image_size_range: tuple[int, int] | tuple[()] = (),
+    num_classes: int = len(CLASS_NAMES),
 ) -> dict:
     """Returns the paths of the shapes dataset, generating it on first use.
 
@@ -247,9 +261,16 @@ def ensure_shapes_dataset(
         cache_dir: parent directory (None or "": `default_cache_dir()`).
         num_train: training images.
         num_val: validation images.
-        image_size: (height, width) of every image.
+        image_size: (height, width) of every image (when `image_size_range` is empty).
         seed: base seed; train uses (seed, 0, i), val (seed, 1, i) for image i.
         max_instances: most shapes per image (before occlusion culling).
+        image_size_range: (lo, hi): each image's height and width are drawn independently
+            from [lo, hi] (variable sizes and aspect ratios); () = every image `image_size`.
+        num_classes: instances are of the first `num_classes` of `CLASS_NAMES` (1..8).
+
+    Raises:
+        ValueError: `image_size_range` is not (lo, hi) with 1 <= lo <= hi, or `num_classes`
+            is not in 1..8.
 
     Returns:
         dict with `train_json`, `train_images`, `val_json`, `val_images` (absolute paths).
@@ -262,6 +283,19 @@ def ensure_shapes_dataset(
         "seed": int(seed),
         "max_instances": int(max_instances),
     }
+    # Non-default options only, so the default dataset keeps its directory (and files).
+    if image_size_range:
+        lo, hi = (int(x) for x in image_size_range)
+        if not 1 <= lo <= hi or len(image_size_range) != 2:
+            raise ValueError(
+                f"shapes image_size_range must be (lo, hi) with 1 <= lo <= hi, got "
+                f"{tuple(image_size_range)}"
+            )
+        params["image_size_range"] = [lo, hi]
+    if not 1 <= int(num_classes) <= len(CLASS_NAMES):
+        raise ValueError(f"shapes num_classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
+    if int(num_classes) != len(CLASS_NAMES):
+        params["num_classes"] = int(num_classes)
     cache_dir = os.path.abspath(os.fspath(cache_dir or default_cache_dir()))
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     root = os.path.join(cache_dir, f"shapes_v{GENERATOR_VERSION}_{digest}")
@@ -288,3 +322,18 @@ def ensure_shapes_dataset(
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
     return _paths(root)
+
+
+def config_paths(config) -> dict:
+    """`ensure_shapes_dataset` for a jax_rcnn config (`config.data.shapes`, `.cache_dir`)."""
+    d = config.data
+    s = d.shapes
+    return ensure_shapes_dataset(
+        d.cache_dir or None,
+        num_train=s.num_train,
+        num_val=s.num_val,
+        image_size=tuple(s.image_size),
+        seed=s.seed,
+        image_size_range=tuple(s.image_size_range),
+        num_classes=s.num_classes,
+    )

@@ -36,7 +36,39 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+try:  # C++ COCOeval, same numbers (tests/jax_rcnn/evaluation: equality with pycocotools)
+    from faster_coco_eval import COCOeval_faster
+except ImportError:  # pycocotools' Python COCOeval
+    COCOeval_faster = None
+
 logger = logging.getLogger(__name__)
+
+COCOEVAL_BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+COCOEVAL_ENV = "JAX_RCNN_COCOEVAL"
+
+
+def cocoeval_class(backend: str | None = None) -> type:
+    """The COCOeval implementation: `faster_coco_eval.COCOeval_faster` or pycocotools'.
+
+    Detectron2 evaluates with its own C++ COCOeval (`fast_eval_api.COCOeval_opt`); ours is
+    faster-coco-eval's, 3-8x faster than pycocotools' on 300 images and equal to it in every
+    `stats` value (precision within 2.2e-16; tested). "auto" (default, or `$JAX_RCNN_COCOEVAL`)
+    takes it when installed.
+
+    Raises:
+      ValueError: an unknown backend, or "faster_coco_eval" when it is not installed.
+    """
+    backend = backend or os.environ.get(COCOEVAL_ENV) or "auto"
+    if backend not in COCOEVAL_BACKENDS:
+        raise ValueError(
+            f"COCOeval backend {backend!r} (${COCOEVAL_ENV}) not in {COCOEVAL_BACKENDS}"
+        )
+    if backend == "pycocotools" or (backend == "auto" and COCOeval_faster is None):
+        return COCOeval
+    if COCOeval_faster is None:
+        raise ValueError("COCOeval backend 'faster_coco_eval' is not installed")
+    return COCOeval_faster
+
 
 SUPPORTED_TASKS = ("bbox", "segm")
 _METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -152,7 +184,10 @@ def _empty_results(coco_gt: COCO) -> COCO:
 
 
 def evaluate_predictions_on_coco(
-    coco_gt: COCO, coco_results: Sequence[Mapping[str, Any]], iou_type: str
+    coco_gt: COCO,
+    coco_results: Sequence[Mapping[str, Any]],
+    iou_type: str,
+    backend: str | None = None,
 ) -> COCOeval:
     """Runs COCOeval (evaluate, accumulate, summarize) over every image of ``coco_gt``.
 
@@ -160,6 +195,7 @@ def evaluate_predictions_on_coco(
         coco_gt: the ground truth.
         coco_results: COCO result dicts with dataset category ids; may be empty.
         iou_type: ``"bbox"`` or ``"segm"``.
+        backend: ``cocoeval_class`` backend (default "auto": faster-coco-eval when installed).
 
     Returns:
         The summarized ``COCOeval`` (``stats`` and ``eval["precision"]`` filled).
@@ -184,7 +220,7 @@ def evaluate_predictions_on_coco(
         )
     with _pycocotools_output_to_log():
         coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
-        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+        coco_eval = cocoeval_class(backend)(coco_gt, coco_dt, iou_type)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()

@@ -289,21 +289,61 @@ class SyncCompiled:
     meet at a barrier before it first runs (single process: the jitted function itself).
 
     Compile time differs between hosts; without the barrier the first collective of a fresh
-    program can time out on the host that finished compiling first.
+    program can time out on the host that finished compiling first. `precompile` compiles a
+    list of signatures up front (AOT, in parallel threads), so a training run's programs are all
+    built before its first step and its ETA is steady.
     """
 
     def __init__(self, jitted, name: str, static_argnums: tuple[int, ...] = ()):
         self.jitted, self.name, self.static_argnums = jitted, name, tuple(static_argnums)
         self._compiled: dict = {}
+        self._seen: set = set()  # signatures run through `jitted` (single process)
 
-    def __call__(self, *args):
-        if jax.process_count() == 1:
-            return self.jitted(*args)
+    def _key(self, args) -> tuple[list, Any]:
         dynamic = [a for i, a in enumerate(args) if i not in self.static_argnums]
         static = tuple(args[i] for i in self.static_argnums)
         leaves, treedef = jax.tree.flatten(dynamic)
-        key = (treedef, static, tuple((np.shape(x), str(x.dtype)) for x in leaves))
-        if key not in self._compiled:
-            self._compiled[key] = self.jitted.lower(*args).compile()
-            barrier(f"jax_rcnn/{self.name}/{len(self._compiled)}")
+        return dynamic, (treedef, static, tuple((np.shape(x), str(x.dtype)) for x in leaves))
+
+    @property
+    def num_programs(self) -> int:
+        """Distinct input signatures compiled or run so far (one program each)."""
+        return len(self._compiled) + len(self._seen - set(self._compiled))
+
+    def precompile(self, signatures: list[tuple], *, threads: int | None = None) -> int:
+        """Lowers (in turn) and compiles (in `threads` threads) each signature not compiled yet.
+
+        Args:
+          signatures: argument tuples of `jax.ShapeDtypeStruct`s (with shardings) or arrays.
+          threads: parallel compiles (default: one per signature, at most the CPU count).
+
+        Returns:
+          The number of programs compiled.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = {}
+        for args in signatures:
+            _, key = self._key(args)
+            if key not in self._compiled and key not in todo:
+                todo[key] = self.jitted.lower(*args)  # tracing holds the GIL: one at a time
+        if todo:
+            n = threads or min(len(todo), os.cpu_count() or 1)
+            with ThreadPoolExecutor(max_workers=max(n, 1)) as pool:
+                done = list(pool.map(lambda lowered: lowered.compile(), todo.values()))
+            self._compiled.update(zip(todo, done, strict=True))
+        barrier(f"jax_rcnn/{self.name}/precompiled/{len(self._compiled)}")
+        return len(todo)
+
+    def __call__(self, *args):
+        dynamic, key = self._key(args)
+        if key in self._compiled:
+            return self._compiled[key](*dynamic)
+        if jax.process_count() == 1:
+            if self._compiled and key not in self._seen:
+                logger.warning("%s: compiling a signature that was not precompiled", self.name)
+            self._seen.add(key)
+            return self.jitted(*args)
+        self._compiled[key] = self.jitted.lower(*args).compile()
+        barrier(f"jax_rcnn/{self.name}/{len(self._compiled)}")
         return self._compiled[key](*dynamic)

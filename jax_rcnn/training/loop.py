@@ -16,10 +16,17 @@
      as TensorBoard events in `<workdir>/tb/` (tensorboardX, when installed); a progress bar
      (tqdm when installed, else a plain line per log step) with losses, lr, img/s and ETA;
    * a checkpoint every `solver.checkpoint_period` iterations and after the last;
-   * with `test.eval_period > 0`: COCO evaluation every `eval_period` iterations and after the
-     last (`EvalHook`), `{"iteration", "bbox/AP", "bbox/AP50", ..., "segm/AP", ...}` in
+   * COCO evaluation every `test.eval_period` iterations (when > 0) and, whatever the period,
+     after the last (`EvalHook`, whose `after_train` evaluates even with `EVAL_PERIOD: 0`),
+     `{"iteration", "bbox/AP", "bbox/AP50", ..., "segm/AP", ..., "eval_seconds"}` in
      `metrics.jsonl`, and a picture of predictions on a few test images in
      `<workdir>/predictions/iter_<N>.png`;
+   * compilation: a persistent XLA cache (`jax_rcnn.compile.setup_compilation_cache`); the
+     train-step programs of every padding bucket compiled before the first step (in parallel);
+     `compiles`, `compile_seconds`, `compile_cache_hits` (process totals) and
+     `train_step_programs` in every `metrics.jsonl` line; with `input.auto_buckets` the buckets
+     are chosen for the training images (`training_config`) and logged with their expected
+     share of padded pixels;
    * a non-finite loss stops the run with `FloatingPointError` naming the iteration (Detectron2's
      message); nothing is saved, so the last checkpoint on disk is the last good state;
    * SIGTERM (a pre-empted job) saves a checkpoint at the current iteration and returns cleanly.
@@ -51,6 +58,7 @@ import numpy as np
 
 from jax_rcnn import masks as mask_ops
 from jax_rcnn import meta_arch, modeling, visualize
+from jax_rcnn.compile import compile_stats, setup_compilation_cache
 from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.config import format_config
 from jax_rcnn.training import checkpointing, distributed
@@ -173,18 +181,13 @@ class Progress:
 def _gt_json(config) -> str:
     d = config.data
     if d.source == "coco":
-        return d.test.json
-    if d.source == "shapes":
-        from jax_rcnn.data.shapes import ensure_shapes_dataset
+        from jax_rcnn.data.loader import coco_paths
 
-        s = d.shapes
-        return ensure_shapes_dataset(
-            d.cache_dir or None,
-            num_train=s.num_train,
-            num_val=s.num_val,
-            image_size=tuple(s.image_size),
-            seed=s.seed,
-        )["val_json"]
+        return coco_paths(config, "test")["json"]
+    if d.source == "shapes":
+        from jax_rcnn.data.shapes import config_paths
+
+        return config_paths(config)["val_json"]
     raise NotImplementedError(f"COCO evaluation needs a gt json; config.data.source={d.source!r}")
 
 
@@ -225,7 +228,8 @@ def evaluate(
     Returns:
       `{"bbox": {"AP": ..., "AP50": ..., ...}, "segm": {...}}` (AP in percent).
     """
-    from jax_rcnn.data.loader import dataset_records, eval_batches
+    from jax_rcnn.data.buckets import eval_buckets
+    from jax_rcnn.data.loader import dataset_records, eval_batches, eval_plan
     from jax_rcnn.evaluation import COCOEvaluator
 
     mesh = mesh if mesh is not None else distributed.make_mesh()
@@ -238,6 +242,8 @@ def evaluate(
         config = copy.deepcopy(config)
         config.test.ims_per_batch = eval_batch
     records, meta = dataset_records(config, "test")
+    if config.input.auto_buckets and config.input.pad_mode == "buckets":
+        config = _with_buckets(config, eval_buckets(config, _sizes(records)), "evaluation")
     model = modeling.build_model(config)
     repl, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
     variables = distributed.replicate(mesh, variables)
@@ -256,6 +262,22 @@ def evaluate(
     )
     infer = distributed.SyncCompiled(infer, "infer")
     paste = distributed.SyncCompiled(paste, "paste", static_argnums=(2,))
+    # Every padded shape of the split is known from the records: compile them all up front, in
+    # parallel (the plan's shapes are the same for any number of hosts).
+    t0, stats0 = time.perf_counter(), compile_stats()
+    planned = sorted({(h, w) for (_, h, w), _ in eval_plan(config, records, 0, 1)})
+    b = int(config.test.ims_per_batch)
+    infer.precompile(
+        [
+            (
+                variables,
+                jax.ShapeDtypeStruct((b, h, w, 3), np.uint8, sharding=data),
+                jax.ShapeDtypeStruct((b, 2), np.int32, sharding=data),
+                jax.ShapeDtypeStruct((b, 2), np.int32, sharding=data),
+            )
+            for h, w in planned
+        ]
+    )
     mask_on = bool(config.model.mask_on)
     to_cat = {v: int(k) for k, v in meta["thing_dataset_id_to_contiguous_id"].items()}
     main_process = jax.process_index() == 0
@@ -269,7 +291,9 @@ def evaluate(
     by_id = {r["image_id"]: r for r in records}
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
     drawn = []
+    shapes = set()
     for batch in eval_batches(config, records):
+        shapes.add(np.shape(batch["image"]))
         inputs = distributed.shard_batch(
             mesh, {k: batch[k] for k in ("image", "image_size", "original_size")}
         )
@@ -317,10 +341,115 @@ def evaluate(
         os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
         name = "predictions.png" if iteration is None else f"iter_{iteration:07d}.png"
         visualize.grid(drawn).save(os.path.join(workdir, "predictions", name))
+    t1 = time.perf_counter()
     results = evaluator.evaluate()
+    stats = compile_stats()
+    logger.info(
+        "evaluation of %d images: %.1f s (inference %.1f s over %d padded shapes, %s padding; "
+        "%d XLA compiles in %.1f s, %d programs from the persistent cache; COCO eval %.1f s)",
+        len(records),
+        time.perf_counter() - t0,
+        t1 - t0,
+        len(shapes),
+        config.input.pad_mode,
+        stats["compiles"] - stats0["compiles"],
+        stats["compile_seconds"] - stats0["compile_seconds"],
+        stats["cache_hits"] - stats0["cache_hits"],
+        time.perf_counter() - t1,
+    )
     for task, metrics in results.items():
         logger.info("%s: %s", task, {k: round(v, 3) for k, v in metrics.items() if "-" not in k})
     return results
+
+
+def _compile_scalars() -> dict[str, float]:
+    stats = compile_stats()
+    return {
+        "compiles": stats["compiles"],
+        "compile_seconds": stats["compile_seconds"],
+        "compile_cache_hits": stats["cache_hits"],
+    }
+
+
+def _timed_evaluate(config, variables, workdir, **kwargs) -> dict[str, float]:
+    """`evaluate`, as the scalars written to metrics.jsonl (AP, eval seconds, compiles)."""
+    t0 = time.perf_counter()
+    results = evaluate(config, variables, workdir, **kwargs)
+    return {
+        **_eval_scalars(results),
+        "eval_seconds": time.perf_counter() - t0,
+        **_compile_scalars(),
+    }
+
+
+def _check_data_paths(config, splits) -> None:
+    """COCO paths (or builtin dataset names) of `splits` exist: a clear error before anything
+    compiles, and before hours of training when only the test split is wrong."""
+    if config.data.source == "coco":
+        from jax_rcnn.data.loader import coco_paths
+
+        for split in splits:
+            coco_paths(config, split)
+
+
+def _used_buckets(config, records) -> tuple[tuple[int, int], ...]:
+    """The buckets of `config.input.buckets` that some training image can land in."""
+    from jax_rcnn.data.batching import pick_bucket
+    from jax_rcnn.data.buckets import resized_shape_weights
+
+    i = config.input
+    shapes = resized_shape_weights(
+        i.min_size_train,
+        i.min_size_train_sampling,
+        i.max_size_train,
+        [(r["height"], r["width"]) for r in records],
+    )
+    used = sorted({pick_bucket(h, w, i.buckets) for h, w in shapes})
+    return tuple(tuple(int(x) for x in i.buckets[b]) for b in used)
+
+
+def training_config(config, records=None):
+    """The config the training loader pads with: with `input.auto_buckets`, `input.buckets`
+    replaced by the buckets chosen for `records` (`jax_rcnn.data.buckets`), pad_mode "buckets".
+
+    Args:
+      config: the run's config (evaluation keeps using it as it is).
+      records: the training records (their sizes), or None (the resize policy alone).
+
+    Returns:
+      `config` itself without `auto_buckets`; otherwise a copy.
+    """
+    if not config.input.auto_buckets:
+        return config
+    from jax_rcnn.data.buckets import train_buckets
+
+    choice = train_buckets(config, None if records is None else _sizes(records))
+    return _with_buckets(config, choice, "training", policy_only=records is None)
+
+
+def _sizes(records) -> list[tuple[int, int]]:
+    return [(r["height"], r["width"]) for r in records]
+
+
+def _with_buckets(config, choice, what: str, policy_only: bool = False):
+    logger.info(
+        "%s buckets (H, W) %s: %d programs (input.max_buckets = %d); expected padded pixels "
+        "%.1f %% (%.1f %% with exact per-image padding to a multiple of %d), over %d resized "
+        "image shapes%s",
+        what,
+        list(choice.buckets),
+        len(choice.buckets),
+        config.input.max_buckets,
+        100 * choice.padded_share,
+        100 * choice.exact_share,
+        config.input.size_divisibility,
+        choice.num_shapes,
+        " (resize policy only)" if policy_only else "",
+    )
+    out = copy.deepcopy(config)
+    out.input.pad_mode = "buckets"
+    out.input.buckets = choice.buckets
+    return out
 
 
 def _eval_scalars(results: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -399,8 +528,12 @@ def train(
     loss_fn: LossFn | None = None,
     train_loader: Any = None,
     variables: dict[str, Any] | None = None,
+    final_eval: bool = True,
 ) -> TrainState:
     """Trains (or resumes training) for `config.solver.max_iter` iterations.
+
+    Evaluates every `test.eval_period` iterations (when > 0) and, like Detectron2's
+    `EvalHook.after_train`, after the last iteration whatever the period.
 
     Args:
       config: validated jax_rcnn config.
@@ -409,6 +542,7 @@ def train(
       train_loader: iterator of batches with `get_state()`/`set_state()`; default
         `TrainLoader` on `dataset_records(config, "train")`.
       variables: initial variables of a fresh run (default `initial_variables(config)`).
+      final_eval: evaluate after the last iteration (tests of the loop turn it off).
 
     Returns:
       The final state (or the state saved on SIGTERM).
@@ -417,8 +551,10 @@ def train(
       checkpointing.CheckpointMismatchError: the work dir holds another model's checkpoint.
       FloatingPointError: the loss became non-finite (the iteration is named).
     """
+    _check_data_paths(config, ("train", "test") if final_eval else ("train",))
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
+    setup_compilation_cache(config)  # before anything compiles
     s = config.solver
     mesh = distributed.make_mesh()
     distributed.per_device_batch(s.ims_per_batch, mesh, "config.solver.ims_per_batch")
@@ -450,10 +586,15 @@ def train(
         state = distributed.replicate(mesh, create_train_state(config, init))
     start = int(state.step)
 
+    buckets = ()  # padded shapes of every training batch, when known: compiled up front
     if train_loader is None:
         from jax_rcnn.data.loader import TrainLoader, dataset_records
 
-        train_loader = TrainLoader(config, dataset_records(config, "train")[0])
+        records = dataset_records(config, "train")[0]
+        loader_config = training_config(config, records)
+        if loader_config.input.pad_mode == "buckets":
+            buckets = _used_buckets(loader_config, records)
+        train_loader = TrainLoader(loader_config, records)
     if data_state is not None:
         train_loader.set_state(data_state)
 
@@ -462,6 +603,34 @@ def train(
     base_key = distributed.replicate(
         mesh, jax.random.fold_in(jax.random.key(config.seed), _TRAIN_KEY)
     )
+    pending = []  # the first batch, taken early to learn the batch structure
+    if buckets and start < s.max_iter:
+        pending.append(next(train_loader))
+        example = distributed.shard_batch(mesh, pending[0])
+        signatures = []
+        for h, w in buckets:
+            batch_sig = {
+                k: jax.ShapeDtypeStruct(
+                    (v.shape[0], h, w, *v.shape[3:]) if k == "image" else v.shape,
+                    v.dtype,
+                    sharding=v.sharding,
+                )
+                for k, v in example.items()
+            }
+            signatures.append((state, batch_sig, base_key))
+        t0, before = time.perf_counter(), compile_stats()
+        step_fn.precompile(signatures)
+        after = compile_stats()
+        logger.info(
+            "train step: %d programs (buckets %s) ready in %.1f s: %d XLA compiles (%.1f s), "
+            "%d loaded from the persistent cache",
+            len(buckets),
+            list(buckets),
+            time.perf_counter() - t0,
+            after["compiles"] - before["compiles"],
+            after["compile_seconds"] - before["compile_seconds"],
+            after["cache_hits"] - before["cache_hits"],
+        )
     writer = MetricWriter(workdir)
     progress = Progress(start, s.max_iter, s.ims_per_batch)
     history: dict[str, list[float]] = defaultdict(list)
@@ -472,7 +641,7 @@ def train(
         with _SigtermFlag() as sigterm:
             for it in range(start, s.max_iter):
                 t0 = time.perf_counter()
-                batch = next(train_loader)
+                batch = pending.pop() if pending else next(train_loader)
                 # Multi-process: all hosts agree on stopping (and on the batch shape) here.
                 stop = distributed.sync_step(sigterm.raised, np.shape(batch["image"]))
                 batch = distributed.shard_batch(mesh, batch)
@@ -498,7 +667,8 @@ def train(
                         for k, v in history.items()
                     }
                     scalars["eta_seconds"] = scalars["time"] * (s.max_iter - done)
-                    writer.write(it, scalars)
+                    scalars["train_step_programs"] = step_fn.num_programs
+                    writer.write(it, {**scalars, **_compile_scalars()})
                     progress.update(it, scalars, it - last_logged)
                     last_logged = it
                     history = defaultdict(list, {k: v[-window:] for k, v in history.items()})
@@ -508,9 +678,12 @@ def train(
                 if stop:
                     logger.warning("SIGTERM: saved a checkpoint at iteration %d; stopping", done)
                     return state
-                if eval_period > 0 and (done % eval_period == 0 or done == s.max_iter):
-                    results = evaluate(config, state.variables(), workdir, iteration=it, mesh=mesh)
-                    writer.write(it, _eval_scalars(results))
+                periodic = eval_period > 0 and done % eval_period == 0
+                if periodic or (done == s.max_iter and (final_eval or eval_period > 0)):
+                    scalars = _timed_evaluate(
+                        config, state.variables(), workdir, iteration=it, mesh=mesh
+                    )
+                    writer.write(it, scalars)
     finally:
         progress.close()
         writer.close()
@@ -524,8 +697,10 @@ def train(
 def evaluate_only(config, workdir: str | os.PathLike) -> dict[str, dict[str, float]]:
     """`train.py --eval_only`: evaluates the work dir's latest checkpoint, else the config's
     initial weights (`config.model.weights`), and appends the result to `metrics.jsonl`."""
+    _check_data_paths(config, ("test",))
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
+    setup_compilation_cache(config)
     step = checkpointing.Checkpointer(workdir, config).latest_step()
     if step is not None:
         variables = checkpointing.load_variables(workdir, step)
@@ -539,6 +714,8 @@ def evaluate_only(config, workdir: str | os.PathLike) -> dict[str, dict[str, flo
     else:
         variables = initial_variables(config)
     iteration = -1 if step is None else step - 1
+    t0 = time.perf_counter()
     results = evaluate(config, variables, workdir, iteration=None if step is None else iteration)
-    MetricWriter(workdir).write(iteration, _eval_scalars(results))
+    scalars = {**_eval_scalars(results), "eval_seconds": time.perf_counter() - t0}
+    MetricWriter(workdir).write(iteration, {**scalars, **_compile_scalars()})
     return results

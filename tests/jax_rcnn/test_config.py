@@ -247,6 +247,9 @@ def test_model_zoo_yaml_equals_our_config_file(py, yml):
     diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
     assert diff == {
         "input.pad_mode": ("buckets", "size_divisibility"),
+        "input.auto_buckets": (False, True),
+        "data.train.name": ("", "coco_2017_train"),
+        "data.test.name": ("", "coco_2017_val"),
         "input.mask_format": ("bitmask", "polygon"),
         "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
     }
@@ -494,7 +497,7 @@ def test_base_chain(tmp_path):
 
 
 def test_invalid_result_names_our_key_and_detectron2_key(tmp_path):
-    path = _override(tmp_path, "SOLVER:\n  STEPS: (60000, 95000)\n")
+    path = _override(tmp_path, "SOLVER:\n  STEPS: (80000, 60000)\n")
     with pytest.raises(ValueError, match=r"config\.solver\.steps \[SOLVER\.STEPS\]"):
         cfg_lib.from_detectron2(path)
     path = _override(tmp_path, "MODEL:\n  ANCHOR_GENERATOR:\n    SIZES: [[32], [64]]\n")
@@ -575,8 +578,23 @@ def _set(config, dotted, value):
         ({"input.min_size_train": (640, 1024)}, "input.buckets"),  # train sizes do not fit
         (
             {"input.pad_mode": "size_divisibility", "input.buckets": ((1, 1),)},
-            None,  # buckets are unused when padding like Detectron2
+            "input.buckets",  # buckets are unused when padding like Detectron2: an error
         ),
+        ({"input.max_buckets": 0, "input.auto_buckets": True}, "input.max_buckets"),
+        ({"input.max_buckets": 6}, "input.max_buckets"),  # no effect without auto_buckets
+        ({"input.auto_buckets": True, "input.min_size_train": (640, 1024)}, None),
+        ({"data.train.json": "a.json", "data.source": "shapes"}, "data.train.json"),
+        ({"data.test.images": "im/", "data.source": "tfds"}, "data.test.images"),
+        ({"data.shapes.num_train": 5}, "data.shapes.num_train"),  # source is "coco"
+        ({"data.tfds_name": "voc", "data.source": "shapes"}, "data.tfds_name"),
+        ({"data.cache_dir": "/tmp/c"}, "data.cache_dir"),
+        ({"data.train.name": "coco_2017_train", "data.source": "shapes"}, None),  # a label
+        ({"data.source": "shapes", "data.shapes.num_classes": 9}, "data.shapes.num_classes"),
+        ({"data.source": "shapes", "data.shapes.image_size_range": (5, 4)}, "data.shapes"),
+        ({"data.source": "shapes", "data.shapes.image_size_range": (256, 400)}, None),
+        ({"model.mask_on": False, "model.roi_mask_head.num_sampled_masks": 8}, "model.roi_"),
+        ({"solver.base_lr_end": 0.001}, "solver.base_lr_end"),  # multistep ignores it
+        ({"solver.base_lr_end": 0.001, "solver.lr_scheduler_name": "WarmupCosineLR"}, None),
         ({"input.size_divisibility": 16}, "input.size_divisibility"),
         ({"input.min_size_test": 0}, "input.min_size_test"),
         ({"input.min_size_train": ()}, "input.min_size_train"),
@@ -584,13 +602,16 @@ def _set(config, dotted, value):
         ({"input.random_flip": "diagonal"}, "input.random_flip"),
         ({"input.format": "YUV"}, "input.format"),
         ({"solver.steps": (80000, 60000)}, "solver.steps"),
-        ({"solver.steps": (60000, 95000)}, "solver.steps"),
+        ({"solver.steps": (60000, 95000)}, None),  # ignored with a warning (Detectron2)
         ({"solver.steps": ()}, None),
         ({"solver.ims_per_batch": 0}, "solver.ims_per_batch"),
         ({"solver.momentum": 1.0}, "solver.momentum"),
         ({"solver.lr_scheduler_name": "WarmupPolyLR"}, "solver.lr_scheduler_name"),
         ({"solver.lr_scheduler_name": "WarmupCosineLR"}, None),
-        ({"solver.base_lr_end": 0.5}, "solver.base_lr_end"),  # above base_lr 0.02
+        (
+            {"solver.base_lr_end": 0.5, "solver.lr_scheduler_name": "WarmupCosineLR"},
+            "solver.base_lr_end",  # above base_lr 0.02
+        ),
         ({"model.roi_mask_head.num_sampled_masks": -1}, "model.roi_mask_head.num_sampled_masks"),
         ({"solver.warmup_method": "exp"}, "solver.warmup_method"),
         ({"solver.clip_gradients.clip_type": "full_model"}, "solver.clip_gradients.clip_type"),
@@ -608,7 +629,31 @@ def test_validate(changes, key):
         return
     with pytest.raises(ValueError) as info:
         cfg_lib.validate(config)
-    assert f"config.{key} = " in str(info.value)
+    assert f"config.{key}" in str(info.value)
+
+
+def test_no_effect_error_names_both_keys():
+    config = cfg_lib.load_config("configs/quickstart.py")
+    config.data.train.json = "mine.json"
+    with pytest.raises(ValueError) as info:
+        cfg_lib.validate(config)
+    message = str(info.value)
+    assert "config.data.train.json = 'mine.json'" in message
+    assert "config.data.source = 'shapes'" in message
+
+
+def test_steps_beyond_max_iter_warn_and_are_ignored(caplog):
+    config = cfg_lib.load_config("configs/quickstart.py")
+    config.solver.max_iter = 8
+    with caplog.at_level("WARNING", logger="jax_rcnn.config"):
+        cfg_lib.validate(config)
+    assert "config.solver.steps" in caplog.text and ">= config.solver.max_iter = 8" in caplog.text
+    from jax_rcnn.training import optim
+
+    # The schedule drops those steps (Detectron2's build_lr_scheduler): the LR never decays.
+    config.solver.warmup_iters = 0
+    sched = optim.build_lr_schedule(config)
+    assert float(sched(7)) == pytest.approx(config.solver.base_lr)
 
 
 def test_validate_smoke_buckets():

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
 
 from configs import common
@@ -97,3 +98,25 @@ def test_trainable_with_smoke_config(dataset):
     batch = B.collate([B.make_train_example(r, config, rng) for r in records[:2]])
     assert batch["image"].shape[0] == 2 and batch["gt_masks"].shape == (2, 16, 32, 32)
     assert batch["gt_valid"].any(axis=1).all()
+
+
+def test_variable_sizes_and_fewer_classes(tmp_path):
+    """`image_size_range` draws each side in [lo, hi]; `num_classes` keeps the first N classes;
+    the default parameters keep their directory (the quickstart's dataset is reused)."""
+    paths = shapes.ensure_shapes_dataset(
+        tmp_path, **(SMALL | {"image_size_range": (40, 64), "num_classes": 3})
+    )
+    with open(paths["train_json"]) as f:
+        coco = json.load(f)
+    sizes = {(im["height"], im["width"]) for im in coco["images"]}
+    assert len(sizes) > 1 and all(40 <= h <= 64 and 40 <= w <= 64 for h, w in sizes)
+    assert [c["name"] for c in coco["categories"]] == list(shapes.CLASS_NAMES[:3])
+    assert {a["category_id"] for a in coco["annotations"]} <= {1, 2, 3}
+    for im in coco["images"][:3]:
+        with Image.open(os.path.join(paths["train_images"], im["file_name"])) as img:
+            assert img.size == (im["width"], im["height"])
+    default = shapes.ensure_shapes_dataset(tmp_path, **SMALL)
+    assert default != paths
+    assert shapes.ensure_shapes_dataset(tmp_path, **(SMALL | {"num_classes": 8})) == default
+    with pytest.raises(ValueError, match="num_classes"):
+        shapes.ensure_shapes_dataset(tmp_path, **(SMALL | {"num_classes": 9}))

@@ -151,7 +151,7 @@ def train(workdir: str, max_iter: int, reference: bool) -> None:
     # The reference reads the whole global batches on one host; the processes their slices.
     shard = {"shard_index": 0, "shard_count": 1} if reference else {}
     loader = ShapeLog(TrainLoader(config, records, **shard))
-    state = loop.train(config, workdir, train_loader=loader)
+    state = loop.train(config, workdir, train_loader=loader, final_eval=False)
     print("shapes", json.dumps(loader.shapes), flush=True)
     print("done", jax.process_index(), int(state.step), flush=True)
 

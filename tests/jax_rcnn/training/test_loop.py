@@ -38,6 +38,7 @@ def _train(config, workdir, loader):
         loss_fn=make_stub_loss(),
         train_loader=loader,
         variables={"params": tiny_params()},
+        final_eval=False,
     )
 
 
@@ -128,6 +129,41 @@ def test_train_py_two_steps(tmp_path):
     assert {"bbox/AP", "bbox/AP50", "segm/AP"} <= set(metrics[2])
     assert (tmp_path / "w" / "predictions" / "iter_0000001.png").exists()
     assert checkpointing.Checkpointer(tmp_path / "w", loop_config()).all_steps() == [2]
+
+
+@pytest.mark.slow
+def test_train_py_final_eval_bucket_budget_and_second_run_compiles_nothing(tmp_path):
+    """`test.eval_period = 0` still evaluates after the last iteration (Detectron2's
+    `EvalHook.after_train`); auto buckets keep the train step within `input.max_buckets`
+    programs (the smoke resize gives two shapes, the budget is one); a second identical run
+    loads every program from the persistent cache."""
+    overrides = (
+        "--config.solver.max_iter=2",
+        "--config.solver.steps=(1,)",
+        "--config.test.eval_period=0",
+        "--config.input.auto_buckets=True",
+        "--config.input.max_buckets=1",
+        f"--config.train.compilation_cache_dir={tmp_path / 'xla'}",
+    )
+    # Our own cache settings, not the test session's JAX cache (tests/conftest.py), which a
+    # user-set JAX_COMPILATION_CACHE_DIR would take precedence over.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))
+    }
+    metrics = []
+    for run in ("first", "second"):
+        cmd = _train_py(tmp_path / run, tmp_path / "cache", *overrides)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "training buckets (H, W) [(128, 160)]: 1 programs" in proc.stderr
+        metrics.append(_read_metrics(tmp_path / run))
+    first, second = metrics
+    assert [m["iteration"] for m in first] == [0, 1, 1]
+    assert {"bbox/AP", "segm/AP", "eval_seconds"} <= set(first[-1])
+    assert first[1]["train_step_programs"] == 1 and first[-1]["compiles"] > 0
+    assert second[-1]["compiles"] == 0 and second[-1]["compile_cache_hits"] > 0
 
 
 def loop_config():

@@ -1,0 +1,83 @@
+"""Detectron2's builtin dataset names -> COCO-format paths under `$DETECTRON2_DATASETS`.
+
+Parity: `detectron2/data/datasets/builtin.py` (`register_all_coco`): a name such as
+`coco_2017_train` means `<root>/coco/annotations/instances_train2017.json` with images in
+`<root>/coco/train2017`, where `<root>` is `$DETECTRON2_DATASETS` (default `./datasets`, relative
+to the working directory), read when the dataset is loaded, as Detectron2 reads it when it
+registers its datasets.
+
+Only names of a task jax_rcnn trains and evaluates today (COCO instance detection /
+segmentation) resolve. The other builtin names (keypoints, panoptic, LVIS, the unannotated
+test splits) are errors that say why; any other name (a user-registered dataset) needs the paths
+in `config.data.<split>.json` / `.images`.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV = "DETECTRON2_DATASETS"
+
+# name -> (image root, json file), relative to the root (Detectron2's `_PREDEFINED_SPLITS_COCO`).
+COCO_INSTANCES: dict[str, tuple[str, str]] = {
+    "coco_2014_train": ("coco/train2014", "coco/annotations/instances_train2014.json"),
+    "coco_2014_val": ("coco/val2014", "coco/annotations/instances_val2014.json"),
+    "coco_2014_minival": ("coco/val2014", "coco/annotations/instances_minival2014.json"),
+    "coco_2014_valminusminival": (
+        "coco/val2014",
+        "coco/annotations/instances_valminusminival2014.json",
+    ),
+    "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
+    "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
+    "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
+}
+
+# Builtin names jax_rcnn recognises but cannot use: (prefix or exact name, why).
+UNSUPPORTED: tuple[tuple[str, str], ...] = (
+    ("coco_2017_test", "has no annotations (image info only): it cannot be trained or evaluated"),
+    ("keypoints_coco_", "is a keypoint dataset; jax_rcnn has no keypoint head"),
+    ("lvis_", "is an LVIS dataset; jax_rcnn reads neither LVIS json nor its federated evaluation"),
+    ("cityscapes_", "is a Cityscapes dataset; jax_rcnn reads COCO-format json only"),
+    ("voc_", "is a Pascal VOC dataset; jax_rcnn reads COCO-format json only"),
+    ("ade20k_", "is a semantic segmentation dataset; jax_rcnn has no semantic segmentation head"),
+)
+_PANOPTIC_WHY = "is a panoptic dataset; jax_rcnn has no semantic / panoptic segmentation head"
+
+
+def datasets_root() -> str:
+    """`$DETECTRON2_DATASETS`, or `datasets` (relative to the working directory), `~` expanded."""
+    return os.path.expanduser(os.environ.get(ENV, "datasets"))
+
+
+def resolve(name: str, key: str) -> dict[str, str]:
+    """Paths of a Detectron2 builtin dataset name.
+
+    Args:
+      name: a `DATASETS.TRAIN` / `DATASETS.TEST` entry, e.g. "coco_2017_val".
+      key: the config key the paths are for ("config.data.test"), named in errors.
+
+    Returns:
+      {"json": <root>/coco/annotations/...json, "images": <root>/coco/...}.
+
+    Raises:
+      ValueError: `name` is a builtin name of an unsupported task, or not a builtin name (the
+        message names `key.json` / `key.images`, which must then be set).
+    """
+    if name in COCO_INSTANCES:
+        images, json_file = COCO_INSTANCES[name]
+        root = datasets_root()
+        return {"json": os.path.join(root, json_file), "images": os.path.join(root, images)}
+    why = _PANOPTIC_WHY if "_panoptic" in name else None
+    for prefix, reason in UNSUPPORTED:
+        if why is None and name.startswith(prefix):
+            why = reason
+    if why is not None:
+        raise ValueError(
+            f"Detectron2 dataset {name!r} (for {key}) {why}; set {key}.json and {key}.images to "
+            "a COCO-format instances split instead"
+        )
+    raise ValueError(
+        f"{name!r} (for {key}) is not one of Detectron2's builtin COCO datasets "
+        f"({', '.join(sorted(COCO_INSTANCES))}); for your own dataset set {key}.json and "
+        f"{key}.images (e.g. --{key}.json=path/to/{name}.json --{key}.images=path/to/images)"
+    )
