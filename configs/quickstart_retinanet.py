@@ -22,7 +22,7 @@ Commands (from the repository root):
 
 import ml_collections
 
-from configs import common
+from configs import common, quickstart
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,39 +48,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # N(0, 0.01) towers without a norm shrink their input ~300x and barely train in 1800 steps.
     r.norm = "GN"
 
-    i = config.input
-    i.min_size_train = (128,)
-    i.max_size_train = 160
-    i.min_size_test = 128
-    i.max_size_test = 160
-    i.buckets = ((128, 160), (160, 128))
-    i.max_gt = 16
-
-    config.data.source = "shapes"
-    config.data.name = "shapes"
-    config.dataloader.num_workers = 0
-
-    s = config.solver
-    s.ims_per_batch = 4
-    s.base_lr = 0.04
-    s.max_iter = 1800
-    s.steps = (1440, 1665)
-    s.warmup_iters = 100
-    s.checkpoint_period = 500
-    config.test.eval_period = s.max_iter  # one COCO evaluation (and picture) at the end
-    config.test.detections_per_image = 50
-    config.test.ims_per_batch = 8
-    config.log_period = 20
-
-    if arg == "smoke":
-        s.max_iter = 4
-        s.steps = (3,)
-        s.warmup_iters = 2
-        s.checkpoint_period = 2
-        config.test.eval_period = 4
-        config.data.shapes.num_train = 16
-        config.data.shapes.num_val = 8
-        config.log_period = 1
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r} (known: 'smoke')")
+    quickstart.shapes_schedule(config, base_lr=0.04, arg=arg)
     return common.finalize(config)

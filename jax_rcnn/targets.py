@@ -100,6 +100,21 @@ def _inside_image(anchors: jax.Array, image_size: jax.Array, thresh: float) -> j
     )
 
 
+def _match_anchors(anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels):
+    """Matcher with low-quality matches on IoU(gt, anchors) of one image: `(gt_boxes` with
+    padded rows zeroed, `gt_valid` as bool, `matched_idxs i32[A]`, `labels i32[A])`."""
+    gt_valid = gt_valid.astype(bool)
+    gt_boxes = jnp.where(gt_valid[:, None], gt_boxes, 0.0)
+    matched_idxs, labels = matching.match(
+        box_ops.pairwise_iou(gt_boxes, anchors),
+        gt_valid,
+        thresholds=tuple(iou_thresholds),
+        labels=tuple(iou_labels),
+        allow_low_quality_matches=True,
+    )
+    return gt_boxes, gt_valid, matched_idxs, labels
+
+
 def label_and_sample_anchors(
     key: jax.Array,
     anchors: jax.Array,
@@ -136,15 +151,8 @@ def label_and_sample_anchors(
       One gt `[0, 0, 10, 10]` and anchors `[0, 0, 10, 10]`, `[0, 0, 10, 20]`, `[50, 50, 60,
       60]`: IoUs 1, 0.5, 0 give labels 1, -1 (between 0.3 and 0.7), 0.
     """
-    gt_valid = gt_valid.astype(bool)
-    gt_boxes = jnp.where(gt_valid[:, None], gt_boxes, 0.0)
-    quality = box_ops.pairwise_iou(gt_boxes, anchors)
-    matched_idxs, labels = matching.match(
-        quality,
-        gt_valid,
-        thresholds=tuple(iou_thresholds),
-        labels=tuple(iou_labels),
-        allow_low_quality_matches=True,
+    gt_boxes, gt_valid, matched_idxs, labels = _match_anchors(
+        anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels
     )
     if boundary_thresh >= 0:
         labels = jnp.where(_inside_image(anchors, image_size, boundary_thresh), labels, -1)
@@ -182,15 +190,8 @@ def label_anchors_dense(
       anchor is then background). Low-quality matches keep their own argmax gt, as in
       Detectron2 (`Matcher.set_low_quality_matches_` changes only the label).
     """
-    gt_valid = gt_valid.astype(bool)
-    gt_boxes = jnp.where(gt_valid[:, None], gt_boxes, 0.0)
-    quality = box_ops.pairwise_iou(gt_boxes, anchors)
-    matched_idxs, labels = matching.match(
-        quality,
-        gt_valid,
-        thresholds=tuple(iou_thresholds),
-        labels=tuple(iou_labels),
-        allow_low_quality_matches=True,
+    gt_boxes, gt_valid, matched_idxs, labels = _match_anchors(
+        anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels
     )
     any_gt = jnp.any(gt_valid)
     gt_labels = jnp.where(labels == 1, gt_classes[matched_idxs], num_classes)

@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jax_rcnn import postprocess
+
 # Static slot counts that work on "the first n of S padded slots" may run on (plus S itself).
 FIRST_SLOT_SIZES = (8, 16, 32, 64)
 
@@ -148,3 +150,31 @@ def label_on_first_gt(label_one, gt_boxes, gt_valid, *operands):
         return branch
 
     return run_on_first_slots(gt_valid, first, gt_boxes, gt_valid, *operands)
+
+
+def detection_outputs(
+    dets: postprocess.Detections, image_sizes: jax.Array, original_sizes: jax.Array
+) -> dict[str, jax.Array]:
+    """The last stage of every detector: `detector_postprocess` of the detections.
+
+    Args:
+      dets: detections in the resized-input frame, D slots.
+      image_sizes: `i32[B, 2]` (h, w) of the resized images.
+      original_sizes: `i32[B, 2]` (H0, W0) of the original images.
+
+    Returns:
+      `boxes f32[B, D, 4]` xyxy original pixels (scaled, clipped, empty ones invalid),
+      `scores f32[B, D]`, `classes i32[B, D]`, `valid bool[B, D]`, and the resized-frame
+      `det_boxes f32[B, D, 4]`, `det_valid bool[B, D]`.
+    """
+    boxes, valid = postprocess.detector_postprocess(
+        dets.boxes, dets.valid, image_sizes, original_sizes
+    )
+    return dict(
+        boxes=boxes,
+        scores=dets.scores,
+        classes=dets.classes,
+        valid=valid,
+        det_boxes=dets.boxes,
+        det_valid=dets.valid,
+    )

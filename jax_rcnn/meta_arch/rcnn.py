@@ -13,9 +13,8 @@ from typing import Any
 
 import jax
 
-from jax_rcnn import postprocess
 from jax_rcnn.meta_arch import roi_heads, rpn
-from jax_rcnn.meta_arch.common import Networks, backbone_features
+from jax_rcnn.meta_arch.common import Networks, backbone_features, detection_outputs
 
 GT_KEYS = ("image_size", "gt_boxes", "gt_classes", "gt_valid", "gt_masks")
 
@@ -57,20 +56,8 @@ def inference(
     props = rpn.select_proposals(config, rpn_out, image_sizes, training=False, backend=backend)
     dets = roi_heads.detect_boxes(config, nets, features, props, image_sizes, backend)
 
-    boxes, valid = postprocess.detector_postprocess(
-        dets.boxes, dets.valid, image_sizes, original_sizes
-    )
-    out = dict(
-        boxes=boxes,
-        scores=dets.scores,
-        classes=dets.classes,
-        valid=valid,
-        det_boxes=dets.boxes,
-        det_valid=dets.valid,
-        proposal_boxes=props.boxes,
-        proposal_logits=props.logits,
-        proposal_valid=props.valid,
-    )
+    out = detection_outputs(dets, image_sizes, original_sizes)
+    out.update(proposal_boxes=props.boxes, proposal_logits=props.logits, proposal_valid=props.valid)
     if config.model.mask_on:
         out["mask_probs"] = roi_heads.mask_probs(config, nets, features, dets, backend)
     return out

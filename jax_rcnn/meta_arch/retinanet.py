@@ -11,9 +11,13 @@ from typing import Any
 
 import jax
 
-from jax_rcnn import postprocess
 from jax_rcnn.meta_arch import dense_head
-from jax_rcnn.meta_arch.common import LOSS_STATE, Networks, backbone_features
+from jax_rcnn.meta_arch.common import (
+    LOSS_STATE,
+    Networks,
+    backbone_features,
+    detection_outputs,
+)
 
 
 def inference(
@@ -49,17 +53,7 @@ def inference(
     head_out = dense_head.dense_head(config, nets, features)
     dets = dense_head.detect(config, head_out, backend)
 
-    boxes, valid = postprocess.detector_postprocess(
-        dets.boxes, dets.valid, image_sizes, original_sizes
-    )
-    return dict(
-        boxes=boxes,
-        scores=dets.scores,
-        classes=dets.classes,
-        valid=valid,
-        det_boxes=dets.boxes,
-        det_valid=dets.valid,
-    )
+    return detection_outputs(dets, image_sizes, original_sizes)
 
 
 def forward_train(
