@@ -115,29 +115,22 @@ def detections(setup, inference_npz):
     return jax.device_get(run(variables, images, sizes, originals))
 
 
-def test_detections_before_postprocess(detections, inference_npz):
-    valid = detections["det_valid"][0]
-    want = inference_npz["img0_det_boxes"]
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [(("det_valid", "det_boxes"), "img0_det"), (("valid", "boxes"), "img0_final")],
+    ids=["before_postprocess", "final"],
+)
+def test_detections(detections, inference_npz, ours, theirs):
+    """Resized-frame detections (`det_*`) and `detector_postprocess` output (`final_*`)."""
+    valid = detections[ours[0]][0]
+    want = inference_npz[f"{theirs}_boxes"]
     assert valid.sum() == len(want)
-    np.testing.assert_allclose(detections["det_boxes"][0][valid], want, atol=0.05)
+    np.testing.assert_allclose(detections[ours[1]][0][valid], want, atol=0.05)
     np.testing.assert_allclose(
-        detections["scores"][0][valid], inference_npz["img0_det_scores"], atol=1e-4
+        detections["scores"][0][valid], inference_npz[f"{theirs}_scores"], atol=1e-4
     )
     np.testing.assert_array_equal(
-        detections["classes"][0][valid], inference_npz["img0_det_classes"]
-    )
-
-
-def test_final_detections(detections, inference_npz):
-    valid = detections["valid"][0]
-    want = inference_npz["img0_final_boxes"]
-    assert valid.sum() == len(want)
-    np.testing.assert_allclose(detections["boxes"][0][valid], want, atol=0.05)
-    np.testing.assert_allclose(
-        detections["scores"][0][valid], inference_npz["img0_final_scores"], atol=1e-4
-    )
-    np.testing.assert_array_equal(
-        detections["classes"][0][valid], inference_npz["img0_final_classes"]
+        detections["classes"][0][valid], inference_npz[f"{theirs}_classes"]
     )
 
 
