@@ -112,17 +112,17 @@ def _flatten_leading(x: jax.Array, trailing: int) -> tuple[jax.Array, tuple[int,
 
 
 def _roi_conv_stack(
-    x: jax.Array, head: nn.Module, prefix: str, *, tap_weight_grad: bool
+    x: jax.Array, head: nn.Module, prefix: str, *, canonical_grads: bool
 ) -> jax.Array:
     """`head.num_conv` x (conv 3x3 + norm + ReLU, `c2_msra_fill`) named `{prefix}1`, ...
 
     The conv part of the box and mask heads; `head` supplies `num_conv`, `conv_dim`, `norm`,
     `train` and `dtype`, and owns the convs (call from its compact `__call__`).
-    `tap_weight_grad`: gradients as per-tap dots (`conv2d_tap_weight_grad`). The mask head
-    needs them: it runs inside a `lax.switch` branch in training, where XLA:CPU lowers a conv
-    gradient to naive loops (a 64-channel 3x3 conv gradient did not finish in 300 s). Outside a
-    switch XLA's own conv gradient is 2.5x faster (box head of the GN recipe, [2048, 7, 7, 64]:
-    538 vs 1375 ms, `benchmarks/RESULTS.md`), so the box head does not use them.
+    `canonical_grads`: kernel gradients as plain convolutions of transposed operands
+    (`conv2d_canonical_grads`). The mask head needs them: it runs inside a `lax.switch` branch
+    in training, where XLA:CPU lowers JAX's own conv kernel gradient to naive loops (a 64-channel
+    3x3 conv gradient did not finish in 300 s). The box head runs outside any switch and uses
+    XLA's own gradient.
     """
     for k in range(head.num_conv):
         x = Conv2d(
@@ -133,7 +133,7 @@ def _roi_conv_stack(
             norm=head.norm,
             relu=True,
             kernel_init=c2_msra_fill,
-            tap_weight_grad=tap_weight_grad,
+            canonical_grads=canonical_grads,
             train=head.train,
             dtype=head.dtype,
             name=f"{prefix}{k + 1}",
@@ -173,7 +173,7 @@ class FastRCNNConvFCHead(nn.Module):
         if self.num_conv + self.num_fc == 0:
             raise ValueError("the box head needs at least one conv or fc layer")
         x, lead = _flatten_leading(x, 3)
-        x = _roi_conv_stack(x, self, "conv", tap_weight_grad=False)
+        x = _roi_conv_stack(x, self, "conv", canonical_grads=False)
         x = x.reshape(x.shape[0], -1)
         for k in range(self.num_fc):
             x = nn.Dense(
@@ -251,7 +251,7 @@ class MaskRCNNConvUpsampleHead(nn.Module):
           f32[..., 2S, 2S, num_classes] mask logits (NHWC: one channel per class).
         """
         x, lead = _flatten_leading(x, 3)
-        x = _roi_conv_stack(x, self, "mask_fcn", tap_weight_grad=True)
+        x = _roi_conv_stack(x, self, "mask_fcn", canonical_grads=True)
         x = nn.relu(ConvTranspose2d(self.conv_dim, 2, 2, 0, dtype=self.dtype, name="deconv")(x))
         x = Conv2d(
             self.num_classes, 1, kernel_init=normal_init(0.001), dtype=self.dtype, name="predictor"

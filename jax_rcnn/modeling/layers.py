@@ -145,15 +145,18 @@ def get_norm(
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d_tap_weight_grad(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """`lax.conv_general_dilated` (NHWC, HWIO, no dilation or groups) whose gradients are
-    dots per kernel tap: weight `[C_in, N*H'*W'] x [N*H'*W', C_out]`, input
-    `[N*H'*W', C_out] x [C_out, C_in]` added onto the tap's window.
+def conv2d_canonical_grads(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """`lax.conv_general_dilated` (NHWC, HWIO, no dilation or groups) whose kernel gradient is
+    written as a plain NHWC/HWIO convolution of explicitly transposed operands.
 
-    XLA:CPU runs a convolution's weight gradient as a window-sized convolution; inside a
-    `lax.switch` branch (the mask head, see `rcnn.forward_train`) it falls back to a naive loop
-    (~6 s per 3x3 256->256 conv on 256 ROIs), and the input gradient too. The per-tap dots are
-    plain matmuls anywhere.
+    JAX's own kernel gradient is a convolution with batch and feature dimensions swapped. Outside
+    a conditional XLA:CPU canonicalises it to Eigen's convolution; inside a `lax.switch` branch
+    (the mask head in training, `meta_arch.roi_heads.mask_losses`) it lowers it to a naive loop
+    (a 3x3 64->64 kernel gradient on [512, 14, 14, 64] did not finish in 300 s). Here the
+    kernel gradient is the valid convolution of `pad(x)` as `[C_in, H+2p, W+2p, N]` (N as the
+    channels) with `dy` as an `[H', W', N, C_out]` kernel (dilated by the stride), which Eigen runs
+    anywhere at the speed of XLA's own gradient outside a switch (`benchmarks/RESULTS.md`). The
+    input gradient is JAX's own (already a canonical convolution). Same sums.
 
     Args:
       x: f32[B, H, W, C_in].
@@ -176,47 +179,28 @@ def _plain_conv(x, kernel, stride, padding):
     )
 
 
-def _tap_fwd(x, kernel, stride, padding):
+def _canonical_fwd(x, kernel, stride, padding):
     return _plain_conv(x, kernel, stride, padding), (x, kernel)
 
 
-def _tap_bwd(stride, padding, res, dy):
+def _canonical_bwd(stride, padding, res, dy):
     x, kernel = res
-    k, cin = kernel.shape[0], x.shape[-1]
-    n, ho, wo, cout = dy.shape
-    hp, wp = x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
-    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    k = kernel.shape[0]
+    _, input_vjp = jax.vjp(lambda x: _plain_conv(x, kernel, stride, padding), x)
+    (dx,) = input_vjp(dy)
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    dy2 = dy.reshape(-1, cout)
-    # Both gradients as one dot per tap; XLA:CPU runs a convolution's gradients inside a
-    # `lax.switch` branch as naive loops (the input gradient of a 3x3 256->256 conv on 16 ROIs:
-    # 0.13 s). Input gradient: each tap's [P, C_out] x [C_out, C_in] product lands on the
-    # (strided) window it was read from, summed by one fused pad-and-add.
-    rows, dxp = [], None
-    zero = jnp.zeros((), dy.dtype)
-    for i in range(k):
-        taps = []
-        for j in range(k):
-            xs = xp[:, i : i + span_h : stride, j : j + span_w : stride]
-            taps.append(lax.dot_general(xs.reshape(-1, cin), dy2, (((0,), (0,)), ((), ()))))
-            part = lax.dot_general(dy2, kernel[i, j], (((1,), (1,)), ((), ())))
-            part = lax.pad(
-                part.reshape(n, ho, wo, cin),
-                zero,
-                (
-                    (0, 0, 0),
-                    (i, hp - i - span_h, stride - 1),
-                    (j, wp - j - span_w, stride - 1),
-                    (0, 0, 0),
-                ),
-            )
-            dxp = part if dxp is None else dxp + part
-        rows.append(jnp.stack(taps))
-    dx = dxp[:, padding : padding + x.shape[1], padding : padding + x.shape[2]]
-    return dx, jnp.stack(rows).astype(kernel.dtype)
+    dw = lax.conv_general_dilated(
+        xp.transpose(3, 1, 2, 0),  # [C_in, H+2p, W+2p, N]
+        dy.transpose(1, 2, 0, 3),  # [H', W', N, C_out]
+        window_strides=(1, 1),
+        padding="VALID",
+        rhs_dilation=(stride, stride),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # [C_in, >= k, >= k, C_out]: rows past k only exist when the stride skips x's last rows
+    return dx, dw[:, :k, :k].transpose(1, 2, 0, 3).astype(kernel.dtype)
 
 
-conv2d_tap_weight_grad.defvjp(_tap_fwd, _tap_bwd)
+conv2d_canonical_grads.defvjp(_canonical_fwd, _canonical_bwd)
 
 
 _ELEMENTWISE_MAX_K = 4
@@ -279,9 +263,9 @@ class Conv2d(nn.Module):
       relu: apply ReLU after the norm.
       kernel_init: initialiser of the HWIO kernel.
       bias_init: initialiser of the bias (zeros; RetinaNet's `cls_score` uses its prior).
-      tap_weight_grad: compute the kernel gradient as one dot per tap
-        (`conv2d_tap_weight_grad`); for convs on ROI crops (heads). Ignored for 1x1 convs,
-        groups or dilation.
+      canonical_grads: compute the kernel gradient as a plain convolution of transposed
+        operands (`conv2d_canonical_grads`); for convs that run inside a `lax.switch` branch
+        (the mask head). Ignored for 1x1 convs, groups or dilation.
       train: see `get_norm`.
       axis_name: see `get_norm`.
       dtype: computation dtype (params stay f32).
@@ -298,7 +282,7 @@ class Conv2d(nn.Module):
     relu: bool = False
     kernel_init: Initializer = c2_msra_fill
     bias_init: Initializer = nn.initializers.zeros
-    tap_weight_grad: bool = False
+    canonical_grads: bool = False
     train: bool = False
     axis_name: str | None = None
     dtype: Any = jnp.float32
@@ -320,8 +304,8 @@ class Conv2d(nn.Module):
             # R50-FPN step, see `jax_rcnn/compile.py`). Same sums, any backend.
             s = self.strides
             y = pixel_matmul(x[:, ::s, ::s].astype(self.dtype), kernel[0, 0].astype(self.dtype))
-        elif self.tap_weight_grad and self.groups == 1 and self.dilation == 1:
-            y = conv2d_tap_weight_grad(
+        elif self.canonical_grads and self.groups == 1 and self.dilation == 1:
+            y = conv2d_canonical_grads(
                 x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding
             )
         else:

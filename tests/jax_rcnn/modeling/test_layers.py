@@ -134,7 +134,7 @@ def _reference_conv(x, kernel, stride, padding):
 
 
 @pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (7, 2, 3), (3, 1, 0)])
-def test_tap_weight_grad_conv_matches_lax_conv_and_its_gradients(k, s, p):
+def test_canonical_grads_conv_matches_lax_conv_and_its_gradients(k, s, p):
     x = jax.random.normal(jax.random.key(0), (2, 15, 13, 5))
     w = jax.random.normal(jax.random.key(1), (k, k, 5, 6))
 
@@ -142,9 +142,9 @@ def test_tap_weight_grad_conv_matches_lax_conv_and_its_gradients(k, s, p):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p)))
 
     np.testing.assert_allclose(
-        layers.conv2d_tap_weight_grad(x, w, s, p), _reference_conv(x, w, s, p), rtol=1e-5, atol=1e-5
+        layers.conv2d_canonical_grads(x, w, s, p), _reference_conv(x, w, s, p), rtol=1e-5, atol=1e-5
     )
-    got = jax.jit(jax.grad(loss(layers.conv2d_tap_weight_grad), (0, 1)))(x, w)
+    got = jax.jit(jax.grad(loss(layers.conv2d_canonical_grads), (0, 1)))(x, w)
     want = jax.grad(loss(_reference_conv), (0, 1))(x, w)
     for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
