@@ -1172,8 +1172,10 @@ def _check_no_effect(c: _Checker) -> None:
     """A key changed from its default where another key's setting makes it unused is an error
     (e.g. `data.train.json` with `data.source = "shapes"`): the user meant something else."""
     m = c.config.model
+    # A mask_on other families reject is reported by their own check, naming the key.
+    mask_on = bool(m.mask_on) and m.meta_architecture == "GeneralizedRCNN"
     defaults = _Checker(
-        _common().base_config(mask_on=bool(m.mask_on), meta_architecture=m.meta_architecture)
+        _common().base_config(mask_on=mask_on, meta_architecture=m.meta_architecture)
     )
     for key, unused, decider in _NO_EFFECT_UNLESS:
         try:  # a key this config family does not have is not checked
