@@ -85,7 +85,7 @@ MASK_FORMATS = ("bitmask", "polygon")
 FLIP_MODES = ("horizontal", "none")  # Detectron2 also has "vertical"; data/ does not
 SAMPLING_STYLES = ("choice", "range")
 FUSE_TYPES = ("sum", "avg")
-POOLER_TYPES = ("ROIAlignV2", "ROIAlign")
+POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool")  # == jax_rcnn.poolers.POOLER_TYPES
 BBOX_REG_LOSS_TYPES = ("smooth_l1",)  # Detectron2 also has "giou" (not implemented)
 RETINANET_BBOX_REG_LOSS_TYPES = ("smooth_l1", "giou")  # Detectron2 also has "diou", "ciou"
 # == jax_rcnn.meta_arch.META_ARCHITECTURES

@@ -339,6 +339,24 @@ def test_roi_keys_are_not_keys_of_a_proposal_network_config():
         cfg_lib.validate(config)
 
 
+@pytest.mark.parametrize(
+    "yml, mask_on",
+    [
+        ("Detectron1-Comparisons/faster_rcnn_R_50_FPN_noaug_1x.yaml", False),
+        ("Detectron1-Comparisons/mask_rcnn_R_50_FPN_noaug_1x.yaml", True),
+    ],
+)
+def test_detectron1_comparison_yamls_select_the_legacy_pooler(yml, mask_on):
+    config = cfg_lib.from_detectron2(ZOO / yml)
+    m = config.model
+    assert m.mask_on is mask_on
+    assert m.roi_box_head.pooler_type == "ROIAlign" and m.roi_box_head.pooler_sampling_ratio == 2
+    assert m.rpn.smooth_l1_beta == 0.1111 and m.roi_box_head.smooth_l1_beta == 1.0
+    assert tuple(config.input.min_size_train) == (800,)
+    mask_type = "ROIAlign" if mask_on else "ROIAlignV2"
+    assert m.roi_mask_head.pooler_type == mask_type
+
+
 def test_rcnn_keys_are_not_keys_of_a_retinanet_config():
     config = cfg_lib.load_config("configs/retinanet_R_50_FPN_1x.py")
     with pytest.raises(AttributeError):
@@ -610,7 +628,7 @@ def _set(config, dotted, value):
         ({"model.rpn.post_nms_topk_train": 10000}, None),  # = 2000 x 5 levels
         ({"model.rpn.pre_nms_topk_train": 0}, "model.rpn.pre_nms_topk_train"),
         ({"model.roi_heads.num_classes": 0}, "model.roi_heads.num_classes"),
-        ({"model.roi_box_head.pooler_type": "ROIPool"}, "model.roi_box_head.pooler_type"),
+        ({"model.roi_box_head.pooler_type": "ROIAlignRotated"}, "model.roi_box_head.pooler_type"),
         ({"model.roi_box_head.num_fc": 0}, "model.roi_box_head.num_fc"),
         ({"model.roi_mask_head.conv_dim": 0}, "model.roi_mask_head.conv_dim"),
         ({"data.class_names": ("a", "b")}, "data.class_names"),
