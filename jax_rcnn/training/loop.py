@@ -18,7 +18,8 @@
    * a checkpoint every `solver.checkpoint_period` iterations and after the last;
    * COCO evaluation every `test.eval_period` iterations (when > 0) and, whatever the period,
      after the last (`EvalHook`, whose `after_train` evaluates even with `EVAL_PERIOD: 0`),
-     `{"iteration", "bbox/AP", "bbox/AP50", ..., "segm/AP", ..., "eval_seconds"}` in
+     `{"iteration", "bbox/AP", "bbox/AP50", ..., "segm/AP", ..., "eval_seconds"}` (RPN-only
+     models: Detectron2's box-proposal recall `box_proposals/AR@100`, ..., `AR@1000`) in
      `metrics.jsonl`, and a picture of predictions on a few test images in
      `<workdir>/predictions/iter_<N>.png`;
    * compilation: a persistent XLA cache (`jax_rcnn.compile.setup_compilation_cache`); the
