@@ -62,11 +62,12 @@ def inference(
     )
     # Detectron2 drops the empty boxes (`results[nonempty]`): keep the order, valid first.
     order = jnp.argsort(~valid, axis=1, stable=True)
-    take = lambda x: jnp.take_along_axis(x, order if x.ndim == 2 else order[..., None], axis=1)  # noqa: E731
-    valid = take(valid)
+    valid = jnp.take_along_axis(valid, order, axis=1)
+    boxes = jnp.take_along_axis(boxes, order[..., None], axis=1)
+    logits = jnp.take_along_axis(props.logits, order, axis=1)
     return dict(
-        proposal_boxes=jnp.where(valid[..., None], take(boxes), 0.0),
-        objectness_logits=jnp.where(valid, take(props.logits), 0.0),
+        proposal_boxes=jnp.where(valid[..., None], boxes, 0.0),
+        objectness_logits=jnp.where(valid, logits, 0.0),
         valid=valid,
         resized_proposal_boxes=props.boxes,
         resized_objectness_logits=props.logits,
