@@ -233,6 +233,19 @@ def retinanet_model(*, depth: int = 50, num_classes: int = 80) -> ml_collections
     )
 
 
+def proposal_model(*, depth: int = 50) -> ml_collections.ConfigDict:
+    """`MODEL.*` of `Base-RCNN-FPN.yaml` with `META_ARCHITECTURE: ProposalNetwork`: the R-CNN
+    backbone and RPN, no ROI heads (`rpn_R_50_FPN_1x.yaml` also sets `POST_NMS_TOPK_TEST` 2000).
+
+    No ROI-head keys: they do nothing in a ProposalNetwork, so setting one is an error.
+    """
+    config = model(mask_on=False, depth=depth)
+    for key in ("roi_heads", "roi_box_head", "roi_mask_head"):
+        del config[key]
+    config.meta_architecture = "ProposalNetwork"
+    return config
+
+
 def input_config() -> ml_collections.ConfigDict:
     """`INPUT.*` plus jax_rcnn's static-shape padding policy."""
     return ml_collections.ConfigDict(
@@ -373,12 +386,16 @@ def train_config() -> ml_collections.ConfigDict:
 def base_config(
     *, mask_on: bool = False, depth: int = 50, meta_architecture: str = "GeneralizedRCNN"
 ) -> ml_collections.ConfigDict:
-    """The whole `Base-RCNN-FPN.yaml` (or `Base-RetinaNet.yaml`) config, unlocked so a config
-    file can adjust it."""
+    """The whole `Base-RCNN-FPN.yaml` (or `Base-RetinaNet.yaml`; for "ProposalNetwork" without
+    the ROI heads) config, unlocked so a config file can adjust it."""
     if meta_architecture == "RetinaNet":
         if mask_on:
             raise ValueError("RetinaNet has no mask head (mask_on must be False)")
         model_config = retinanet_model(depth=depth)
+    elif meta_architecture == "ProposalNetwork":
+        if mask_on:
+            raise ValueError("ProposalNetwork has no mask head (mask_on must be False)")
+        model_config = proposal_model(depth=depth)
     else:
         model_config = model(mask_on=mask_on, depth=depth)
     config = ml_collections.ConfigDict(
@@ -420,14 +437,15 @@ def smoke(config: ml_collections.ConfigDict) -> None:
         m.retinanet.num_classes = 3
         m.retinanet.topk_candidates_test = 100
     else:
-        m.roi_box_head.fc_dim = 32
-        m.roi_mask_head.conv_dim = 16
-        m.roi_heads.num_classes = 3
+        if m.meta_architecture != "ProposalNetwork":
+            m.roi_box_head.fc_dim = 32
+            m.roi_mask_head.conv_dim = 16
+            m.roi_heads.num_classes = 3
+            m.roi_heads.batch_size_per_image = 64
         m.rpn.pre_nms_topk_train = 200
         m.rpn.post_nms_topk_train = 100
         m.rpn.pre_nms_topk_test = 100
         m.rpn.post_nms_topk_test = 50
-        m.roi_heads.batch_size_per_image = 64
         m.rpn.batch_size_per_image = 64
     config.test.detections_per_image = 20
     i = config.input

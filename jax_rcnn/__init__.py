@@ -1,4 +1,5 @@
-"""jax_rcnn: Detectron2's detector family (Faster / Mask R-CNN, RetinaNet; ResNet-FPN) in JAX.
+"""jax_rcnn: Detectron2's detector family (Faster / Mask R-CNN, RetinaNet, RPN-only;
+ResNet-FPN) in JAX.
 
 Layers (enforced by `tests/test_layering.py`):
   * geometry (`boxes`, `anchors`, `matching`, `sampling`, `poolers`, ...): pure jax.numpy;

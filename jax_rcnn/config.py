@@ -85,10 +85,11 @@ MASK_FORMATS = ("bitmask", "polygon")
 FLIP_MODES = ("horizontal", "none")  # Detectron2 also has "vertical"; data/ does not
 SAMPLING_STYLES = ("choice", "range")
 FUSE_TYPES = ("sum", "avg")
-POOLER_TYPES = ("ROIAlignV2", "ROIAlign")
+POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool")  # == jax_rcnn.poolers.POOLER_TYPES
 BBOX_REG_LOSS_TYPES = ("smooth_l1",)  # Detectron2 also has "giou" (not implemented)
 RETINANET_BBOX_REG_LOSS_TYPES = ("smooth_l1", "giou")  # Detectron2 also has "diou", "ciou"
-META_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet")  # == jax_rcnn.meta_arch.META_ARCHITECTURES
+# == jax_rcnn.meta_arch.META_ARCHITECTURES
+META_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet", "ProposalNetwork")
 # MODEL.BACKBONE.NAME -> the FPN's top block (== jax_rcnn.modeling.fpn.BACKBONES).
 BACKBONE_TOP_BLOCKS = {
     "build_resnet_fpn_backbone": "LastLevelMaxPool",
@@ -581,7 +582,7 @@ def _precise_bn(v: Any, cfg: Mapping[str, Any]) -> bool:
 
 
 def _mask_on(v: Any, cfg: Mapping[str, Any]) -> bool:
-    return v is False or cfg["MODEL.META_ARCHITECTURE"] != "RetinaNet"
+    return v is False or cfg["MODEL.META_ARCHITECTURE"] not in ("RetinaNet", "ProposalNetwork")
 
 
 def _mask_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
@@ -593,7 +594,7 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
     "MODEL.META_ARCHITECTURE": (_one_of(*META_ARCHITECTURES), f"one of {META_ARCHITECTURES}"),
     "MODEL.LOAD_PROPOSALS": (_one_of(False), "false (precomputed proposals are not supported)"),
     "MODEL.KEYPOINT_ON": (_one_of(False), "false (no keypoint head)"),
-    "MODEL.MASK_ON": (_mask_on, "false for RetinaNet (it has no mask head)"),
+    "MODEL.MASK_ON": (_mask_on, "false for RetinaNet and ProposalNetwork (no mask head)"),
     "MODEL.BACKBONE.NAME": (
         _one_of(*BACKBONE_TOP_BLOCKS),
         f"one of {tuple(BACKBONE_TOP_BLOCKS)}",
@@ -655,29 +656,23 @@ _INERT: dict[str, str] = {
     "TEST.KEYPOINT_OKS_SIGMAS": "keypoint evaluation (MODEL.KEYPOINT_ON)",
 }
 
-# Key groups that only one meta-architecture reads: under another one Detectron2 ignores them,
-# and so does `from_detectron2` (neither mapped nor checked; the jax_rcnn config of that
+# Key groups that only some meta-architectures read: under another one Detectron2 ignores
+# them, and so does `from_detectron2` (neither mapped nor checked; the jax_rcnn config of that
 # meta-architecture has no such keys).
+_RPN_GROUPS = ("MODEL.RPN.", "MODEL.PROPOSAL_GENERATOR.")
+_ROI_GROUPS = ("MODEL.ROI_HEADS.", "MODEL.ROI_BOX_HEAD.", "MODEL.ROI_MASK_HEAD.")
 _META_ARCH_GROUPS: dict[str, tuple[str, ...]] = {
-    "GeneralizedRCNN": (
-        "MODEL.RPN.",
-        "MODEL.PROPOSAL_GENERATOR.",
-        "MODEL.ROI_HEADS.",
-        "MODEL.ROI_BOX_HEAD.",
-        "MODEL.ROI_MASK_HEAD.",
-    ),
+    "GeneralizedRCNN": _RPN_GROUPS + _ROI_GROUPS,
     "RetinaNet": ("MODEL.RETINANET.",),
+    "ProposalNetwork": _RPN_GROUPS,
 }
 
 
 def _other_meta_arch_key(key: str, meta_architecture: str) -> bool:
     """True for a key of a group that `meta_architecture` does not read."""
-    return any(
-        key.startswith(prefix)
-        for name, prefixes in _META_ARCH_GROUPS.items()
-        if name != meta_architecture
-        for prefix in prefixes
-    )
+    groups = {p for prefixes in _META_ARCH_GROUPS.values() for p in prefixes}
+    own = _META_ARCH_GROUPS.get(meta_architecture, ())
+    return any(key.startswith(p) for p in groups) and not any(key.startswith(p) for p in own)
 
 
 #: Detectron2 key -> jax_rcnn key (`MODEL.RPN.NMS_THRESH` -> `model.rpn.nms_thresh`).
@@ -1177,8 +1172,10 @@ def _check_no_effect(c: _Checker) -> None:
     """A key changed from its default where another key's setting makes it unused is an error
     (e.g. `data.train.json` with `data.source = "shapes"`): the user meant something else."""
     m = c.config.model
+    # A mask_on other families reject is reported by their own check, naming the key.
+    mask_on = bool(m.mask_on) and m.meta_architecture == "GeneralizedRCNN"
     defaults = _Checker(
-        _common().base_config(mask_on=bool(m.mask_on), meta_architecture=m.meta_architecture)
+        _common().base_config(mask_on=mask_on, meta_architecture=m.meta_architecture)
     )
     for key, unused, decider in _NO_EFFECT_UNLESS:
         try:  # a key this config family does not have is not checked
@@ -1268,9 +1265,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m.meta_architecture == "RetinaNet":
         head_in = tuple(m.retinanet.in_features)
         _check_retinanet(c, fpn_out)
+    elif m.meta_architecture == "ProposalNetwork":
+        head_in = tuple(m.rpn.in_features)
+        c.require(not m.mask_on, "model.mask_on", "ProposalNetwork has no mask head")
+        _check_rpn(c, fpn_out)
     else:
         head_in = tuple(m.rpn.in_features)
-        _check_rcnn(c, fpn_out)
+        _check_rpn(c, fpn_out)
+        _check_roi_heads(c, fpn_out)
     _check_anchors(c, head_in)
     _check_rest(c, stride=2 ** levels[-1] if levels else 32)
 
@@ -1324,8 +1326,8 @@ def _check_retinanet(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     c.number_in("model.retinanet.nms_thresh_test", 0, 1)
 
 
-def _check_rcnn(c: _Checker, fpn_out: tuple[str, ...]) -> None:
-    """`GeneralizedRCNN`'s RPN and ROI-head keys."""
+def _check_rpn(c: _Checker, fpn_out: tuple[str, ...]) -> None:
+    """The RPN keys (`GeneralizedRCNN`, `ProposalNetwork`)."""
     m = c.config.model
     rpn_in = tuple(m.rpn.in_features)
     ok = len(rpn_in) > 0 and set(rpn_in) <= set(fpn_out)
@@ -1350,7 +1352,10 @@ def _check_rcnn(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     ok = len(rpn.conv_dims) >= 1 and all(_is_int(d) and (d == -1 or d >= 1) for d in rpn.conv_dims)
     c.require(ok, "model.rpn.conv_dims", "must be ints, each -1 (= input channels) or >= 1")
 
-    # ROI heads.
+
+def _check_roi_heads(c: _Checker, fpn_out: tuple[str, ...]) -> None:
+    """`GeneralizedRCNN`'s ROI-head keys."""
+    m = c.config.model
     c.int_at_least("model.roi_heads.num_classes", 1)
     for key in ("roi_box_head", "roi_mask_head"):
         c.one_of(f"model.{key}.norm", NORMS)
@@ -1410,7 +1415,7 @@ def _check_rest(c: _Checker, stride: int) -> None:
     names = tuple(config.data.class_names)
     k = num_classes(config)
     c.require(
-        not names or len(names) == k,
+        not names or len(names) == k or config.model.meta_architecture == "ProposalNetwork",
         "data.class_names",
         f"has {len(names)} names, the model has {k} classes",
     )
@@ -1470,6 +1475,8 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     m = config.model
     if m.meta_architecture == "RetinaNet":
         return int(m.retinanet.num_classes)
+    if m.meta_architecture == "ProposalNetwork":
+        return 1  # class-agnostic objectness
     return int(m.roi_heads.num_classes)
 
 

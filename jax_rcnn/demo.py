@@ -7,7 +7,8 @@
 
 `--config` takes one of our Python configs (`path.py[:variant]`) or a Detectron2 YAML. Boxes,
 class names, scores and mask overlays of detections scoring at least `--score-thresh` are drawn;
-several inputs are tiled into one picture.
+several inputs are tiled into one picture. An RPN-only model (`ProposalNetwork`) draws its first
+20 proposals, scored by the sigmoid of their objectness logits.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import os
 import sys
 from collections.abc import Sequence
 
+import numpy as np
+
 from jax_rcnn import visualize
 from jax_rcnn.config import from_detectron2, load_config, num_classes
 from jax_rcnn.data.transforms import read_image
 from jax_rcnn.predictor import Predictor
 
 COCO_NUM_CLASSES = 80
+NUM_PROPOSALS_DRAWN = 20  # an RPN-only model (ProposalNetwork): its first proposals
 
 
 def class_names_for(config, override: str | None) -> tuple[str, ...]:
@@ -56,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs = predictor.batch(images)
     pictures = []
     for path_in, image, out in zip(args.input, images, outputs, strict=True):
+        if "objectness_logits" in out:  # ProposalNetwork: the top proposals, score = sigmoid
+            logits = out.pop("objectness_logits")[:NUM_PROPOSALS_DRAWN]
+            out["boxes"] = out.pop("proposal_boxes")[:NUM_PROPOSALS_DRAWN]
+            out["scores"] = 1.0 / (1.0 + np.exp(-logits))
+            out["classes"] = np.zeros(len(logits), np.int32)
+            names = ("proposal",)
         shown = int((out["scores"] >= args.score_thresh).sum())
         print(f"{path_in}: {len(out['scores'])} detections, {shown} drawn")
         pictures.append(

@@ -27,7 +27,8 @@ mismatch is an error listing the offending names.
   `--platforms` at once (one module runs on CPU and on CUDA). Signature:
   `f(variables {"params/backbone/...": array}, images u8[B, H, W, 3], image_sizes i32[B, 2],
   original_sizes i32[B, 2]) -> {"boxes", "scores", "classes", "valid"[, "mask_probs"]}`
-  (without `mask_probs` for RetinaNet and Faster R-CNN; see `jax_rcnn.meta_arch.rcnn.inference`).
+  (without `mask_probs` for RetinaNet and Faster R-CNN; see `jax_rcnn.meta_arch.rcnn.inference`;
+  `{"proposal_boxes", "objectness_logits", "valid"}` for a `ProposalNetwork`).
   The parameters are an argument, not constants, so each module is small and every shape shares
   one copy of them;
 * `variables.npz`: those parameters, keys `collection/path/to/leaf`;
@@ -85,6 +86,7 @@ D2_CHECKPOINT = "model_final.pkl"
 FORMAT_NAME = "jax_rcnn.export"
 FORMAT_VERSION = 1
 OUTPUT_KEYS = ("boxes", "scores", "classes", "valid", "mask_probs")
+PROPOSAL_OUTPUT_KEYS = ("proposal_boxes", "objectness_logits", "valid")  # ProposalNetwork
 EXPORT_KERNELS = "reference"
 
 
@@ -403,6 +405,8 @@ def export_jax(
     model = modeling.build_model(config)
     mask_on = bool(config.model.mask_on)
     model_inference = meta_arch.get(config).inference
+    proposals_only = config.model.meta_architecture == "ProposalNetwork"
+    output_keys = PROPOSAL_OUTPUT_KEYS if proposals_only else OUTPUT_KEYS
 
     def inference(flat_variables, images, image_sizes, original_sizes):
         out = model_inference(
@@ -414,7 +418,7 @@ def export_jax(
             config=config,
             backend=EXPORT_KERNELS,
         )
-        return {k: out[k] for k in OUTPUT_KEYS if k in out}
+        return {k: out[k] for k in output_keys if k in out}
 
     b = int(batch_size)
     sizes = jax.ShapeDtypeStruct((b, 2), jnp.int32)
@@ -457,7 +461,7 @@ def export_jax(
             platforms=list(platforms),
             platform_errors=errors,
             kernels=EXPORT_KERNELS,
-            outputs=[k for k in OUTPUT_KEYS if k != "mask_probs" or mask_on],
+            outputs=[k for k in output_keys if k != "mask_probs" or mask_on],
             calling_convention_version=int(exp.calling_convention_version),
             num_parameters=int(sum(v.size for v in flat.values())),
         )

@@ -282,9 +282,16 @@ def instances_for_image(
     Returns:
       `{"boxes": f32[D', 4], "scores": f32[D'], "classes": i32[D']}` of the valid detections in
       score order, plus `"masks": bool[D', H0, W0]` for mask models. Pasting runs eagerly (not
-      jitted), so a new photo size never triggers a compile.
+      jitted), so a new photo size never triggers a compile. For a `ProposalNetwork` output
+      (`proposal_boxes`, `objectness_logits`, `valid`): `{"proposal_boxes": f32[P', 4],
+      "objectness_logits": f32[P']}`, Detectron2's field names, by descending logit.
     """
     keep = np.asarray(outputs["valid"][index])
+    if "objectness_logits" in outputs:
+        return {
+            "proposal_boxes": np.asarray(outputs["proposal_boxes"][index], np.float32)[keep],
+            "objectness_logits": np.asarray(outputs["objectness_logits"][index], np.float32)[keep],
+        }
     result = {
         "boxes": np.asarray(outputs["boxes"][index], np.float32)[keep],
         "scores": np.asarray(outputs["scores"][index], np.float32)[keep],

@@ -9,7 +9,9 @@
 
 Each output is a dict of NumPy arrays in original-image pixels:
 `boxes f32[D, 4]` xyxy, `scores f32[D]`, `classes i32[D]`, and `masks bool[D, H, W]` for mask
-models, sorted by descending score.
+models, sorted by descending score. A `ProposalNetwork` (RPN-only) gives Detectron2's proposal
+fields instead: `proposal_boxes f32[P, 4]` xyxy and `objectness_logits f32[P]` (raw logits),
+sorted by descending logit.
 
 The test path is Detectron2's: ResizeShortestEdge(min_size_test, max_size_test) with Pillow's
 bilinear filter on uint8, normalisation inside the model, zero padding after normalisation, then

@@ -239,10 +239,15 @@ def describe_config(config) -> str:
             f"fpn.out_channels={m.fpn.out_channels}, num_classes={m.retinanet.num_classes}, "
             f"num_convs={m.retinanet.num_convs}"
         )
-    return (
+    backbone = (
         f"R{r.depth}-FPN (norm={r.norm!r}, stem={r.stem_out_channels}, "
         f"res2_out={r.res2_out_channels}, width_per_group={r.width_per_group}, "
-        f"num_groups={r.num_groups}), fpn.out_channels={m.fpn.out_channels}, "
+        f"num_groups={r.num_groups}), fpn.out_channels={m.fpn.out_channels}"
+    )
+    if m.meta_architecture == "ProposalNetwork":
+        return f"ProposalNetwork (RPN only, no roi_heads.*) {backbone}"
+    return (
+        f"{backbone}, "
         f"num_classes={m.roi_heads.num_classes}, box fc_dim={m.roi_box_head.fc_dim}, "
         f"mask_on={m.mask_on}"
         + (f" (mask conv_dim={m.roi_mask_head.conv_dim})" if m.mask_on else "")
@@ -260,8 +265,10 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
     parts = []
     if any(n.startswith("head.cls_subnet.") for n in names):
         parts.append("RetinaNet (head.*)")
-    elif any(n.startswith(("proposal_generator.", "roi_heads.")) for n in names):
+    elif any(n.startswith("roi_heads.") for n in names):
         parts.append("GeneralizedRCNN (proposal_generator.*, roi_heads.*)")
+    elif any(n.startswith("proposal_generator.") for n in names):
+        parts.append("ProposalNetwork (proposal_generator.*, no roi_heads.*)")
     counts = tuple(blocks.get(s, 0) for s in (2, 3, 4, 5))
     depth = {(3, 4, 6, 3): "R50 or R34", (3, 4, 23, 3): "R101", (3, 8, 36, 3): "R152"}.get(counts)
     parts.append(f"blocks per stage res2..res5 {counts}" + (f" ({depth})" if depth else ""))
@@ -275,7 +282,7 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
     lat = shapes.get("backbone.fpn_lateral2.weight") or shapes.get("backbone.fpn_lateral3.weight")
     if lat:
         parts.append(f"fpn.out_channels={lat[0]}")
-    if not any(n.startswith("head.") for n in names):
+    if any(n.startswith("roi_heads.") for n in names):
         has_mask = any("mask_head" in n for n in names)
         parts.append(f"mask head {'present' if has_mask else 'absent'}")
     return ", ".join(parts)

@@ -10,13 +10,15 @@ The folder reads like the model zoo:
 | `dense_head.py` | the one-stage dense head: anchor labels, focal/box losses, decoding |
 | `rcnn.py` | Faster / Mask R-CNN (`GeneralizedRCNN`) |
 | `retinanet.py` | RetinaNet |
+| `proposal_network.py` | RPN-only proposal models (`ProposalNetwork`) |
 
 A stage is a pure function `(config, nets, features, inputs[, gt, key]) -> outputs[, losses]`;
 the networks (Flax modules, parameters) live in `jax_rcnn.modeling`. Each meta-architecture
 module has the same three functions:
 
 * `inference(model, variables, images, image_sizes, original_sizes, *, config, backend)`
-  -> detections (`boxes`, `scores`, `classes`, `valid`, ...);
+  -> detections (`boxes`, `scores`, `classes`, `valid`, ...; `proposal_boxes`,
+  `objectness_logits`, `valid` for `ProposalNetwork`);
 * `forward_train(model, variables, batch, key, *, config, mutable, backend)` -> `(losses,
   aux)`, Detectron2's loss dict;
 * `initial_loss_state(config)` -> training state the losses carry from step to step (e.g.
@@ -31,11 +33,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from jax_rcnn.meta_arch import rcnn, retinanet
+from jax_rcnn.meta_arch import proposal_network, rcnn, retinanet
 
 META_ARCHITECTURES: dict[str, ModuleType] = {
     "GeneralizedRCNN": rcnn,
     "RetinaNet": retinanet,
+    "ProposalNetwork": proposal_network,
 }
 
 

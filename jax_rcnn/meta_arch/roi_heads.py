@@ -26,8 +26,9 @@ from jax_rcnn.meta_arch.common import Networks, run_on_first_slots
 
 
 def pool(config, features: dict[str, jax.Array], boxes: jax.Array, head, backend: str):
-    """ROIAlignV2 of `boxes f32[B, R, 4]` on `config.model.roi_heads.in_features` with the
-    pooler of `head` (`model.roi_box_head` or `model.roi_mask_head`): `f32[B, R, S, S, C]`."""
+    """`boxes f32[B, R, 4]` pooled on `config.model.roi_heads.in_features` with the pooler of
+    `head` (`model.roi_box_head` or `model.roi_mask_head`: its `pooler_type`, resolution and
+    sampling ratio): `f32[B, R, S, S, C]`."""
     names = tuple(config.model.roi_heads.in_features)
     return poolers.roi_pool(
         [features[n] for n in names],
@@ -36,6 +37,7 @@ def pool(config, features: dict[str, jax.Array], boxes: jax.Array, head, backend
         output_size=head.pooler_resolution,
         sampling_ratio=head.pooler_sampling_ratio,
         backend=backend,
+        pooler_type=head.pooler_type,
     )
 
 

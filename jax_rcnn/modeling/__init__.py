@@ -1,9 +1,9 @@
 """jax_rcnn.modeling: the Flax modules that own parameters, one container per meta-architecture.
 
-A container (`GeneralizedRCNN`, `RetinaNet`) holds only the networks, in Detectron2's module
-tree, so checkpoint names map one to one; the geometry between them (anchors, proposals,
-ROIAlign, sampling, losses, postprocessing) lives in `jax_rcnn/*.py` and is wired by
-`jax_rcnn.meta_arch`. `build_model(config)` builds the container that
+A container (`GeneralizedRCNN`, `ProposalNetwork`, `RetinaNet`) holds only the networks, in
+Detectron2's module tree, so checkpoint names map one to one; the geometry between them
+(anchors, proposals, ROIAlign, sampling, losses, postprocessing) lives in `jax_rcnn/*.py` and is
+wired by `jax_rcnn.meta_arch`. `build_model(config)` builds the container that
 `config.model.meta_architecture` names (`NETWORKS`, a plain dict). Every network is reached
 through a method of the container:
 
@@ -22,6 +22,7 @@ Shapes (NHWC, f32 outputs):
     of f32[B, Hi*Wi*A] and f32[B, Hi*Wi*A, 4], flat index (y * Wi + x) * A + a.
   * `box_head(pooled f32[..., S, S, C])` -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
   * `mask_head(pooled f32[..., S', S', C])` -> mask_logits f32[..., 2S', 2S', K].
+  * ProposalNetwork: `features` and `rpn_head` as above (no ROI heads).
   * RetinaNet: `features(images)` -> {"p3", ..., "p7"}; `head(features dict)` ->
     (cls_logits per level f32[B, Hi*Wi*A, K], box_deltas per level f32[B, Hi*Wi*A, 4]).
 
@@ -58,6 +59,7 @@ __all__ = [
     "FROZEN",
     "GeneralizedRCNN",
     "NETWORKS",
+    "ProposalNetwork",
     "RPN",
     "RetinaNet",
     "StandardROIHeads",
@@ -216,8 +218,35 @@ class RetinaNet(nn.Module):
         return dict(features=feats, cls_logits=logits, box_deltas=deltas)
 
 
+class ProposalNetwork(nn.Module):
+    """The parameterised networks of Detectron2's `ProposalNetwork` (backbone + RPN head).
+
+    Attributes:
+      backbone: ResNet-FPN.
+      proposal_generator: RPN head holder.
+    """
+
+    backbone: FPN
+    proposal_generator: RPN
+
+    def features(self, images: jax.Array) -> dict[str, jax.Array]:
+        """images f32[B, H, W, 3] -> {"p2": f32[B, H/4, W/4, C], ..., "p6": ...}."""
+        return self.backbone(images)
+
+    def rpn_head(self, features: dict[str, jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+        """FPN dict -> (objectness logits [B, HiWiA] per level, anchor deltas [B, HiWiA, 4])."""
+        return self.proposal_generator(features)
+
+    def __call__(self, images: jax.Array) -> dict[str, Any]:
+        """Runs every network once; used by `init`. images f32[B, H, W, 3], H, W multiples of 64."""
+        feats = self.features(images)
+        logits, deltas = self.rpn_head(feats)
+        return dict(features=feats, rpn_logits=logits, rpn_deltas=deltas)
+
+
 def build_model(config, *, train: bool = False, dtype: Any = None) -> nn.Module:
-    """The networks of `config.model.meta_architecture` (`GeneralizedRCNN`, `RetinaNet`).
+    """The networks of `config.model.meta_architecture` (`GeneralizedRCNN`, `ProposalNetwork`,
+    `RetinaNet`).
 
     Args:
       config: a jax_rcnn config (`configs/*.py`).
@@ -256,6 +285,27 @@ def build_retinanet(config, *, train: bool, dtype: Any) -> RetinaNet:
     )
 
 
+def build_rpn(config, *, dtype: Any) -> RPN:
+    """Detectron2's `proposal_generator` holder for `config.model.rpn`."""
+    m = config.model
+    return RPN(
+        StandardRPNHead(
+            num_anchors=num_cell_anchors(config),
+            conv_dims=tuple(m.rpn.conv_dims),
+            dtype=dtype,
+        ),
+        in_features=tuple(m.rpn.in_features),
+    )
+
+
+def build_proposal_network(config, *, train: bool, dtype: Any) -> ProposalNetwork:
+    """`ProposalNetwork` networks for `config.model` (backbone and RPN head)."""
+    return ProposalNetwork(
+        backbone=build_backbone(config, train=train, dtype=dtype),
+        proposal_generator=build_rpn(config, dtype=dtype),
+    )
+
+
 def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCNN:
     """`GeneralizedRCNN` networks for `config.model` (RPN, box head, mask head when on)."""
     m = config.model
@@ -272,14 +322,7 @@ def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCN
         )
     return GeneralizedRCNN(
         backbone=build_backbone(config, train=train, dtype=dtype),
-        proposal_generator=RPN(
-            StandardRPNHead(
-                num_anchors=num_cell_anchors(config),
-                conv_dims=tuple(m.rpn.conv_dims),
-                dtype=dtype,
-            ),
-            in_features=tuple(m.rpn.in_features),
-        ),
+        proposal_generator=build_rpn(config, dtype=dtype),
         roi_heads=StandardROIHeads(
             box_head=FastRCNNConvFCHead(
                 num_conv=bh.num_conv,
@@ -306,6 +349,7 @@ def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCN
 NETWORKS = {
     "GeneralizedRCNN": build_generalized_rcnn,
     "RetinaNet": build_retinanet,
+    "ProposalNetwork": build_proposal_network,
 }
 
 

@@ -18,7 +18,8 @@
    * a checkpoint every `solver.checkpoint_period` iterations and after the last;
    * COCO evaluation every `test.eval_period` iterations (when > 0) and, whatever the period,
      after the last (`EvalHook`, whose `after_train` evaluates even with `EVAL_PERIOD: 0`),
-     `{"iteration", "bbox/AP", "bbox/AP50", ..., "segm/AP", ..., "eval_seconds"}` in
+     `{"iteration", "bbox/AP", "bbox/AP50", ..., "segm/AP", ..., "eval_seconds"}` (RPN-only
+     models: Detectron2's box-proposal recall `box_proposals/AR@100`, ..., `AR@1000`) in
      `metrics.jsonl`, and a picture of predictions on a few test images in
      `<workdir>/predictions/iter_<N>.png`;
    * compilation: a persistent XLA cache (`jax_rcnn.compile.setup_compilation_cache`); the
@@ -226,11 +227,13 @@ def evaluate(
       mesh: the data mesh (default `distributed.make_mesh()`: every device).
 
     Returns:
-      `{"bbox": {"AP": ..., "AP50": ..., ...}, "segm": {...}}` (AP in percent).
+      `{"bbox": {"AP": ..., "AP50": ..., ...}, "segm": {...}}` (AP in percent); for a
+      `ProposalNetwork`, `{"box_proposals": {"AR@100", "ARs@100", ..., "AR@1000", ...}}`
+      (Detectron2's box-proposal recall, in percent; metrics.jsonl: `box_proposals/AR@100`).
     """
     from jax_rcnn.data.buckets import eval_buckets
     from jax_rcnn.data.loader import dataset_records, eval_batches, eval_plan
-    from jax_rcnn.evaluation import COCOEvaluator
+    from jax_rcnn.evaluation import COCOEvaluator, ProposalEvaluator
 
     mesh = mesh if mesh is not None else distributed.make_mesh()
     num_devices = mesh.devices.size
@@ -282,12 +285,16 @@ def evaluate(
     to_cat = {v: int(k) for k, v in meta["thing_dataset_id_to_contiguous_id"].items()}
     main_process = jax.process_index() == 0
     out_dir = None if workdir is None or not main_process else os.path.join(workdir, "inference")
-    evaluator = COCOEvaluator(
-        _gt_json(config),
-        output_dir=out_dir,
-        contiguous_to_dataset_id=to_cat,
-        tasks=("bbox", "segm") if mask_on else ("bbox",),
-    )
+    proposals_only = config.model.meta_architecture == "ProposalNetwork"
+    if proposals_only:  # Detectron2's COCOEvaluator sees "proposals": box-proposal AR
+        evaluator = ProposalEvaluator(_gt_json(config), output_dir=out_dir)
+    else:
+        evaluator = COCOEvaluator(
+            _gt_json(config),
+            output_dir=out_dir,
+            contiguous_to_dataset_id=to_cat,
+            tasks=("bbox", "segm") if mask_on else ("bbox",),
+        )
     by_id = {r["image_id"]: r for r in records}
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
     drawn = []
@@ -304,6 +311,15 @@ def evaluate(
             canvas = _canvas(distributed.host_max(np.max(batch["original_size"], axis=0))[None])
             masks = paste(out["mask_probs"], out["boxes"], canvas)
         out, masks = distributed.to_host_local(mesh, (out, masks))
+        if proposals_only:
+            evaluator.process(
+                batch["image_id"],
+                out["proposal_boxes"],
+                out["objectness_logits"],
+                out["valid"],
+                example_valid=batch["example_valid"],
+            )
+            continue  # nothing to draw: proposals have no class
         evaluator.process(
             batch["image_id"],
             out["boxes"],

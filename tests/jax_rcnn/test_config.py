@@ -27,6 +27,7 @@ PY_CONFIGS = (
     "configs/mask_rcnn_R_50_FPN_3x.py",
     "configs/retinanet_R_50_FPN_1x.py",
     "configs/retinanet_R_50_FPN_3x.py",
+    "configs/rpn_R_50_FPN_1x.py",
 )
 ZOO_YAMLS = (
     "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
@@ -237,6 +238,7 @@ def test_model_zoo_yaml(name, mask_on, depth, steps, max_iter):
         ("configs/mask_rcnn_R_50_FPN_3x.py", ZOO_YAMLS[2]),
         ("configs/retinanet_R_50_FPN_1x.py", "COCO-Detection/retinanet_R_50_FPN_1x.yaml"),
         ("configs/retinanet_R_50_FPN_3x.py", "COCO-Detection/retinanet_R_50_FPN_3x.yaml"),
+        ("configs/rpn_R_50_FPN_1x.py", "COCO-Detection/rpn_R_50_FPN_1x.yaml"),
     ],
 )
 def test_model_zoo_yaml_equals_our_config_file(py, yml):
@@ -294,6 +296,65 @@ def test_retinanet_ignores_rcnn_keys_as_detectron2_does(tmp_path):
     base = ZOO / "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
     path.write_text(f"_BASE_: {str(base)!r}\nMODEL:\n  ROI_HEADS:\n    NAME: CascadeROIHeads\n")
     assert cfg_lib.from_detectron2(path).model.meta_architecture == "RetinaNet"
+
+
+def test_rpn_zoo_yaml_is_a_proposal_network():
+    config = cfg_lib.from_detectron2(ZOO / "COCO-Detection/rpn_R_50_FPN_1x.yaml")
+    m = config.model
+    assert m.meta_architecture == "ProposalNetwork"
+    assert m.rpn.post_nms_topk_test == 2000 and m.rpn.pre_nms_topk_test == 1000
+    assert "roi_heads" not in m and "roi_box_head" not in m and "retinanet" not in m
+    assert cfg_lib.num_classes(config) == 1
+
+
+def test_proposal_network_rejects_mask_on(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    base = ZOO / "COCO-Detection/rpn_R_50_FPN_1x.yaml"
+    path.write_text(f"_BASE_: {str(base)!r}\nMODEL:\n  MASK_ON: true\n")
+    with pytest.raises(ValueError, match="MODEL.MASK_ON"):
+        cfg_lib.from_detectron2(path)
+
+
+def test_proposal_network_ignores_roi_keys_but_reads_rpn_keys(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    base = ZOO / "COCO-Detection/rpn_R_50_FPN_1x.yaml"
+    path.write_text(
+        f"_BASE_: {str(base)!r}\nMODEL:\n  ROI_HEADS:\n    NAME: CascadeROIHeads\n"
+        "  RPN:\n    NMS_THRESH: 0.6\n"
+    )
+    config = cfg_lib.from_detectron2(path)
+    assert config.model.rpn.nms_thresh == 0.6
+    path.write_text(f"_BASE_: {str(base)!r}\nMODEL:\n  RPN:\n    HEAD_NAME: Other\n")
+    with pytest.raises(ValueError, match="MODEL.RPN.HEAD_NAME"):
+        cfg_lib.from_detectron2(path)
+
+
+def test_roi_keys_are_not_keys_of_a_proposal_network_config():
+    config = cfg_lib.load_config("configs/rpn_R_50_FPN_1x.py")
+    with pytest.raises(AttributeError):
+        config.model.roi_heads.num_classes = 3
+    with pytest.raises(ValueError, match="model.mask_on"):
+        with config.unlocked():
+            config.model.mask_on = True
+        cfg_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+    "yml, mask_on",
+    [
+        ("Detectron1-Comparisons/faster_rcnn_R_50_FPN_noaug_1x.yaml", False),
+        ("Detectron1-Comparisons/mask_rcnn_R_50_FPN_noaug_1x.yaml", True),
+    ],
+)
+def test_detectron1_comparison_yamls_select_the_legacy_pooler(yml, mask_on):
+    config = cfg_lib.from_detectron2(ZOO / yml)
+    m = config.model
+    assert m.mask_on is mask_on
+    assert m.roi_box_head.pooler_type == "ROIAlign" and m.roi_box_head.pooler_sampling_ratio == 2
+    assert m.rpn.smooth_l1_beta == 0.1111 and m.roi_box_head.smooth_l1_beta == 1.0
+    assert tuple(config.input.min_size_train) == (800,)
+    mask_type = "ROIAlign" if mask_on else "ROIAlignV2"
+    assert m.roi_mask_head.pooler_type == mask_type
 
 
 def test_rcnn_keys_are_not_keys_of_a_retinanet_config():
@@ -567,7 +628,7 @@ def _set(config, dotted, value):
         ({"model.rpn.post_nms_topk_train": 10000}, None),  # = 2000 x 5 levels
         ({"model.rpn.pre_nms_topk_train": 0}, "model.rpn.pre_nms_topk_train"),
         ({"model.roi_heads.num_classes": 0}, "model.roi_heads.num_classes"),
-        ({"model.roi_box_head.pooler_type": "ROIPool"}, "model.roi_box_head.pooler_type"),
+        ({"model.roi_box_head.pooler_type": "ROIAlignRotated"}, "model.roi_box_head.pooler_type"),
         ({"model.roi_box_head.num_fc": 0}, "model.roi_box_head.num_fc"),
         ({"model.roi_mask_head.conv_dim": 0}, "model.roi_mask_head.conv_dim"),
         ({"data.class_names": ("a", "b")}, "data.class_names"),

@@ -4,6 +4,7 @@ import pickle
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from jax_rcnn import demo, modeling
@@ -13,8 +14,9 @@ from jax_rcnn.config import load_config
 SMOKE = "configs/mask_rcnn_R_50_FPN_1x.py:smoke"
 
 
-def test_demo_draws_a_picture(tmp_path, capsys):
-    cfg = load_config(SMOKE)
+@pytest.mark.parametrize("spec", [SMOKE, "configs/rpn_R_50_FPN_1x.py:smoke"])
+def test_demo_draws_a_picture(tmp_path, capsys, spec):
+    cfg = load_config(spec)
     variables = modeling.init_variables(modeling.build_model(cfg), jax.random.key(0))
     weights = tmp_path / "smoke.pkl"
     with open(weights, "wb") as f:
@@ -23,7 +25,7 @@ def test_demo_draws_a_picture(tmp_path, capsys):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), np.uint8)).save(photo)
     out = tmp_path / "out" / "pred.png"
-    args = ["--config", SMOKE, "--weights", str(weights), "--input", str(photo), str(photo)]
+    args = ["--config", spec, "--weights", str(weights), "--input", str(photo), str(photo)]
     assert demo.main([*args, "--output", str(out), "--score-thresh", "0.0"]) == 0
     picture = Image.open(out)
     assert picture.size[0] > 120 and picture.mode == "RGB"  # two photos tiled

@@ -314,3 +314,29 @@ def test_retinanet_artifact_and_detectron2_round_trip(tmp_path):
     np.testing.assert_allclose(out["boxes"], want["img0_final_boxes"], atol=0.05)
     np.testing.assert_allclose(out["scores"], want["img0_final_scores"], rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(out["classes"], want["img0_final_classes"])
+
+
+def test_proposal_network_artifact(tmp_path):
+    """ProposalNetwork: the `jax.export` artifact gives Detectron2's proposals (`tiny_rpn`)."""
+    rpn_dir = ROOT / "tests" / "data" / "tiny_rpn"
+    state = d2_checkpoint.load_detectron2_pkl(WEIGHTS)  # tiny_rpn's weights are these tensors
+    state = {k: v for k, v in state.items() if not k.startswith("roi_heads.")}
+    weights = tmp_path / "rpn.pkl"
+    with open(weights, "wb") as f:
+        pickle.dump({"model": state}, f)
+    args = ["--config", str(rpn_dir / "config.yaml"), "--weights", str(weights)]
+    assert export.main([*args, "--out", str(tmp_path / "jax"), "--shapes", SHAPE]) == 0
+    manifest = json.loads((tmp_path / "jax" / export.MANIFEST).read_text())
+    assert manifest["meta_architecture"] == "ProposalNetwork"
+    assert manifest["outputs"] == list(export.PROPOSAL_OUTPUT_KEYS)
+    out = export.load(tmp_path / "jax")(read_image(DATA / "image.jpg", "BGR"))
+    want = np.load(rpn_dir / "inference.npz")
+    ref = want["img0_final_proposal_boxes"]
+    assert set(out) == {"proposal_boxes", "objectness_logits"}
+    assert out["proposal_boxes"].shape == ref.shape
+    # Same boxes; two logits tied within 3e-6 may come out in either order.
+    dist = np.max(np.abs(ref[:, None] - out["proposal_boxes"][None]), axis=-1)
+    assert np.max(np.min(dist, axis=1)) <= 0.01
+    np.testing.assert_allclose(
+        np.sort(out["objectness_logits"]), np.sort(want["img0_final_objectness_logits"]), atol=1e-4
+    )

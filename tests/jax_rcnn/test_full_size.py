@@ -36,3 +36,32 @@ def test_full_size_mask_rcnn_runs_from_a_detectron2_checkpoint(tmp_path):
     assert out["masks"].shape == (n, 800, 1333)
     assert np.all(np.isfinite(out["boxes"]))
     assert predictor.num_traces == 1
+
+
+@pytest.mark.slow
+def test_full_size_rpn_runs_from_a_detectron2_checkpoint(tmp_path):
+    cfg = load_config("configs/rpn_R_50_FPN_1x.py")
+    rng = np.random.default_rng(0)
+    # Positive FrozenBN variances, so that the features (and proposals) are finite.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, s: (
+            1.0 + np.abs(rng.normal(0.0, 0.01, s.shape))
+            if "running_var" in jax.tree_util.keystr(path)
+            else rng.normal(0.0, 0.01, s.shape)
+        ).astype(s.dtype),
+        modeling.abstract_variables(cfg),
+    )
+    state_dict = convert_flax_to_detectron2(variables, cfg)
+    assert not any(k.startswith("roi_heads.") for k in state_dict)
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": state_dict, "__author__": "test"}, f)
+
+    predictor = Predictor(cfg, weights=path)
+    out = predictor(rng.integers(0, 256, (600, 1000, 3), np.uint8))
+    assert set(out) == {"proposal_boxes", "objectness_logits"}
+    n = len(out["objectness_logits"])
+    assert 0 < n <= 2000 and out["proposal_boxes"].shape == (n, 4)
+    assert np.all(np.diff(out["objectness_logits"]) <= 0)
+    assert np.all(out["proposal_boxes"][:, 2:] <= [1000, 600])
+    assert predictor.num_traces == 1

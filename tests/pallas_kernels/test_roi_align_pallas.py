@@ -73,7 +73,7 @@ def _forward_and_grad(impl, output_size, sampling_ratio, gout, **kw):
 
 
 def _compare_with_reference(
-    output_size, sampling_ratio, *, interpret, num_random=8, dtype=jnp.float32
+    output_size, sampling_ratio, *, interpret, num_random=8, dtype=jnp.float32, aligned=True
 ):
     """Kernel vs reference on `_inputs`: asserts equal outputs, returns them and both gradients.
 
@@ -87,10 +87,10 @@ def _compare_with_reference(
     gout = jnp.asarray(rng.randn(r, output_size, output_size, 12), jnp.float32)
     args = (feats, boxes, batch_idx, level_idx)
     (_, got), got_grad = _forward_and_grad(
-        roi_align, output_size, sampling_ratio, gout, interpret=interpret
+        roi_align, output_size, sampling_ratio, gout, interpret=interpret, aligned=aligned
     )(*args)
     (_, want), want_grad = _forward_and_grad(
-        roi_align_reference, output_size, sampling_ratio, gout
+        roi_align_reference, output_size, sampling_ratio, gout, aligned=aligned
     )(*args)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     return got, got_grad, want_grad
@@ -108,6 +108,14 @@ def _check(output_size, sampling_ratio):
 @pytest.mark.parametrize("output_size,sampling_ratio", [(7, 0), (14, 2)])
 def test_matches_reference_forward_and_grad(output_size, sampling_ratio):
     _check(output_size, sampling_ratio)
+
+
+def test_legacy_aligned_false_matches_reference_forward_and_grad():
+    """Detectron1-Comparisons' `ROIAlign` (aligned=False, sampling 2) on the kernel path."""
+    _, got_grad, want_grad = _compare_with_reference(7, 2, interpret=True, aligned=False)
+    for level, (g, w) in enumerate(zip(got_grad, want_grad, strict=True)):
+        scale = float(np.abs(w).max())
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * scale, err_msg=f"level {level}")
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from configs import (
     mask_rcnn_R_50_FPN_1x,
     mask_rcnn_R_50_FPN_3x,
     retinanet_R_50_FPN_1x,
+    rpn_R_50_FPN_1x,
 )
 from jax_rcnn import modeling
 from jax_rcnn.checkpoint import detectron2 as d2
@@ -35,6 +36,7 @@ ZOO = {
     "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml": mask_rcnn_R_50_FPN_1x.get_config,
     "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml": r101_config,
     "COCO-Detection/retinanet_R_50_FPN_1x.yaml": retinanet_R_50_FPN_1x.get_config,
+    "COCO-Detection/rpn_R_50_FPN_1x.yaml": rpn_R_50_FPN_1x.get_config,
 }
 
 
@@ -283,6 +285,32 @@ def test_mask_rcnn_checkpoint_into_retinanet_config_is_a_clear_error(tiny_state_
     assert "does not match the config: RetinaNet R50-FPN" in text
     assert "checkpoint looks like: GeneralizedRCNN" in text
     assert "backbone.top_block.p6.weight" in text
+
+
+def _tiny_rpn_config():
+    from jax_rcnn.config import from_detectron2
+
+    return from_detectron2(DATA / "tiny_rpn" / "config.yaml")
+
+
+def test_mask_rcnn_checkpoint_into_proposal_network_config_is_a_clear_error(tiny_state_dict):
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(tiny_state_dict, _tiny_rpn_config())
+    text = str(info.value)
+    assert "does not match the config: ProposalNetwork" in text
+    assert "checkpoint looks like: GeneralizedRCNN" in text
+    assert "roi_heads.box_head.fc1.weight" in text  # unexpected names are listed
+
+
+def test_proposal_network_checkpoint_into_mask_rcnn_config_is_a_clear_error(tiny_state_dict):
+    rpn_only = {k: v for k, v in tiny_state_dict.items() if not k.startswith("roi_heads.")}
+    variables = d2.convert_detectron2_to_flax(rpn_only, _tiny_rpn_config())
+    assert set(d2.convert_flax_to_detectron2(variables, _tiny_rpn_config())) == set(rpn_only)
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(rpn_only, tiny_maskrcnn_config())
+    text = str(info.value)
+    assert "checkpoint looks like: ProposalNetwork" in text
+    assert "roi_heads.box_head.fc1.weight" in text  # missing names are listed
 
 
 def test_retinanet_gn_head_names_follow_detectron2_sequential_indices():

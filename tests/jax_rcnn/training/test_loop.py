@@ -304,3 +304,34 @@ def test_retinanet_trains_evaluates_and_resumes_exactly(tmp_path):
     for it in (2, 3):
         for k in ("total_loss", "loss_cls", "loss_box_reg", "loss_normalizer", "lr"):
             assert resumed[it][k] == pytest.approx(losses[it][k], rel=1e-6), (it, k)
+
+
+@pytest.mark.slow
+def test_proposal_network_trains_and_evaluates_box_proposal_recall(tmp_path):
+    """`train.py` on `configs/rpn_R_50_FPN_1x.py:smoke`: RPN losses only, then Detectron2's
+    box-proposal AR under its metric names (`box_proposals/AR@100`, ...)."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config=configs/rpn_R_50_FPN_1x.py:smoke",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        "--config.data.shapes.num_train=8",
+        "--config.data.shapes.num_val=4",
+        "--config.solver.max_iter=2",
+        "--config.solver.steps=(1,)",
+        "--config.solver.base_lr=0.0001",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = _read_metrics(tmp_path / "w")
+    losses = [m for m in metrics if "total_loss" in m]
+    assert losses and {"loss_rpn_cls", "loss_rpn_loc"} <= set(losses[0])
+    assert "loss_cls" not in losses[0]
+    final = metrics[-1]
+    for limit in (100, 1000):
+        for suffix in ("", "s", "m", "l"):
+            key = f"box_proposals/AR{suffix}@{limit}"
+            assert key not in final or 0.0 <= final[key] <= 100.0, key
+    assert 0.0 <= final["box_proposals/AR@100"] <= final["box_proposals/AR@1000"] <= 100.0
+    assert not any(k.startswith("bbox/") for k in final)
