@@ -48,6 +48,7 @@ import numpy as np
 from flax import traverse_util
 
 from jax_rcnn import modeling
+from jax_rcnn.config import layout as cfg_layout
 
 _LEAF_TO_D2 = {
     ("params", "kernel"): "weight",
@@ -96,10 +97,13 @@ def _d2_name(collection: str, path: tuple[str, ...]) -> str:
 
 def _flat_input_chw(config) -> tuple[tuple[tuple[str, ...], ...], tuple[int, int, int] | None]:
     """Module paths whose dense kernel reads the flattened pooled map, and that map's (C,S,S)."""
-    if config.model.meta_architecture != "GeneralizedRCNN":
-        return (), None  # no fully connected layer on pooled features
-    bh = config.model.roi_box_head
-    c = bh.conv_dim if bh.num_conv else config.model.fpn.out_channels
+    m = config.model
+    if m.meta_architecture != "GeneralizedRCNN" or modeling.roi_heads_name(config) != (
+        "StandardROIHeads"
+    ):
+        return (), None  # no fully connected layer on pooled features (C4: a spatial mean)
+    bh = m.roi_box_head
+    c = bh.conv_dim if bh.num_conv else pooled_channels(config)
     s = bh.pooler_resolution
     if bh.num_fc:
         modules = (("roi_heads", "box_head", "fc1"),)
@@ -109,6 +113,16 @@ def _flat_input_chw(config) -> tuple[tuple[tuple[str, ...], ...], tuple[int, int
             ("roi_heads", "box_predictor", "bbox_pred"),
         )
     return modules, (c, s, s)
+
+
+def pooled_channels(config) -> int:
+    """Channels of the feature the ROI heads pool: the FPN width, or the ResNet stage's
+    (`res2_out_channels * 2 ** (stage - 2)`: 2048 for DC5's res5, 1024 for C4's res4)."""
+    m = config.model
+    if "fpn" in m:
+        return m.fpn.out_channels
+    stage = int(m.roi_heads.in_features[0][len("res") :])
+    return m.resnets.res2_out_channels * 2 ** (stage - 2)
 
 
 _TABLE_CACHE: dict[str, tuple[Entry, ...]] = {}
@@ -239,11 +253,14 @@ def describe_config(config) -> str:
             f"fpn.out_channels={m.fpn.out_channels}, num_classes={m.retinanet.num_classes}, "
             f"num_convs={m.retinanet.num_convs}"
         )
+    kind = {"FPN": "FPN", "C4": "C4 (Res5ROIHeads)", "DC5": "DC5"}[cfg_layout(config)]
+    neck = f"fpn.out_channels={m.fpn.out_channels}, " if "fpn" in m else ""
+    box = f", box fc_dim={m.roi_box_head.fc_dim}" if "fc_dim" in m.roi_box_head else ""
     return (
-        f"R{r.depth}-FPN (norm={r.norm!r}, stem={r.stem_out_channels}, "
+        f"R{r.depth}-{kind} (norm={r.norm!r}, stem={r.stem_out_channels}, "
         f"res2_out={r.res2_out_channels}, width_per_group={r.width_per_group}, "
-        f"num_groups={r.num_groups}), fpn.out_channels={m.fpn.out_channels}, "
-        f"num_classes={m.roi_heads.num_classes}, box fc_dim={m.roi_box_head.fc_dim}, "
+        f"num_groups={r.num_groups}), {neck}"
+        f"num_classes={m.roi_heads.num_classes}{box}, "
         f"mask_on={m.mask_on}"
         + (f" (mask conv_dim={m.roi_mask_head.conv_dim})" if m.mask_on else "")
     )
@@ -253,7 +270,7 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
     """Best-effort architecture of a state dict (depth, classes, mask head)."""
     blocks = {}
     for n in names:
-        mt = re.match(r"backbone\.bottom_up\.res(\d)\.(\d+)\.", n)
+        mt = re.match(r"(?:backbone\.bottom_up|backbone|roi_heads)\.res(\d)\.(\d+)\.", n)
         if mt:
             s = int(mt.group(1))
             blocks[s] = max(blocks.get(s, 0), int(mt.group(2)) + 1)
@@ -262,6 +279,12 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
         parts.append("RetinaNet (head.*)")
     elif any(n.startswith(("proposal_generator.", "roi_heads.")) for n in names):
         parts.append("GeneralizedRCNN (proposal_generator.*, roi_heads.*)")
+    if any(n.startswith("backbone.bottom_up.") for n in names):
+        parts.append("FPN backbone (backbone.bottom_up.*, backbone.fpn_*)")
+    elif any(n.startswith("backbone.res") for n in names):
+        parts.append("plain ResNet backbone (backbone.res*, no FPN: C4 or DC5)")
+    if any(n.startswith("roi_heads.res5.") for n in names):
+        parts.append("Res5ROIHeads (roi_heads.res5.*: C4)")
     counts = tuple(blocks.get(s, 0) for s in (2, 3, 4, 5))
     depth = {(3, 4, 6, 3): "R50 or R34", (3, 4, 23, 3): "R101", (3, 8, 36, 3): "R152"}.get(counts)
     parts.append(f"blocks per stage res2..res5 {counts}" + (f" ({depth})" if depth else ""))
@@ -305,6 +328,19 @@ def _mismatch_error(
     """The error of a conversion whose names do not match the config: `header`, then listings."""
     listings = zip(titles, (missing, unexpected, misshaped), strict=True)
     return ValueError("\n".join(header + [_listing(t, items) for t, items in listings if items]))
+
+
+def _first_mismatch(given: list[str], expected: list[str], missing, unexpected, misshaped) -> str:
+    """The first name, in checkpoint order (then the config's), that is unexpected, missing or
+    mis-shaped; e.g. `backbone.res2.0.conv1.weight (unexpected)` for a C4 checkpoint loaded
+    into an FPN config."""
+    bad_shape = {m.split(":")[0]: m for m in misshaped}
+    for n in given:
+        if n in unexpected:
+            return f"{n} (unexpected in the checkpoint)"
+        if n in bad_shape:
+            return f"{bad_shape[n]} (wrong shape)"
+    return f"{next(n for n in expected if n in missing)} (missing from the checkpoint)"
 
 
 def _flatten_variables(variables: dict[str, Any]) -> dict[tuple[str, ...], Any]:
@@ -365,9 +401,11 @@ def convert_detectron2_to_flax(
     ]
     if missing or unexpected or misshaped:
         looks_like = _describe_checkpoint(set(given), {k: tuple(v.shape) for k, v in given.items()})
+        first = _first_mismatch(list(given), list(by_name), missing, unexpected, misshaped)
         raise _mismatch_error(
             [
                 f"Detectron2 checkpoint does not match the config: {describe_config(config)}",
+                f"  first mismatched key: {first}",
                 f"  checkpoint looks like: {looks_like}",
             ],
             missing,
