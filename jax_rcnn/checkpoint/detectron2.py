@@ -466,21 +466,30 @@ _MSRA_BRANCH = {
 _MSRA_NORM_SUFFIX = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
 
 
+_RESNET_PREFIXES = ("backbone.bottom_up.", "backbone.", "roi_heads.")
+_RESNET_MODULE = re.compile(r"^(stem\.conv1|res\d\.\d+)\.")
+
+
 def msra_name(d2_name: str, norm: str = "FrozenBN") -> str | None:
-    """Caffe2 name of a `backbone.bottom_up.*` Detectron2 name (None for other names).
+    """Caffe2 name of a ResNet Detectron2 name (None for other names).
 
     The inverse of Detectron2's `convert_basic_c2_names` on ResNet names, e.g.
     `backbone.bottom_up.stem.conv1.weight` -> `conv1_w`,
     `backbone.bottom_up.stem.conv1.norm.bias` -> `res_conv1_bn_b`,
     `backbone.bottom_up.res2.0.conv1.norm.weight` -> `res2_0_branch2a_bn_s`,
-    `backbone.bottom_up.res3.0.shortcut.weight` -> `res3_0_branch1_w`.
+    `backbone.bottom_up.res3.0.shortcut.weight` -> `res3_0_branch1_w`. A plain ResNet
+    backbone (C4, DC5) has no `bottom_up.` (`backbone.res2.0...`), and C4's ROI head is res5
+    (`roi_heads.res5.0.conv1.weight` -> `res5_0_branch2a_w`, as Detectron2 matches it by
+    suffix).
 
     Args:
       d2_name: Detectron2 name.
       norm: the layer's norm; "GN" uses Caffe2's `_gn_` names, the others `_bn_`.
     """
-    prefix = "backbone.bottom_up."
-    if not d2_name.startswith(prefix):
+    prefix = next((p for p in _RESNET_PREFIXES if d2_name.startswith(p)), None)
+    if prefix is None or not _RESNET_MODULE.match(d2_name[len(prefix) :]):
+        return None
+    if prefix == "roi_heads." and not d2_name.startswith("roi_heads.res5."):
         return None
     parts = d2_name[len(prefix) :].split(".")
     bn = "gn" if norm == "GN" else "bn"
@@ -506,7 +515,8 @@ def convert_msra_backbone_to_flax(
     Norm statistics absent from the pickle (MSRA files carry only `_bn_s` / `_bn_b`, already
     folded) take Detectron2's defaults: running_mean 0 and running_var `1 - eps` for FrozenBN
     (so scale == weight), 0 and 1 for BN. The ImageNet classifier (`fc1000_*`, `pred_*`) is
-    ignored; the FPN and heads keep their values from `variables`.
+    ignored; the FPN and heads keep their values from `variables`. C4's ROI head (res5) is
+    initialised from the pickle's `res5_*` too, as Detectron2 does.
 
     Args:
       c2_weights: `{caffe2 name: ndarray}` from `load_detectron2_pkl`.
@@ -514,13 +524,13 @@ def convert_msra_backbone_to_flax(
       variables: initialised variables of the whole model (not modified).
 
     Returns:
-      New variables, backbone/bottom_up replaced.
+      New variables, the ResNet (backbone, and C4's `roi_heads/res5_*`) replaced.
 
     Raises:
       ValueError: missing, unexpected or mis-shaped backbone names (all listed).
     """
     norm = config.model.resnets.norm
-    entries = [e for e in name_table(config) if e.d2_name.startswith("backbone.bottom_up.")]
+    entries = [e for e in name_table(config) if msra_name(e.d2_name, norm) is not None]
     optional = {"running_mean": 0.0, "running_var": None}
     used, missing, misshaped, values = set(), [], [], {}
     for e in entries:

@@ -362,3 +362,23 @@ def test_dc5_checkpoint_into_c4_config_is_an_error():
     first = r"first mismatched key: backbone\.res5\.0\.\w+\.weight \(unexpected"
     with pytest.raises(ValueError, match=first):
         d2.convert_detectron2_to_flax(state, mask_rcnn_R_50_C4_1x.get_config())
+
+
+@pytest.mark.parametrize("layout", ["C4", "DC5"])
+def test_msra_backbone_initialisation_c4_res5_head_and_dc5(layout):
+    """ImageNet `res5_*` goes to C4's ROI head (`roi_heads.res5.*`) or DC5's backbone."""
+    config = (mask_rcnn_R_50_C4_1x if layout == "C4" else mask_rcnn_R_50_DC5_1x).get_config("smoke")
+    abstract = modeling.abstract_variables(config)
+    init = jax.tree.map(lambda a: np.full(a.shape, 0.5, np.float32), abstract)
+    c2 = _fake_msra(config)
+    assert "res5_2_branch2c_w" in c2 and "conv1_w" in c2
+    variables = d2.convert_msra_backbone_to_flax(c2, config, init)
+    p = variables["params"]
+    res5 = p["roi_heads"]["res5_0"] if layout == "C4" else p["backbone"]["res5_0"]
+    np.testing.assert_array_equal(
+        res5["conv2"]["kernel"], c2["res5_0_branch2b_w"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        p["backbone"]["stem"]["conv1"]["kernel"], c2["conv1_w"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(p["roi_heads"]["box_predictor"]["cls_score"]["kernel"], 0.5)
