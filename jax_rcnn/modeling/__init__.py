@@ -22,6 +22,9 @@ Shapes (NHWC, f32 outputs):
     of f32[B, Hi*Wi*A] and f32[B, Hi*Wi*A, 4], flat index (y * Wi + x) * A + a.
   * `box_head(pooled f32[..., S, S, C])` -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
   * `mask_head(pooled f32[..., S', S', C])` -> mask_logits f32[..., 2S', 2S', K].
+  * C4 (`Res5ROIHeads`): `res5_head(pooled f32[..., 14, 14, C4])` -> f32[..., 7, 7, C5];
+    `box_head` and `mask_head` then take that res5 output (spatial mean -> predictor; deconv
+    -> 14x14 logits).
   * RetinaNet: `features(images)` -> {"p3", ..., "p7"}; `head(features dict)` ->
     (cls_logits per level f32[B, Hi*Wi*A, K], box_deltas per level f32[B, Hi*Wi*A, 4]).
 
