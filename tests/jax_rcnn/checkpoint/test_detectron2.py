@@ -382,3 +382,16 @@ def test_msra_backbone_initialisation_c4_res5_head_and_dc5(layout):
         p["backbone"]["stem"]["conv1"]["kernel"], c2["conv1_w"].transpose(2, 3, 1, 0)
     )
     np.testing.assert_array_equal(p["roi_heads"]["box_predictor"]["cls_score"]["kernel"], 0.5)
+
+
+@pytest.mark.parametrize(
+    "name", [f"{k}_rcnn_R_50_{a}" for k in ("faster", "mask") for a in ("C4", "DC5")]
+)
+def test_3x_c4_dc5_configs_have_the_1x_checkpoint_names(zoo_shapes, name):
+    """The 3x model-zoo checkpoints have the 1x architecture (only the schedule differs)."""
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}_3x").get_config()
+    folder = "COCO-Detection" if name.startswith("faster") else "COCO-InstanceSegmentation"
+    ours = {e.d2_name: list(e.d2_shape) for e in d2.name_table(config)}
+    assert ours == zoo_shapes[f"{folder}/{name}_1x.yaml"]
