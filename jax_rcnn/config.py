@@ -44,8 +44,13 @@ Decisions:
 * jax_rcnn-only keys get Detectron2's behaviour where it serves the user:
   `input.pad_mode = "size_divisibility"` (Detectron2's exact padding, for evaluation and
   inference) and `input.size_divisibility` = the stride of the last FPN input (32 for
-  res2-res5). Training uses `input.auto_buckets` (at most `input.max_buckets` padded shapes
-  chosen for the data, `jax_rcnn.data.buckets`) instead of one compile per batch shape.
+  res2-res5; 0 for a plain ResNet, C4 and DC5, which Detectron2 does not pad to a multiple).
+  Training uses `input.auto_buckets` (at most `input.max_buckets` padded shapes chosen for the
+  data, `jax_rcnn.data.buckets`) instead of one compile per batch shape.
+* `MODEL.BACKBONE.NAME` / `MODEL.ROI_HEADS.NAME` choose the layout of
+  `configs.common.base_config` (FPN; C4 = `build_resnet_backbone` + `Res5ROIHeads`; DC5 =
+  `build_resnet_backbone` + `StandardROIHeads`); the keys a layout does not read (C4:
+  `MODEL.FPN.*`, the box-head layers, the mask pooler) are dropped, as Detectron2 ignores them.
 * `DATASETS.TRAIN` / `TEST` become `config.data.train.name` / `test.name`: a Detectron2 builtin
   name resolves to its files under `$DETECTRON2_DATASETS` (`jax_rcnn.data.builtin`) unless
   `config.data.<split>.json/.images` are set.
