@@ -1446,6 +1446,14 @@ def _check_rcnn(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     c.int_at_least("model.roi_mask_head.num_sampled_masks", 0)
     if res5_heads:
         return  # no box-head layers, and the mask head reads the res5 output (no pooler)
+    if "num_fc" not in bh or "pooler_type" not in m.roi_mask_head:
+        c.require(
+            False,
+            "model.roi_heads.name",
+            "StandardROIHeads needs the box-head layer and mask-pooler keys, which a C4 config "
+            "does not have (build it with configs.common.base_config(layout='DC5' or 'FPN'))",
+        )
+        return
     c.one_of("model.roi_box_head.norm", NORMS)
     c.int_at_least("model.roi_box_head.num_conv", 0)
     c.int_at_least("model.roi_box_head.num_fc", 0)

@@ -488,6 +488,14 @@ def test_res5_roi_heads_on_an_fpn_is_an_error_naming_the_keys(tmp_path):
         cfg_lib.from_detectron2(path)
 
 
+def test_standard_roi_heads_in_a_c4_config_is_an_error_naming_the_key():
+    config = cfg_lib.load_config("configs/mask_rcnn_R_50_C4_1x.py")
+    with config.unlocked():
+        config.model.roi_heads.name = "StandardROIHeads"
+    with pytest.raises(ValueError, match=r"config.model.roi_heads.name = 'StandardROIHeads'"):
+        cfg_lib.validate(config)
+
+
 C4_DC5_YAMLS = [
     (f"{d}/{kind}_rcnn_R_50_{arch}_{sched}.yaml", arch, kind == "mask", sched)
     for kind, d in (("faster", "COCO-Detection"), ("mask", "COCO-InstanceSegmentation"))
