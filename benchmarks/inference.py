@@ -1,13 +1,15 @@
-"""Inference speed of full-size R50-FPN Faster / Mask R-CNN and RetinaNet at 800x1333 (s/image).
+"""Inference speed of full-size R50-FPN Faster / Mask R-CNN and RetinaNet, and of R50-C4 /
+R50-DC5 Faster / Mask R-CNN, at 800x1333 (s/image).
 
-    python benchmarks/inference.py                       # all models, 15 timed runs each
+    python benchmarks/inference.py                       # the FPN models, 15 timed runs each
     python benchmarks/inference.py --models faster retinanet --runs 5
+    python benchmarks/inference.py --models mask_c4 mask_dc5 --runs 5 --no_stages
 
 Prints, per model: compile time (first call minus a steady call), the median and spread of
 steady-state seconds per image, the time of each stage jitted on its own, and the ratio to
 Detectron2's eager PyTorch time on the same 2-core machine (2.85 s Faster, 2.98 s Mask R-CNN,
-3.48 s RetinaNet: medians of 5 on a quiet machine, Detectron2's initialisation; see the issue
-"The detector family, part 1").
+3.48 s RetinaNet, 2.19 s C4 Mask R-CNN: medians of 5 on a quiet machine, Detectron2's
+initialisation; see the issues "The detector family, part 1" and "part 2").
 
 Weights are Detectron2's initialisation (no checkpoint is downloaded). Stage costs are static
 except the NMS loops, whose trip count follows the number of kept boxes; the input is a real
@@ -32,14 +34,19 @@ from jax_rcnn import meta_arch, modeling  # noqa: E402
 from jax_rcnn.compile import jit as compile_jit  # noqa: E402
 from jax_rcnn.config import load_config  # noqa: E402
 from jax_rcnn.data import batching, transforms  # noqa: E402
-from jax_rcnn.meta_arch import common, dense_head, roi_heads, rpn  # noqa: E402
+from jax_rcnn.meta_arch import common, dense_head, rcnn, rpn  # noqa: E402
 
-DETECTRON2_S = {"faster": 2.85, "mask": 2.98, "retinanet": 3.48}
+DETECTRON2_S = {"faster": 2.85, "mask": 2.98, "retinanet": 3.48, "mask_c4": 2.19}
 CONFIGS = {
     "faster": "configs/faster_rcnn_R_50_FPN_1x.py",
     "mask": "configs/mask_rcnn_R_50_FPN_1x.py",
     "retinanet": "configs/retinanet_R_50_FPN_1x.py",
+    "faster_c4": "configs/faster_rcnn_R_50_C4_1x.py",
+    "mask_c4": "configs/mask_rcnn_R_50_C4_1x.py",
+    "faster_dc5": "configs/faster_rcnn_R_50_DC5_1x.py",
+    "mask_dc5": "configs/mask_rcnn_R_50_DC5_1x.py",
 }
+DEFAULT_MODELS = ("faster", "mask", "retinanet")
 
 
 def _time(fn, *args, runs: int) -> tuple[float, list[float]]:
@@ -78,19 +85,18 @@ def _stages(cfg, model, variables, images, sizes):
         out = rpn.rpn_head(cfg, nets(v), f)
         return rpn.select_proposals(cfg, out, s, training=False, backend=m.kernels)
 
+    heads = rcnn.roi_heads_stages(cfg)  # StandardROIHeads or C4's Res5ROIHeads
     rpn_fn = compile_jit(proposals)
     props = rpn_fn(variables, feats, sizes)
-    box_fn = compile_jit(
-        lambda v, f, p, s: roi_heads.detect_boxes(cfg, nets(v), f, p, s, m.kernels)
-    )
+    box_fn = compile_jit(lambda v, f, p, s: heads.detect_boxes(cfg, nets(v), f, p, s, m.kernels))
     dets = box_fn(variables, feats, props, sizes)
     stages = [
-        ("backbone+FPN", feats_fn, (variables, images, sizes)),
+        ("backbone" + ("+FPN" if "fpn" in m else ""), feats_fn, (variables, images, sizes)),
         ("RPN head+proposals", rpn_fn, (variables, feats, sizes)),
         ("box pool+head+NMS", box_fn, (variables, feats, props, sizes)),
     ]
     if m.mask_on:
-        mask_fn = compile_jit(lambda v, f, d: roi_heads.mask_probs(cfg, nets(v), f, d, m.kernels))
+        mask_fn = compile_jit(lambda v, f, d: heads.mask_probs(cfg, nets(v), f, d, m.kernels))
         stages.append(("mask pool+head", mask_fn, (variables, feats, dets)))
     return stages
 
@@ -117,9 +123,10 @@ def run(name: str, runs: int, *, stages: bool = True, config: str | None = None)
     full = compile_jit(lambda v, x, s, o: inference(model, v, x, s, o, config=cfg))
     first, times = _time(full, variables, images, sizes, originals, runs=runs)
     med = statistics.median(times)
+    ref = DETECTRON2_S.get(name)
     rows = [
-        (f"{name} R50-FPN", "end to end", med, min(times), max(times), first - med,
-         med / DETECTRON2_S[name])
+        (name if "_" in name else f"{name} R50-FPN", "end to end", med, min(times), max(times),
+         first - med, med / ref if ref else None)
     ]  # fmt: skip
     for stage, fn, args in _stages(cfg, model, variables, images, sizes) if stages else []:
         f, t = _time(fn, *args, runs=max(3, runs // 3))
@@ -131,14 +138,17 @@ def run(name: str, runs: int, *, stages: bool = True, config: str | None = None)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(CONFIGS))
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--no_stages", action="store_true", help="end to end only")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
     print(f"{'model':18} {'stage':20} {'median s':>9} {'min':>7} {'max':>7} {'compile s':>9} "
           f"{'vs Detectron2':>13}")  # fmt: skip
     for name in args.models:
-        for model, stage, med, lo, hi, comp, ratio in run(name, args.runs):
+        for model, stage, med, lo, hi, comp, ratio in run(
+            name, args.runs, stages=not args.no_stages
+        ):
             r = f"{ratio:.2f}x" if ratio is not None else ""
             print(f"{model:18} {stage:20} {med:9.3f} {lo:7.3f} {hi:7.3f} {comp:9.1f} {r:>13}")
         sys.stdout.flush()

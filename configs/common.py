@@ -128,6 +128,8 @@ def roi_heads(num_classes: int = 80) -> ml_collections.ConfigDict:
     """`MODEL.ROI_HEADS` (StandardROIHeads)."""
     return ml_collections.ConfigDict(
         {
+            # "StandardROIHeads" (FPN, DC5) or "Res5ROIHeads" (C4: res5 is the head).
+            "name": "StandardROIHeads",
             "num_classes": num_classes,
             "in_features": ("p2", "p3", "p4", "p5"),
             "iou_thresholds": (0.5,),
@@ -205,6 +207,58 @@ def model(*, mask_on: bool, depth: int = 50, num_classes: int = 80) -> ml_collec
             "roi_mask_head": roi_mask_head(),
         }
     )
+
+
+# `Base-RCNN-C4.yaml`'s RPN top-k (the defaults of `config/defaults.py`): one map, so "per level"
+# is per image.
+_SINGLE_MAP_RPN_TOPK = dict(
+    pre_nms_topk_train=12000, post_nms_topk_train=2000, pre_nms_topk_test=6000,
+    post_nms_topk_test=1000,
+)  # fmt: skip
+
+
+def _single_map(m: ml_collections.ConfigDict, feature: str) -> None:
+    """A plain-ResNet layout (no FPN) with the RPN and ROI heads on `feature` at stride 16."""
+    del m["fpn"]
+    m.backbone.name = "build_resnet_backbone"
+    m.resnets.out_features = (feature,)
+    m.anchor_generator.sizes = ((32, 64, 128, 256, 512),)  # 15 anchors on the one map
+    m.rpn.in_features = (feature,)
+    m.rpn.update(_SINGLE_MAP_RPN_TOPK)
+    m.roi_heads.in_features = (feature,)
+
+
+def c4_model(*, mask_on: bool, depth: int = 50, num_classes: int = 80) -> ml_collections.ConfigDict:
+    """`MODEL.*` of `Base-RCNN-C4.yaml`: ResNet up to res4 (stride 16, no FPN), RPN on res4,
+    `Res5ROIHeads` (14x14 pool, res5 head, mask head without convs on the res5 output).
+
+    No FPN keys, no box-head layer keys and no mask pooler keys: C4 reads none of them.
+    """
+    m = model(mask_on=mask_on, depth=depth, num_classes=num_classes)
+    _single_map(m, "res4")
+    m.roi_heads.name = "Res5ROIHeads"
+    m.roi_box_head.pooler_resolution = 14
+    for key in ("num_conv", "conv_dim", "num_fc", "fc_dim", "norm"):
+        del m.roi_box_head[key]
+    m.roi_mask_head.num_conv = 0
+    for key in ("pooler_resolution", "pooler_sampling_ratio", "pooler_type"):
+        del m.roi_mask_head[key]
+    return m
+
+
+def dc5_model(
+    *, mask_on: bool, depth: int = 50, num_classes: int = 80
+) -> ml_collections.ConfigDict:
+    """`MODEL.*` of `Base-RCNN-DilatedC5.yaml`: ResNet with res5 at stride 16 (stride 1,
+    dilation 2 in its 3x3 convs), RPN and `StandardROIHeads` (2fc box head, 4-conv mask head) on
+    res5. No FPN keys."""
+    m = model(mask_on=mask_on, depth=depth, num_classes=num_classes)
+    _single_map(m, "res5")
+    m.resnets.res5_dilation = 2
+    return m
+
+
+LAYOUTS = ("FPN", "C4", "DC5")
 
 
 def retinanet_model(*, depth: int = 50, num_classes: int = 80) -> ml_collections.ConfigDict:
@@ -384,18 +438,33 @@ def train_config() -> ml_collections.ConfigDict:
 
 
 def base_config(
-    *, mask_on: bool = False, depth: int = 50, meta_architecture: str = "GeneralizedRCNN"
+    *,
+    mask_on: bool = False,
+    depth: int = 50,
+    meta_architecture: str = "GeneralizedRCNN",
+    layout: str = "FPN",
 ) -> ml_collections.ConfigDict:
     """The whole `Base-RCNN-FPN.yaml` (or `Base-RetinaNet.yaml`; for "ProposalNetwork" without
-    the ROI heads) config, unlocked so a config file can adjust it."""
+    the ROI heads) config, unlocked so a config file can adjust it; `layout` "C4" / "DC5" gives
+    `Base-RCNN-C4.yaml` / `Base-RCNN-DilatedC5.yaml` (R-CNN only)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if meta_architecture == "RetinaNet":
         if mask_on:
             raise ValueError("RetinaNet has no mask head (mask_on must be False)")
+        if layout != "FPN":
+            raise ValueError("RetinaNet needs an FPN (layout must be 'FPN')")
         model_config = retinanet_model(depth=depth)
     elif meta_architecture == "ProposalNetwork":
         if mask_on:
             raise ValueError("ProposalNetwork has no mask head (mask_on must be False)")
+        if layout != "FPN":
+            raise ValueError("only the FPN ProposalNetwork is implemented (layout must be 'FPN')")
         model_config = proposal_model(depth=depth)
+    elif layout == "C4":
+        model_config = c4_model(mask_on=mask_on, depth=depth)
+    elif layout == "DC5":
+        model_config = dc5_model(mask_on=mask_on, depth=depth)
     else:
         model_config = model(mask_on=mask_on, depth=depth)
     config = ml_collections.ConfigDict(
@@ -413,6 +482,10 @@ def base_config(
     )
     if meta_architecture == "RetinaNet":
         config.solver.base_lr = 0.01  # Base-RetinaNet.yaml: half the R-CNN rate
+    if layout != "FPN":
+        # A plain ResNet has size_divisibility 0: Detectron2 pads a batch only to its largest
+        # image (pad_mode "size_divisibility"); buckets may then be any shape.
+        config.input.size_divisibility = 0
     return config
 
 
@@ -432,13 +505,15 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     m.resnets.stem_out_channels = 8
     m.resnets.res2_out_channels = 32
     m.resnets.width_per_group = 8
-    m.fpn.out_channels = 16
+    if "fpn" in m:
+        m.fpn.out_channels = 16
     if m.meta_architecture == "RetinaNet":
         m.retinanet.num_classes = 3
         m.retinanet.topk_candidates_test = 100
     else:
         if m.meta_architecture != "ProposalNetwork":
-            m.roi_box_head.fc_dim = 32
+            if "fc_dim" in m.roi_box_head:
+                m.roi_box_head.fc_dim = 32
             m.roi_mask_head.conv_dim = 16
             m.roi_heads.num_classes = 3
             m.roi_heads.batch_size_per_image = 64

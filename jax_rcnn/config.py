@@ -44,8 +44,13 @@ Decisions:
 * jax_rcnn-only keys get Detectron2's behaviour where it serves the user:
   `input.pad_mode = "size_divisibility"` (Detectron2's exact padding, for evaluation and
   inference) and `input.size_divisibility` = the stride of the last FPN input (32 for
-  res2-res5). Training uses `input.auto_buckets` (at most `input.max_buckets` padded shapes
-  chosen for the data, `jax_rcnn.data.buckets`) instead of one compile per batch shape.
+  res2-res5; 0 for a plain ResNet, C4 and DC5, which Detectron2 does not pad to a multiple).
+  Training uses `input.auto_buckets` (at most `input.max_buckets` padded shapes chosen for the
+  data, `jax_rcnn.data.buckets`) instead of one compile per batch shape.
+* `MODEL.BACKBONE.NAME` / `MODEL.ROI_HEADS.NAME` choose the layout of
+  `configs.common.base_config` (FPN; C4 = `build_resnet_backbone` + `Res5ROIHeads`; DC5 =
+  `build_resnet_backbone` + `StandardROIHeads`); the keys a layout does not read (C4:
+  `MODEL.FPN.*`, the box-head layers, the mask pooler) are dropped, as Detectron2 ignores them.
 * `DATASETS.TRAIN` / `TEST` become `config.data.train.name` / `test.name`: a Detectron2 builtin
   name resolves to its files under `$DETECTRON2_DATASETS` (`jax_rcnn.data.builtin`) unless
   `config.data.<split>.json/.images` are set.
@@ -95,6 +100,10 @@ BACKBONE_TOP_BLOCKS = {
     "build_resnet_fpn_backbone": "LastLevelMaxPool",
     "build_retinanet_resnet_fpn_backbone": "LastLevelP6P7",
 }
+# MODEL.BACKBONE.NAME of a plain ResNet (C4, DC5): its `RESNETS.OUT_FEATURES` are the features.
+PLAIN_BACKBONE = "build_resnet_backbone"
+BACKBONE_NAMES = (*BACKBONE_TOP_BLOCKS, PLAIN_BACKBONE)
+ROI_HEADS_NAMES = ("StandardROIHeads", "Res5ROIHeads")
 LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 CLIP_TYPES = ("value", "norm")
@@ -465,6 +474,7 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MODEL.RPN.POST_NMS_TOPK_TRAIN": ("model.rpn.post_nms_topk_train", _int),
     "MODEL.RPN.POST_NMS_TOPK_TEST": ("model.rpn.post_nms_topk_test", _int),
     "MODEL.RPN.NMS_THRESH": ("model.rpn.nms_thresh", _float),
+    "MODEL.ROI_HEADS.NAME": ("model.roi_heads.name", _str),
     "MODEL.ROI_HEADS.NUM_CLASSES": ("model.roi_heads.num_classes", _int),
     "MODEL.ROI_HEADS.IN_FEATURES": ("model.roi_heads.in_features", _strs),
     "MODEL.ROI_HEADS.IOU_THRESHOLDS": ("model.roi_heads.iou_thresholds", _floats),
@@ -589,16 +599,18 @@ def _mask_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
     return not cfg["MODEL.MASK_ON"] or v == "MaskRCNNConvUpsampleHead"
 
 
+def _box_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
+    # Res5ROIHeads has no box head: res5 is the head (C4 configs leave the name "").
+    return cfg["MODEL.ROI_HEADS.NAME"] == "Res5ROIHeads" or v == "FastRCNNConvFCHead"
+
+
 # Keys that select a feature: (accepts(value, flat d2 config), what jax_rcnn supports).
 _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
     "MODEL.META_ARCHITECTURE": (_one_of(*META_ARCHITECTURES), f"one of {META_ARCHITECTURES}"),
     "MODEL.LOAD_PROPOSALS": (_one_of(False), "false (precomputed proposals are not supported)"),
     "MODEL.KEYPOINT_ON": (_one_of(False), "false (no keypoint head)"),
     "MODEL.MASK_ON": (_mask_on, "false for RetinaNet and ProposalNetwork (no mask head)"),
-    "MODEL.BACKBONE.NAME": (
-        _one_of(*BACKBONE_TOP_BLOCKS),
-        f"one of {tuple(BACKBONE_TOP_BLOCKS)}",
-    ),
+    "MODEL.BACKBONE.NAME": (_one_of(*BACKBONE_NAMES), f"one of {BACKBONE_NAMES}"),
     "MODEL.RETINANET.NORM": (_one_of("", "GN"), "'' or 'GN' (per-level BN is not implemented)"),
     "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": (
         _one_of(*RETINANET_BBOX_REG_LOSS_TYPES),
@@ -612,8 +624,11 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
     "MODEL.PROPOSAL_GENERATOR.NAME": (_one_of("RPN"), "'RPN'"),
     "MODEL.ANCHOR_GENERATOR.NAME": (_one_of("DefaultAnchorGenerator"), "'DefaultAnchorGenerator'"),
     "MODEL.RPN.HEAD_NAME": (_one_of("StandardRPNHead"), "'StandardRPNHead'"),
-    "MODEL.ROI_HEADS.NAME": (_one_of("StandardROIHeads"), "'StandardROIHeads'"),
-    "MODEL.ROI_BOX_HEAD.NAME": (_one_of("FastRCNNConvFCHead"), "'FastRCNNConvFCHead'"),
+    "MODEL.ROI_HEADS.NAME": (_one_of(*ROI_HEADS_NAMES), f"one of {ROI_HEADS_NAMES}"),
+    "MODEL.ROI_BOX_HEAD.NAME": (
+        _box_head_name,
+        "'FastRCNNConvFCHead' (unless MODEL.ROI_HEADS.NAME is 'Res5ROIHeads')",
+    ),
     "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES": (_one_of(False), "false"),
     "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": (_one_of(False), "false (no federated loss)"),
     "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": (_one_of(False), "false (softmax cross-entropy)"),
@@ -936,6 +951,31 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _d2_layout(d2: Mapping[str, Any]) -> str:
+    """`configs.common.base_config`'s layout of a Detectron2 config: "FPN", "C4" (plain ResNet
+    + Res5ROIHeads) or "DC5" (plain ResNet + StandardROIHeads)."""
+    if d2["MODEL.BACKBONE.NAME"] != PLAIN_BACKBONE or d2["MODEL.META_ARCHITECTURE"] == "RetinaNet":
+        return "FPN"
+    return "C4" if d2["MODEL.ROI_HEADS.NAME"] == "Res5ROIHeads" else "DC5"
+
+
+def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def layout(config: ml_collections.ConfigDict) -> str:
+    """ "FPN", "C4" (plain ResNet + `Res5ROIHeads`) or "DC5" (plain ResNet + StandardROIHeads)."""
+    m = config.model
+    if m.backbone.name != PLAIN_BACKBONE or "roi_heads" not in m:
+        return "FPN"
+    return "C4" if m.roi_heads.get("name") == "Res5ROIHeads" else "DC5"
+
+
 def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     """Translates a Detectron2 YAML config into a jax_rcnn config with the same values.
 
@@ -970,10 +1010,12 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     if problems:
         raise ValueError(f"Detectron2 config {path}:\n  " + "\n  ".join(problems))
 
-    config = _common().base_config(mask_on=bool(d2["MODEL.MASK_ON"]), meta_architecture=meta)
+    config = _common().base_config(
+        mask_on=bool(d2["MODEL.MASK_ON"]), meta_architecture=meta, layout=_d2_layout(d2)
+    )
     for key, (ours, convert) in _MAPPED.items():
-        if _other_meta_arch_key(key, meta):
-            continue
+        if _other_meta_arch_key(key, meta) or not _has_key(config, ours):
+            continue  # a key this layout does not read (C4: FPN, box-head layers, ...)
         try:
             _set(config, ours, convert(d2[key]))
         except (TypeError, ValueError) as e:
@@ -987,7 +1029,8 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     config.data.test.name = "+".join(str(n) for n in d2["DATASETS.TEST"])
     config.input.pad_mode = "size_divisibility"
     config.input.auto_buckets = True
-    last = config.model.fpn.in_features[-1] if config.model.fpn.in_features else "res5"
+    fpn_in = config.model.fpn.in_features if "fpn" in config.model else ()
+    last = fpn_in[-1] if fpn_in else None
     if last in FPN_LEVELS:
         config.input.size_divisibility = 2 ** int(last[3:])
     config.lock()
@@ -1113,8 +1156,9 @@ def _check_buckets(c: _Checker) -> None:
     buckets = tuple(tuple(b) for b in inp.buckets)
     ok = all(len(b) == 2 and all(_is_int(x) and x > 0 for x in b) for b in buckets)
     c.require(bool(buckets) and ok, "input.buckets", "must be a non-empty list of (H, W) ints")
-    if not (buckets and ok and _is_int(d) and d >= 1):
+    if not (buckets and ok and _is_int(d) and d >= 0):
         return
+    d = max(d, 1)  # 0: no padding multiple (a plain ResNet)
     for b in buckets:
         ok = b[0] % d == 0 and b[1] % d == 0
         c.require(ok, "input.buckets", f"bucket {b} is not a multiple of size_divisibility={d}")
@@ -1175,7 +1219,9 @@ def _check_no_effect(c: _Checker) -> None:
     # A mask_on other families reject is reported by their own check, naming the key.
     mask_on = bool(m.mask_on) and m.meta_architecture == "GeneralizedRCNN"
     defaults = _Checker(
-        _common().base_config(mask_on=mask_on, meta_architecture=m.meta_architecture)
+        _common().base_config(
+            mask_on=mask_on, meta_architecture=m.meta_architecture, layout=layout(c.config)
+        )
     )
     for key, unused, decider in _NO_EFFECT_UNLESS:
         try:  # a key this config family does not have is not checked
@@ -1204,7 +1250,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     c = _Checker(config)
     m = config.model
     c.one_of("model.meta_architecture", META_ARCHITECTURES)
-    c.one_of("model.backbone.name", tuple(BACKBONE_TOP_BLOCKS))
+    c.one_of("model.backbone.name", BACKBONE_NAMES)
 
     # Backbone: the asserts of Detectron2's `build_resnet_backbone` and FPN.
     r = m.resnets
@@ -1217,8 +1263,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     c.one_of("model.resnets.res5_dilation", (1, 2))
     for key in ("num_groups", "width_per_group", "stem_out_channels", "res2_out_channels"):
         c.int_at_least(f"model.resnets.{key}", 1)
-    for key in ("resnets", "fpn"):
-        c.one_of(f"model.{key}.norm", NORMS)
+    c.one_of("model.resnets.norm", NORMS)
     c.one_of("model.backbone.freeze_at", range(6))
     out_features = tuple(r.out_features)
     c.require(
@@ -1226,6 +1271,44 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "model.resnets.out_features",
         f"must be a non-empty subset of {FPN_LEVELS}",
     )
+    plain = m.backbone.name == PLAIN_BACKBONE
+    if plain:
+        c.require("fpn" not in m, "model.backbone.name", "a plain ResNet has no model.fpn keys")
+        c.require(
+            m.meta_architecture != "RetinaNet",
+            "model.backbone.name",
+            f"RetinaNet needs an FPN backbone {tuple(BACKBONE_TOP_BLOCKS)}",
+        )
+        # The features are the ResNet stages themselves; no padding multiple is needed.
+        fpn_out, stride = out_features, None
+    else:
+        c.require("fpn" in m, "model.backbone.name", "an FPN backbone needs the model.fpn keys")
+        fpn_out, stride = _check_fpn(c, out_features) if "fpn" in m else ((), 32)
+    c.one_of("model.kernels", KERNELS)
+    c.require(len(m.pixel_mean) == 3, "model.pixel_mean", "needs 3 values (one per channel)")
+    ok = len(m.pixel_std) == 3 and all(s > 0 for s in m.pixel_std)
+    c.require(ok, "model.pixel_std", "needs 3 positive values")
+
+    if m.meta_architecture == "RetinaNet":
+        head_in = tuple(m.retinanet.in_features)
+        _check_retinanet(c, fpn_out)
+    elif m.meta_architecture == "ProposalNetwork":
+        head_in = tuple(m.rpn.in_features)
+        c.require(not m.mask_on, "model.mask_on", "ProposalNetwork has no mask head")
+        _check_rpn(c, fpn_out)
+    else:
+        head_in = tuple(m.rpn.in_features)
+        _check_rpn(c, fpn_out)
+        _check_roi_heads(c, fpn_out)
+    _check_anchors(c, head_in)
+    _check_rest(c, stride=stride)
+
+
+def _check_fpn(c: _Checker, out_features: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
+    """The FPN keys; returns (FPN outputs, largest input stride)."""
+    m = c.config.model
+    r = m.resnets
+    c.one_of("model.fpn.norm", NORMS)
     fpn_in = tuple(m.fpn.in_features)
     consecutive = any(fpn_in == FPN_LEVELS[i : i + len(fpn_in)] for i in range(len(FPN_LEVELS)))
     c.require(
@@ -1250,31 +1333,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     levels = [int(f[3:]) for f in fpn_in if f in FPN_LEVELS]
     num_extra = 2 if BACKBONE_TOP_BLOCKS.get(m.backbone.name) == "LastLevelP6P7" else 1
     extra = tuple(f"p{levels[-1] + i}" for i in range(1, num_extra + 1)) if levels else ()
-    fpn_out = tuple(f"p{k}" for k in levels) + extra
     if num_extra == 2:
         c.require(
             "res5" in out_features,
             "model.resnets.out_features",
             "must include res5: LastLevelP6P7 builds p6 from C5",
         )
-    c.one_of("model.kernels", KERNELS)
-    c.require(len(m.pixel_mean) == 3, "model.pixel_mean", "needs 3 values (one per channel)")
-    ok = len(m.pixel_std) == 3 and all(s > 0 for s in m.pixel_std)
-    c.require(ok, "model.pixel_std", "needs 3 positive values")
-
-    if m.meta_architecture == "RetinaNet":
-        head_in = tuple(m.retinanet.in_features)
-        _check_retinanet(c, fpn_out)
-    elif m.meta_architecture == "ProposalNetwork":
-        head_in = tuple(m.rpn.in_features)
-        c.require(not m.mask_on, "model.mask_on", "ProposalNetwork has no mask head")
-        _check_rpn(c, fpn_out)
-    else:
-        head_in = tuple(m.rpn.in_features)
-        _check_rpn(c, fpn_out)
-        _check_roi_heads(c, fpn_out)
-    _check_anchors(c, head_in)
-    _check_rest(c, stride=2 ** levels[-1] if levels else 32)
+    return tuple(f"p{k}" for k in levels) + extra, 2 ** levels[-1] if levels else 32
 
 
 def _check_anchors(c: _Checker, head_in: tuple[str, ...]) -> None:
@@ -1331,7 +1396,7 @@ def _check_rpn(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     m = c.config.model
     rpn_in = tuple(m.rpn.in_features)
     ok = len(rpn_in) > 0 and set(rpn_in) <= set(fpn_out)
-    c.require(ok, "model.rpn.in_features", f"must be a non-empty subset of FPN outputs {fpn_out}")
+    c.require(ok, "model.rpn.in_features", f"must be a non-empty subset of the features {fpn_out}")
     rpn = m.rpn
     c.sampled_matcher("model.rpn")
     c.box_regression("model.rpn")
@@ -1357,11 +1422,22 @@ def _check_roi_heads(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     """`GeneralizedRCNN`'s ROI-head keys."""
     m = c.config.model
     c.int_at_least("model.roi_heads.num_classes", 1)
-    for key in ("roi_box_head", "roi_mask_head"):
-        c.one_of(f"model.{key}.norm", NORMS)
+    c.one_of("model.roi_heads.name", ROI_HEADS_NAMES)
+    res5_heads = m.roi_heads.get("name") == "Res5ROIHeads"
     roi_in = tuple(m.roi_heads.in_features)
     ok = len(roi_in) > 0 and set(roi_in) <= set(fpn_out)
-    c.require(ok, "model.roi_heads.in_features", f"must be a subset of FPN outputs {fpn_out}")
+    c.require(ok, "model.roi_heads.in_features", f"must be a subset of the features {fpn_out}")
+    c.one_of("model.roi_mask_head.norm", NORMS)
+    if res5_heads:  # Detectron2's Res5ROIHeads asserts one input feature; res5 reads res4
+        plain = m.backbone.name == PLAIN_BACKBONE
+        c.require(plain, "model.backbone.name", f"Res5ROIHeads needs {PLAIN_BACKBONE!r}")
+        ok = roi_in == ("res4",)
+        c.require(ok, "model.roi_heads.in_features", "Res5ROIHeads needs ('res4',)")
+        c.require(
+            m.resnets.depth not in (18, 34),
+            "model.resnets.depth",
+            "Res5ROIHeads builds bottleneck blocks (R50 or deeper)",
+        )
     c.sampled_matcher("model.roi_heads")
     c.number_in("model.roi_heads.score_thresh_test", 0, 1)
     c.number_in("model.roi_heads.nms_thresh_test", 0, 1)
@@ -1369,6 +1445,21 @@ def _check_roi_heads(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     c.box_regression("model.roi_box_head")
     c.number_in("model.roi_box_head.smooth_l1_beta", 0, math.inf)
     c.number_in("model.roi_box_head.bbox_reg_loss_weight", 0, math.inf)
+    c.pooler("model.roi_box_head")
+    c.int_at_least("model.roi_mask_head.num_conv", 0)
+    c.int_at_least("model.roi_mask_head.conv_dim", 1)
+    c.int_at_least("model.roi_mask_head.num_sampled_masks", 0)
+    if res5_heads:
+        return  # no box-head layers, and the mask head reads the res5 output (no pooler)
+    if "num_fc" not in bh or "pooler_type" not in m.roi_mask_head:
+        c.require(
+            False,
+            "model.roi_heads.name",
+            "StandardROIHeads needs the box-head layer and mask-pooler keys, which a C4 config "
+            "does not have (build it with configs.common.base_config(layout='DC5' or 'FPN'))",
+        )
+        return
+    c.one_of("model.roi_box_head.norm", NORMS)
     c.int_at_least("model.roi_box_head.num_conv", 0)
     c.int_at_least("model.roi_box_head.num_fc", 0)
     c.require(
@@ -1378,15 +1469,12 @@ def _check_roi_heads(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     )
     c.int_at_least("model.roi_box_head.conv_dim", 1)
     c.int_at_least("model.roi_box_head.fc_dim", 1)
-    c.pooler("model.roi_box_head")
-    c.int_at_least("model.roi_mask_head.num_conv", 0)
-    c.int_at_least("model.roi_mask_head.conv_dim", 1)
-    c.int_at_least("model.roi_mask_head.num_sampled_masks", 0)
     c.pooler("model.roi_mask_head")
 
 
-def _check_rest(c: _Checker, stride: int) -> None:
-    """Input, data, solver and test keys (every meta-architecture)."""
+def _check_rest(c: _Checker, stride: int | None) -> None:
+    """Input, data, solver and test keys (every meta-architecture); `stride`: the FPN's largest
+    input stride, None for a plain ResNet (any `size_divisibility` >= 0)."""
     config = c.config
     inp = config.input
     c.one_of("input.format", INPUT_FORMATS)
@@ -1400,11 +1488,14 @@ def _check_rest(c: _Checker, stride: int) -> None:
     for key in ("max_size_train", "min_size_test", "max_size_test", "max_gt", "gt_mask_size"):
         c.int_at_least(f"input.{key}", 1)
     c.one_of("input.pad_mode", PAD_MODES)
-    c.require(
-        _is_int(inp.size_divisibility) and inp.size_divisibility % stride == 0,
-        "input.size_divisibility",
-        f"must be a multiple of the FPN's largest input stride {stride}",
-    )
+    if stride is None:
+        c.int_at_least("input.size_divisibility", 0)
+    else:
+        c.require(
+            _is_int(inp.size_divisibility) and inp.size_divisibility % stride == 0,
+            "input.size_divisibility",
+            f"must be a multiple of the FPN's largest input stride {stride}",
+        )
     if inp.pad_mode == "buckets":
         _check_buckets(c)
     c.require(isinstance(inp.auto_buckets, bool), "input.auto_buckets", "must be a bool")

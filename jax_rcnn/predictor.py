@@ -17,7 +17,8 @@ The test path is Detectron2's: ResizeShortestEdge(min_size_test, max_size_test) 
 bilinear filter on uint8, normalisation inside the model, zero padding after normalisation, then
 `detector_postprocess` and `paste_masks_in_image` (threshold 0.5) back to the original image.
 Padding follows `config.input.pad_mode`: "buckets" (a short fixed list of padded shapes, one
-compile each) or "size_divisibility" (Detectron2's multiple of 32, one compile per shape).
+compile each) or "size_divisibility" (Detectron2's multiple of 32, one compile per shape; C4 and
+DC5 have `size_divisibility = 0`: no padding at all, as Detectron2).
 """
 
 from __future__ import annotations

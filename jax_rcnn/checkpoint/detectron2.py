@@ -48,6 +48,7 @@ import numpy as np
 from flax import traverse_util
 
 from jax_rcnn import modeling
+from jax_rcnn.config import layout as cfg_layout
 
 _LEAF_TO_D2 = {
     ("params", "kernel"): "weight",
@@ -96,10 +97,13 @@ def _d2_name(collection: str, path: tuple[str, ...]) -> str:
 
 def _flat_input_chw(config) -> tuple[tuple[tuple[str, ...], ...], tuple[int, int, int] | None]:
     """Module paths whose dense kernel reads the flattened pooled map, and that map's (C,S,S)."""
-    if config.model.meta_architecture != "GeneralizedRCNN":
-        return (), None  # no fully connected layer on pooled features
-    bh = config.model.roi_box_head
-    c = bh.conv_dim if bh.num_conv else config.model.fpn.out_channels
+    m = config.model
+    if m.meta_architecture != "GeneralizedRCNN" or modeling.roi_heads_name(config) != (
+        "StandardROIHeads"
+    ):
+        return (), None  # no fully connected layer on pooled features (C4: a spatial mean)
+    bh = m.roi_box_head
+    c = bh.conv_dim if bh.num_conv else pooled_channels(config)
     s = bh.pooler_resolution
     if bh.num_fc:
         modules = (("roi_heads", "box_head", "fc1"),)
@@ -109,6 +113,16 @@ def _flat_input_chw(config) -> tuple[tuple[tuple[str, ...], ...], tuple[int, int
             ("roi_heads", "box_predictor", "bbox_pred"),
         )
     return modules, (c, s, s)
+
+
+def pooled_channels(config) -> int:
+    """Channels of the feature the ROI heads pool: the FPN width, or the ResNet stage's
+    (`res2_out_channels * 2 ** (stage - 2)`: 2048 for DC5's res5, 1024 for C4's res4)."""
+    m = config.model
+    if "fpn" in m:
+        return m.fpn.out_channels
+    stage = int(m.roi_heads.in_features[0][len("res") :])
+    return m.resnets.res2_out_channels * 2 ** (stage - 2)
 
 
 _TABLE_CACHE: dict[str, tuple[Entry, ...]] = {}
@@ -239,18 +253,18 @@ def describe_config(config) -> str:
             f"fpn.out_channels={m.fpn.out_channels}, num_classes={m.retinanet.num_classes}, "
             f"num_convs={m.retinanet.num_convs}"
         )
+    kind = {"FPN": "FPN", "C4": "C4 (Res5ROIHeads)", "DC5": "DC5"}[cfg_layout(config)]
+    neck = f"fpn.out_channels={m.fpn.out_channels}, " if "fpn" in m else ""
     backbone = (
-        f"R{r.depth}-FPN (norm={r.norm!r}, stem={r.stem_out_channels}, "
+        f"R{r.depth}-{kind} (norm={r.norm!r}, stem={r.stem_out_channels}, "
         f"res2_out={r.res2_out_channels}, width_per_group={r.width_per_group}, "
-        f"num_groups={r.num_groups}), fpn.out_channels={m.fpn.out_channels}"
+        f"num_groups={r.num_groups}), {neck}"
     )
     if m.meta_architecture == "ProposalNetwork":
-        return f"ProposalNetwork (RPN only, no roi_heads.*) {backbone}"
-    return (
-        f"{backbone}, "
-        f"num_classes={m.roi_heads.num_classes}, box fc_dim={m.roi_box_head.fc_dim}, "
-        f"mask_on={m.mask_on}"
-        + (f" (mask conv_dim={m.roi_mask_head.conv_dim})" if m.mask_on else "")
+        return f"ProposalNetwork (RPN only, no roi_heads.*) {backbone.rstrip(', ')}"
+    box = f", box fc_dim={m.roi_box_head.fc_dim}" if "fc_dim" in m.roi_box_head else ""
+    return f"{backbone}num_classes={m.roi_heads.num_classes}{box}, mask_on={m.mask_on}" + (
+        f" (mask conv_dim={m.roi_mask_head.conv_dim})" if m.mask_on else ""
     )
 
 
@@ -258,7 +272,7 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
     """Best-effort architecture of a state dict (depth, classes, mask head)."""
     blocks = {}
     for n in names:
-        mt = re.match(r"backbone\.bottom_up\.res(\d)\.(\d+)\.", n)
+        mt = re.match(r"(?:backbone\.bottom_up|backbone|roi_heads)\.res(\d)\.(\d+)\.", n)
         if mt:
             s = int(mt.group(1))
             blocks[s] = max(blocks.get(s, 0), int(mt.group(2)) + 1)
@@ -269,6 +283,12 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
         parts.append("GeneralizedRCNN (proposal_generator.*, roi_heads.*)")
     elif any(n.startswith("proposal_generator.") for n in names):
         parts.append("ProposalNetwork (proposal_generator.*, no roi_heads.*)")
+    if any(n.startswith("backbone.bottom_up.") for n in names):
+        parts.append("FPN backbone (backbone.bottom_up.*, backbone.fpn_*)")
+    elif any(n.startswith("backbone.res") for n in names):
+        parts.append("plain ResNet backbone (backbone.res*, no FPN: C4 or DC5)")
+    if any(n.startswith("roi_heads.res5.") for n in names):
+        parts.append("Res5ROIHeads (roi_heads.res5.*: C4)")
     counts = tuple(blocks.get(s, 0) for s in (2, 3, 4, 5))
     depth = {(3, 4, 6, 3): "R50 or R34", (3, 4, 23, 3): "R101", (3, 8, 36, 3): "R152"}.get(counts)
     parts.append(f"blocks per stage res2..res5 {counts}" + (f" ({depth})" if depth else ""))
@@ -312,6 +332,19 @@ def _mismatch_error(
     """The error of a conversion whose names do not match the config: `header`, then listings."""
     listings = zip(titles, (missing, unexpected, misshaped), strict=True)
     return ValueError("\n".join(header + [_listing(t, items) for t, items in listings if items]))
+
+
+def _first_mismatch(given: list[str], expected: list[str], missing, unexpected, misshaped) -> str:
+    """The first name, in checkpoint order (then the config's), that is unexpected, missing or
+    mis-shaped; e.g. `backbone.res2.0.conv1.weight (unexpected)` for a C4 checkpoint loaded
+    into an FPN config."""
+    bad_shape = {m.split(":")[0]: m for m in misshaped}
+    for n in given:
+        if n in unexpected:
+            return f"{n} (unexpected in the checkpoint)"
+        if n in bad_shape:
+            return f"{bad_shape[n]} (wrong shape)"
+    return f"{next(n for n in expected if n in missing)} (missing from the checkpoint)"
 
 
 def _flatten_variables(variables: dict[str, Any]) -> dict[tuple[str, ...], Any]:
@@ -372,9 +405,11 @@ def convert_detectron2_to_flax(
     ]
     if missing or unexpected or misshaped:
         looks_like = _describe_checkpoint(set(given), {k: tuple(v.shape) for k, v in given.items()})
+        first = _first_mismatch(list(given), list(by_name), missing, unexpected, misshaped)
         raise _mismatch_error(
             [
                 f"Detectron2 checkpoint does not match the config: {describe_config(config)}",
+                f"  first mismatched key: {first}",
                 f"  checkpoint looks like: {looks_like}",
             ],
             missing,
@@ -435,21 +470,30 @@ _MSRA_BRANCH = {
 _MSRA_NORM_SUFFIX = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
 
 
+_RESNET_PREFIXES = ("backbone.bottom_up.", "backbone.", "roi_heads.")
+_RESNET_MODULE = re.compile(r"^(stem\.conv1|res\d\.\d+)\.")
+
+
 def msra_name(d2_name: str, norm: str = "FrozenBN") -> str | None:
-    """Caffe2 name of a `backbone.bottom_up.*` Detectron2 name (None for other names).
+    """Caffe2 name of a ResNet Detectron2 name (None for other names).
 
     The inverse of Detectron2's `convert_basic_c2_names` on ResNet names, e.g.
     `backbone.bottom_up.stem.conv1.weight` -> `conv1_w`,
     `backbone.bottom_up.stem.conv1.norm.bias` -> `res_conv1_bn_b`,
     `backbone.bottom_up.res2.0.conv1.norm.weight` -> `res2_0_branch2a_bn_s`,
-    `backbone.bottom_up.res3.0.shortcut.weight` -> `res3_0_branch1_w`.
+    `backbone.bottom_up.res3.0.shortcut.weight` -> `res3_0_branch1_w`. A plain ResNet
+    backbone (C4, DC5) has no `bottom_up.` (`backbone.res2.0...`), and C4's ROI head is res5
+    (`roi_heads.res5.0.conv1.weight` -> `res5_0_branch2a_w`, as Detectron2 matches it by
+    suffix).
 
     Args:
       d2_name: Detectron2 name.
       norm: the layer's norm; "GN" uses Caffe2's `_gn_` names, the others `_bn_`.
     """
-    prefix = "backbone.bottom_up."
-    if not d2_name.startswith(prefix):
+    prefix = next((p for p in _RESNET_PREFIXES if d2_name.startswith(p)), None)
+    if prefix is None or not _RESNET_MODULE.match(d2_name[len(prefix) :]):
+        return None
+    if prefix == "roi_heads." and not d2_name.startswith("roi_heads.res5."):
         return None
     parts = d2_name[len(prefix) :].split(".")
     bn = "gn" if norm == "GN" else "bn"
@@ -475,7 +519,8 @@ def convert_msra_backbone_to_flax(
     Norm statistics absent from the pickle (MSRA files carry only `_bn_s` / `_bn_b`, already
     folded) take Detectron2's defaults: running_mean 0 and running_var `1 - eps` for FrozenBN
     (so scale == weight), 0 and 1 for BN. The ImageNet classifier (`fc1000_*`, `pred_*`) is
-    ignored; the FPN and heads keep their values from `variables`.
+    ignored; the FPN and heads keep their values from `variables`. C4's ROI head (res5) is
+    initialised from the pickle's `res5_*` too, as Detectron2 does.
 
     Args:
       c2_weights: `{caffe2 name: ndarray}` from `load_detectron2_pkl`.
@@ -483,13 +528,13 @@ def convert_msra_backbone_to_flax(
       variables: initialised variables of the whole model (not modified).
 
     Returns:
-      New variables, backbone/bottom_up replaced.
+      New variables, the ResNet (backbone, and C4's `roi_heads/res5_*`) replaced.
 
     Raises:
       ValueError: missing, unexpected or mis-shaped backbone names (all listed).
     """
     norm = config.model.resnets.norm
-    entries = [e for e in name_table(config) if e.d2_name.startswith("backbone.bottom_up.")]
+    entries = [e for e in name_table(config) if msra_name(e.d2_name, norm) is not None]
     optional = {"running_mean": 0.0, "running_var": None}
     used, missing, misshaped, values = set(), [], [], {}
     for e in entries:

@@ -7,8 +7,9 @@ The folder reads like the model zoo:
 | `common.py` | bound networks (`Networks`), normalisation, the backbone stage, first-slot runs |
 | `rpn.py` | the RPN stage: head, anchor targets and losses, proposals |
 | `roi_heads.py` | the ROI-head stages: ROI sampling, pooling, box head, mask head |
+| `res5_roi_heads.py` | C4's ROI-head stages (`Res5ROIHeads`): res5 as the head on 14x14 pools |
 | `dense_head.py` | the one-stage dense head: anchor labels, focal/box losses, decoding |
-| `rcnn.py` | Faster / Mask R-CNN (`GeneralizedRCNN`) |
+| `rcnn.py` | Faster / Mask R-CNN (`GeneralizedRCNN`; ROI heads by `model.roi_heads.name`) |
 | `retinanet.py` | RetinaNet |
 | `proposal_network.py` | RPN-only proposal models (`ProposalNetwork`) |
 

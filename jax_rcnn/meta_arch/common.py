@@ -60,8 +60,12 @@ class Networks:
         self.state.update(values)
 
 
-def feature_stride(name: str) -> int:
-    """Stride of a pyramid level name: "p2" -> 4, ..., "p7" -> 128."""
+def feature_stride(name: str, res5_dilation: int = 1) -> int:
+    """Stride of a feature name: pyramid levels "p2" -> 4, ..., "p7" -> 128; ResNet stages
+    "res2" -> 4, ..., "res5" -> 32, or 16 with `res5_dilation=2` (DC5)."""
+    if name.startswith("res"):
+        stage = int(name[3:])
+        return 2 ** (stage - 1) if stage == 5 and res5_dilation == 2 else 2**stage
     return 2 ** int(name[1:])
 
 

@@ -1,8 +1,9 @@
 """Faster / Mask R-CNN (`GeneralizedRCNN`): backbone -> RPN -> ROI heads, top to bottom.
 
 **Parity:** Detectron2's `GeneralizedRCNN` (`modeling/meta_arch/rcnn.py`) with `RPN` and
-`StandardROIHeads`; each stage's parity notes are in `meta_arch/rpn.py` and
-`meta_arch/roi_heads.py`. Every variable-length set is padded to a static size with a
+`StandardROIHeads` (FPN, DC5) or `Res5ROIHeads` (C4), chosen by `config.model.roi_heads.name`;
+each stage's parity notes are in `meta_arch/rpn.py`, `meta_arch/roi_heads.py` and
+`meta_arch/res5_roi_heads.py`. Every variable-length set is padded to a static size with a
 `*_valid` mask. In training, proposals and targets carry no gradient (Detectron2's approximate
 joint training).
 """
@@ -13,8 +14,11 @@ from typing import Any
 
 import jax
 
-from jax_rcnn.meta_arch import roi_heads, rpn
+from jax_rcnn.meta_arch import res5_roi_heads, roi_heads, rpn
 from jax_rcnn.meta_arch.common import Networks, backbone_features, detection_outputs
+
+# `MODEL.ROI_HEADS.NAME` -> its stages (`sample_rois`, `losses`, `detect_boxes`, `mask_probs`).
+ROI_HEADS = {"StandardROIHeads": roi_heads, "Res5ROIHeads": res5_roi_heads}
 
 GT_KEYS = ("image_size", "gt_boxes", "gt_classes", "gt_valid", "gt_masks")
 
@@ -34,7 +38,8 @@ def inference(
     Args:
       model: the networks (`jax_rcnn.modeling.build_model(config)`).
       variables: their variables (`params`, `frozen`, ...).
-      images: `u8|f32[B, H, W, 3]` BGR, resized, padded bottom/right (H, W multiples of 32).
+      images: `u8|f32[B, H, W, 3]` BGR, resized, padded bottom/right (FPN: H, W multiples of
+        32; C4 and DC5 need no multiple).
       image_sizes: `i32[B, 2]` (h, w) of each resized image before padding.
       original_sizes: `i32[B, 2]` (H0, W0) of the original images (`detector_postprocess`).
       config: the jax_rcnn config.
@@ -50,16 +55,17 @@ def inference(
     """
     backend = backend or config.model.kernels
     nets = Networks(model, variables)
+    heads = roi_heads_stages(config)
 
     features = backbone_features(config, nets, images, image_sizes)
     rpn_out = rpn.rpn_head(config, nets, features)
     props = rpn.select_proposals(config, rpn_out, image_sizes, training=False, backend=backend)
-    dets = roi_heads.detect_boxes(config, nets, features, props, image_sizes, backend)
+    dets = heads.detect_boxes(config, nets, features, props, image_sizes, backend)
 
     out = detection_outputs(dets, image_sizes, original_sizes)
     out.update(proposal_boxes=props.boxes, proposal_logits=props.logits, proposal_valid=props.valid)
     if config.model.mask_on:
-        out["mask_probs"] = roi_heads.mask_probs(config, nets, features, dets, backend)
+        out["mask_probs"] = heads.mask_probs(config, nets, features, dets, backend)
     return out
 
 
@@ -102,23 +108,30 @@ def forward_train(
     gt = {k: batch[k] for k in GT_KEYS if k in batch}
     anchor_key, roi_key = jax.random.split(key)
     nets = Networks(model, variables, mutable)
+    heads = roi_heads_stages(config)
 
     features = backbone_features(config, nets, batch["image"], gt["image_size"])
     rpn_out = rpn.rpn_head(config, nets, features)
     losses, rpn_labels = rpn.rpn_losses(config, rpn_out, gt, anchor_key)
     props = rpn.select_proposals(config, rpn_out, gt["image_size"], training=True, backend=backend)
-    rois = roi_heads.sample_rois(config, props, gt, roi_key)
-    losses.update(roi_heads.box_losses(config, nets, features, rois, backend))
-    aux = dict(rpn_labels=rpn_labels, proposals=props, rois=rois, all_finite=props.all_finite)
-    if config.model.mask_on:
-        mask_key = jax.random.fold_in(roi_key, 1)
-        mask_loss, mask_aux = roi_heads.mask_losses(
-            config, nets, features, rois, gt, mask_key, backend
-        )
-        losses.update(mask_loss)
-        aux.update(mask_aux)
+    rois = heads.sample_rois(config, props, gt, roi_key)
+    roi_losses, aux = heads.losses(config, nets, features, rois, gt, roi_key, backend)
+    losses.update(roi_losses)
+    aux.update(rpn_labels=rpn_labels, proposals=props, rois=rois, all_finite=props.all_finite)
     aux["updates"] = nets.mutable_state()
     return losses, aux
+
+
+def roi_heads_stages(config):
+    """The stage module of `config.model.roi_heads.name` (`ROI_HEADS`).
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    name = config.model.roi_heads.get("name", "StandardROIHeads")
+    if name not in ROI_HEADS:
+        raise ValueError(f"config.model.roi_heads.name = {name!r}: not one of {sorted(ROI_HEADS)}")
+    return ROI_HEADS[name]
 
 
 def initial_loss_state(config) -> dict[str, Any]:

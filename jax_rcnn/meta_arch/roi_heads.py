@@ -22,18 +22,22 @@ import jax.numpy as jnp
 from jax_rcnn import boxes as box_ops
 from jax_rcnn import losses as loss_ops
 from jax_rcnn import poolers, postprocess, proposals, targets
-from jax_rcnn.meta_arch.common import Networks, run_on_first_slots
+from jax_rcnn.meta_arch.common import Networks, feature_stride, run_on_first_slots
 
 
 def pool(config, features: dict[str, jax.Array], boxes: jax.Array, head, backend: str):
     """`boxes f32[B, R, 4]` pooled on `config.model.roi_heads.in_features` with the pooler of
     `head` (`model.roi_box_head` or `model.roi_mask_head`: its `pooler_type`, resolution and
-    sampling ratio): `f32[B, R, S, S, C]`."""
+    sampling ratio): `f32[B, R, S, S, C]`.
+
+    One input feature (C4's res4, DC5's res5, both stride 16) takes every box at scale
+    1/stride, as Detectron2's single-level `ROIPooler`."""
     names = tuple(config.model.roi_heads.in_features)
+    stride = feature_stride(names[0], config.model.resnets.res5_dilation)
     return poolers.roi_pool(
         [features[n] for n in names],
         boxes,
-        min_level=int(names[0][1:]),
+        min_level=stride.bit_length() - 1,
         output_size=head.pooler_resolution,
         sampling_ratio=head.pooler_sampling_ratio,
         backend=backend,
@@ -64,9 +68,24 @@ def sample_rois(
 
 def box_losses(config, nets: Networks, features, rois: targets.ROITargets, backend: str):
     """Box head on the sampled ROIs: `{"loss_cls", "loss_box_reg"}` (Fast R-CNN losses)."""
-    bh = config.model.roi_box_head
-    pooled = pool(config, features, rois.proposal_boxes, bh, backend)
+    pooled = pool(config, features, rois.proposal_boxes, config.model.roi_box_head, backend)
     cls_logits, box_deltas = nets.box_head(pooled)
+    return fast_rcnn_losses(config, cls_logits, box_deltas, rois)
+
+
+def fast_rcnn_losses(config, cls_logits, box_deltas, rois: targets.ROITargets):
+    """`FastRCNNOutputLayers.losses` of the predictor outputs on the sampled ROIs.
+
+    Args:
+      config: the jax_rcnn config (`model.roi_box_head`).
+      cls_logits: `f32[B, R, K+1]`.
+      box_deltas: `f32[B, R, 4K]` (or `[B, R, 4]` class-agnostic).
+      rois: `sample_rois` output, `[B, R]`.
+
+    Returns:
+      `{"loss_cls": f32[], "loss_box_reg": f32[]}`.
+    """
+    bh = config.model.roi_box_head
     return loss_ops.fast_rcnn_losses(
         cls_logits,
         box_deltas,
@@ -96,9 +115,28 @@ def detect_boxes(
     Returns:
       `postprocess.Detections` with `config.test.detections_per_image` slots, resized frame.
     """
-    m = config.model
-    pooled = pool(config, features, props.boxes, m.roi_box_head, backend)
+    pooled = pool(config, features, props.boxes, config.model.roi_box_head, backend)
     cls_logits, box_deltas = nets.box_head(pooled)
+    return box_detections(config, cls_logits, box_deltas, props, image_sizes, backend)
+
+
+def box_detections(
+    config, cls_logits, box_deltas, props: proposals.Proposals, image_sizes, backend: str
+) -> postprocess.Detections:
+    """`FastRCNNOutputLayers.inference`: softmax, per-class decoding, threshold, per-class NMS.
+
+    Args:
+      config: the jax_rcnn config.
+      cls_logits: `f32[B, P, K+1]` of the proposals.
+      box_deltas: `f32[B, P, 4K]` (or `[B, P, 4]` class-agnostic).
+      props: `proposals.Proposals` (P slots).
+      image_sizes: `i32[B, 2]`.
+      backend: kernel backend.
+
+    Returns:
+      `postprocess.Detections` with `config.test.detections_per_image` slots, resized frame.
+    """
+    m = config.model
     box2box = box_ops.Box2BoxTransform(tuple(m.roi_box_head.bbox_reg_weights))
     return postprocess.fast_rcnn_inference(
         box2box.apply_deltas(box_deltas, props.boxes),
@@ -121,12 +159,29 @@ def mask_probs(config, nets: Networks, features, dets: postprocess.Detections, b
     `FIRST_SLOT_SIZES` (or D) holding every image's valid detections: same masks, static
     shapes, one `lax.switch` branch per size.
     """
+
+    def mask_logits(boxes):
+        return nets.mask_head(pool(config, features, boxes, config.model.roi_mask_head, backend))
+
+    return predicted_mask_probs(dets, mask_logits)
+
+
+def predicted_mask_probs(dets: postprocess.Detections, mask_logits) -> jax.Array:
+    """Sigmoid of each detection's class mask, run on the first slots holding every image's
+    valid detections (`run_on_first_slots`).
+
+    Args:
+      dets: detections, D slots (valid ones first).
+      mask_logits: `boxes f32[B, n, 4] -> f32[B, n, M, M, K]` (K = 1: class-agnostic).
+
+    Returns:
+      `f32[B, D, M, M]`, 0 in invalid slots.
+    """
     num_slots = dets.boxes.shape[1]
 
     def run_first(n):
         def branch(boxes, classes):
-            pooled = pool(config, features, boxes[:, :n], config.model.roi_mask_head, backend)
-            logits = nets.mask_head(pooled)  # [B, n, M, M, K]
+            logits = mask_logits(boxes[:, :n])  # [B, n, M, M, K]
             cls = 0 if logits.shape[-1] == 1 else classes[:, :n]
             cls = jnp.broadcast_to(jnp.asarray(cls), classes[:, :n].shape)
             logits = jnp.take_along_axis(logits, cls[:, :, None, None, None], axis=-1)
@@ -137,6 +192,39 @@ def mask_probs(config, nets: Networks, features, dets: postprocess.Detections, b
 
     probs = run_on_first_slots(dets.valid, run_first, dets.boxes, dets.classes)
     return jnp.where(dets.valid[:, :, None, None], probs, 0.0)
+
+
+def losses(
+    config,
+    nets: Networks,
+    features,
+    rois: targets.ROITargets,
+    gt: dict[str, jax.Array],
+    key: jax.Array,
+    backend: str,
+):
+    """Every ROI-head loss of `StandardROIHeads` on the sampled ROIs.
+
+    Args:
+      config: the jax_rcnn config.
+      nets: the bound networks.
+      features: the feature dict.
+      rois: `sample_rois` output, `[B, R]`, foreground first.
+      gt: `gt_boxes`, `gt_classes`, `gt_valid`[, `gt_masks`] (see `rcnn.forward_train`).
+      key: the ROI-sampling key (the mask-ROI draw uses `fold_in(key, 1)`).
+      backend: kernel backend.
+
+    Returns:
+      `(losses {"loss_cls", "loss_box_reg"[, "loss_mask"]}, aux)`, aux as `mask_losses`
+      (empty without masks).
+    """
+    out = box_losses(config, nets, features, rois, backend)
+    aux = {}
+    if config.model.mask_on:
+        mask_key = jax.random.fold_in(key, 1)
+        mask_loss, aux = mask_losses(config, nets, features, rois, gt, mask_key, backend)
+        out.update(mask_loss)
+    return out, aux
 
 
 def sample_mask_rois(

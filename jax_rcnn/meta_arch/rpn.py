@@ -42,7 +42,7 @@ def level_anchors(config, features: dict[str, jax.Array], in_features) -> list[A
     ag = config.model.anchor_generator
     return anchor_ops.grid_anchors(
         grid_sizes=[tuple(features[n].shape[1:3]) for n in in_features],
-        strides=[feature_stride(n) for n in in_features],
+        strides=[feature_stride(n, config.model.resnets.res5_dilation) for n in in_features],
         sizes=ag.sizes,
         aspect_ratios=ag.aspect_ratios,
         offset=ag.offset,

@@ -23,6 +23,9 @@ Shapes (NHWC, f32 outputs):
   * `box_head(pooled f32[..., S, S, C])` -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
   * `mask_head(pooled f32[..., S', S', C])` -> mask_logits f32[..., 2S', 2S', K].
   * ProposalNetwork: `features` and `rpn_head` as above (no ROI heads).
+  * C4 (`Res5ROIHeads`): `res5_head(pooled f32[..., 14, 14, C4])` -> f32[..., 7, 7, C5];
+    `box_head` and `mask_head` then take that res5 output (spatial mean -> predictor; deconv
+    -> 14x14 logits).
   * RetinaNet: `features(images)` -> {"p3", ..., "p7"}; `head(features dict)` ->
     (cls_logits per level f32[B, Hi*Wi*A, K], box_deltas per level f32[B, Hi*Wi*A, 4]).
 
@@ -52,7 +55,12 @@ from jax_rcnn.modeling.heads import (
     StandardRPNHead,
 )
 from jax_rcnn.modeling.layers import FROZEN
-from jax_rcnn.modeling.resnet import frozen_module_prefixes, frozen_param_mask
+from jax_rcnn.modeling.resnet import (
+    BottleneckBlock,
+    build_resnet,
+    frozen_module_prefixes,
+    frozen_param_mask,
+)
 from jax_rcnn.modeling.retinanet_head import RetinaNetHead
 
 __all__ = [
@@ -61,6 +69,7 @@ __all__ = [
     "NETWORKS",
     "ProposalNetwork",
     "RPN",
+    "Res5ROIHeads",
     "RetinaNet",
     "StandardROIHeads",
     "abstract_variables",
@@ -69,6 +78,7 @@ __all__ = [
     "frozen_module_prefixes",
     "frozen_param_mask",
     "init_variables",
+    "roi_heads_name",
 ]
 
 
@@ -95,11 +105,15 @@ class StandardROIHeads(nn.Module):
       box_head: `FastRCNNConvFCHead`.
       box_predictor: `FastRCNNOutputLayers`.
       mask_head: `MaskRCNNConvUpsampleHead`, or None without masks.
+      box_pooler_resolution: S of the box pooler (used by `initialize`).
+      mask_pooler_resolution: S of the mask pooler.
     """
 
     box_head: FastRCNNConvFCHead
     box_predictor: FastRCNNOutputLayers
     mask_head: MaskRCNNConvUpsampleHead | None = None
+    box_pooler_resolution: int = 7
+    mask_pooler_resolution: int = 14
 
     def box(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
         """pooled f32[..., S, S, C] -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K])."""
@@ -111,26 +125,84 @@ class StandardROIHeads(nn.Module):
             raise ValueError("this model has no mask head (config.model.mask_on=False)")
         return self.mask_head(pooled)
 
+    def initialize(self, channels: int, dtype: Any) -> dict[str, jax.Array]:
+        """Runs every head once on zeros of `channels` pooled channels; used by `init`."""
+        s, m = self.box_pooler_resolution, self.mask_pooler_resolution
+        cls_logits, box_deltas = self.box(jnp.zeros((1, s, s, channels), dtype))
+        out = dict(cls_logits=cls_logits, box_deltas=box_deltas)
+        if self.mask_head is not None:
+            out["mask_logits"] = self.mask(jnp.zeros((1, m, m, channels), dtype))
+        return out
+
+
+class Res5ROIHeads(nn.Module):
+    """Parameter holder of Detectron2's C4 `Res5ROIHeads`: res5 as the head, box predictor on
+    its spatial mean, mask head (deconv, no convs) on its output.
+
+    Attributes:
+      res5: the three `BottleneckBlock`s of res5 (`roi_heads.res5.{0,1,2}`; the first strided),
+        with `MODEL.RESNETS.NORM` and never frozen by `FREEZE_AT`.
+      box_predictor: `FastRCNNOutputLayers` on the res5 output averaged over H and W.
+      mask_head: `MaskRCNNConvUpsampleHead` on the res5 output, or None without masks.
+      pooler_resolution: S of the box pooler (14; used by `initialize`).
+    """
+
+    res5: tuple[BottleneckBlock, ...]
+    box_predictor: FastRCNNOutputLayers
+    mask_head: MaskRCNNConvUpsampleHead | None = None
+    pooler_resolution: int = 14
+
+    def res5_head(self, pooled: jax.Array) -> jax.Array:
+        """pooled f32[..., S, S, C4] -> res5 output f32[..., S/2, S/2, C5]."""
+        x = pooled.reshape((-1, *pooled.shape[-3:]))
+        for block in self.res5:
+            x = block(x)
+        return x.reshape((*pooled.shape[:-3], *x.shape[-3:]))
+
+    def box(self, res5_out: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """res5 output f32[..., S', S', C5] -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
+
+        Detectron2 averages the res5 output over H and W (`mean(dim=[2, 3])`) first.
+        """
+        mean = jnp.mean(res5_out.astype(jnp.float32), axis=(-3, -2)).astype(res5_out.dtype)
+        return self.box_predictor(mean)
+
+    def mask(self, res5_out: jax.Array) -> jax.Array:
+        """res5 output f32[..., S', S', C5] -> mask logits f32[..., 2S', 2S', K]."""
+        if self.mask_head is None:
+            raise ValueError("this model has no mask head (config.model.mask_on=False)")
+        return self.mask_head(res5_out)
+
+    def initialize(self, channels: int, dtype: Any) -> dict[str, jax.Array]:
+        """Runs res5 and every head once on zeros of `channels` (res4) channels; for `init`."""
+        s = self.pooler_resolution
+        x = self.res5_head(jnp.zeros((1, s, s, channels), dtype))
+        cls_logits, box_deltas = self.box(x)
+        out = dict(cls_logits=cls_logits, box_deltas=box_deltas)
+        if self.mask_head is not None:
+            out["mask_logits"] = self.mask(x)
+        return out
+
 
 class GeneralizedRCNN(nn.Module):
     """The parameterised networks of Faster / Mask R-CNN (see the module docstring).
 
     Attributes:
-      backbone: ResNet-FPN.
+      backbone: ResNet-FPN, or a plain `ResNet` (C4: res4 only; DC5: res5 only).
       proposal_generator: RPN head holder.
-      roi_heads: box (and mask) heads holder.
-      box_pooler_resolution: S of the box pooler (used by `__call__` to initialise).
-      mask_pooler_resolution: S of the mask pooler.
+      roi_heads: `StandardROIHeads` or `Res5ROIHeads`.
+      roi_in_feature: the first feature the ROI heads pool from (sets the pooled channels
+        used by `__call__` to initialise).
     """
 
-    backbone: FPN
+    backbone: nn.Module
     proposal_generator: RPN
-    roi_heads: StandardROIHeads
-    box_pooler_resolution: int = 7
-    mask_pooler_resolution: int = 14
+    roi_heads: StandardROIHeads | Res5ROIHeads
+    roi_in_feature: str = "p2"
 
     def features(self, images: jax.Array) -> dict[str, jax.Array]:
-        """images f32[B, H, W, 3] -> {"p2": f32[B, H/4, W/4, C], ..., "p6": ...}."""
+        """images f32[B, H, W, 3] -> {"p2": f32[B, H/4, W/4, C], ..., "p6": ...} (FPN), or
+        {"res4": f32[B, ceil(H/16), ceil(W/16), C4]} (C4) / {"res5": ...} (DC5)."""
         return self.backbone(images)
 
     def rpn_head(self, features: dict[str, jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
@@ -138,12 +210,20 @@ class GeneralizedRCNN(nn.Module):
         return self.proposal_generator(features)
 
     def box_head(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """pooled f32[..., S, S, C] -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K])."""
+        """pooled f32[..., S, S, C] -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
+
+        With `Res5ROIHeads` the input is the res5 output (`res5_head`), not the pool.
+        """
         return self.roi_heads.box(pooled)
 
     def mask_head(self, pooled: jax.Array) -> jax.Array:
-        """pooled f32[..., S, S, C] -> mask logits f32[..., 2S, 2S, K]."""
+        """pooled f32[..., S, S, C] -> mask logits f32[..., 2S, 2S, K] (`Res5ROIHeads`: the
+        res5 output f32[..., 7, 7, C5] -> f32[..., 14, 14, K])."""
         return self.roi_heads.mask(pooled)
+
+    def res5_head(self, pooled: jax.Array) -> jax.Array:
+        """`Res5ROIHeads` only: pooled f32[..., 14, 14, C4] -> f32[..., 7, 7, C5]."""
+        return self.roi_heads.res5_head(pooled)
 
     def __call__(self, images: jax.Array) -> dict[str, Any]:
         """Runs every network once (on dummy ROI features); used by `init`.
@@ -156,19 +236,9 @@ class GeneralizedRCNN(nn.Module):
         """
         feats = self.features(images)
         logits, deltas = self.rpn_head(feats)
-        c = feats["p2"].shape[-1]
-        s = self.box_pooler_resolution
-        cls_logits, box_deltas = self.box_head(jnp.zeros((1, s, s, c), images.dtype))
-        out = dict(
-            features=feats,
-            rpn_logits=logits,
-            rpn_deltas=deltas,
-            cls_logits=cls_logits,
-            box_deltas=box_deltas,
-        )
-        if self.roi_heads.mask_head is not None:
-            m = self.mask_pooler_resolution
-            out["mask_logits"] = self.mask_head(jnp.zeros((1, m, m, c), images.dtype))
+        c = feats[self.roi_in_feature].shape[-1]
+        out = dict(features=feats, rpn_logits=logits, rpn_deltas=deltas)
+        out.update(self.roi_heads.initialize(c, images.dtype))
         return out
 
 
@@ -185,8 +255,11 @@ def num_cell_anchors(config) -> int:
     return counts.pop()
 
 
-def build_backbone(config, *, train: bool = False, dtype: Any = jnp.float32) -> FPN:
-    """ResNet-FPN backbone for `config` (variables under `bottom_up` and `fpn_*`)."""
+def build_backbone(config, *, train: bool = False, dtype: Any = jnp.float32) -> nn.Module:
+    """`MODEL.BACKBONE.NAME`: ResNet-FPN (variables under `bottom_up` and `fpn_*`), or the plain
+    ResNet of `build_resnet_backbone` (C4 / DC5: `backbone/stem`, `backbone/res2_0`, ...)."""
+    if config.model.backbone.name == "build_resnet_backbone":
+        return build_resnet(config, train=train, dtype=dtype)
     return build_resnet_fpn_backbone(config, train=train, dtype=dtype)
 
 
@@ -306,8 +379,29 @@ def build_proposal_network(config, *, train: bool, dtype: Any) -> ProposalNetwor
     )
 
 
+def build_res5_head(config, *, train: bool, dtype: Any) -> tuple[BottleneckBlock, ...]:
+    """Detectron2's `Res5ROIHeads._build_res5_block`: 3 bottleneck blocks, the first with
+    stride 2, in res4 width -> bottleneck x8 -> out `res2_out_channels` x8, `RESNETS.NORM`
+    (not frozen: `FREEZE_AT` only reaches the backbone), no dilation."""
+    r = config.model.resnets
+    return tuple(
+        BottleneckBlock(
+            r.res2_out_channels * 8,
+            r.num_groups * r.width_per_group * 8,
+            stride=2 if b == 0 else 1,
+            num_groups=r.num_groups,
+            stride_in_1x1=r.stride_in_1x1,
+            norm=r.norm,
+            train=train,
+            dtype=dtype,
+        )
+        for b in range(3)
+    )
+
+
 def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCNN:
-    """`GeneralizedRCNN` networks for `config.model` (RPN, box head, mask head when on)."""
+    """`GeneralizedRCNN` networks for `config.model` (RPN, ROI heads of
+    `roi_heads.name`: `StandardROIHeads` or `Res5ROIHeads`, mask head when on)."""
     m = config.model
     bh, mh = m.roi_box_head, m.roi_mask_head
     mask_head = None
@@ -320,10 +414,20 @@ def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCN
             train=train,
             dtype=dtype,
         )
-    return GeneralizedRCNN(
-        backbone=build_backbone(config, train=train, dtype=dtype),
-        proposal_generator=build_rpn(config, dtype=dtype),
-        roi_heads=StandardROIHeads(
+    box_predictor = FastRCNNOutputLayers(
+        num_classes=m.roi_heads.num_classes,
+        cls_agnostic_bbox_reg=bh.cls_agnostic_bbox_reg,
+        dtype=dtype,
+    )
+    if roi_heads_name(config) == "Res5ROIHeads":
+        roi_heads = Res5ROIHeads(
+            res5=build_res5_head(config, train=train, dtype=dtype),
+            box_predictor=box_predictor,
+            mask_head=mask_head,
+            pooler_resolution=bh.pooler_resolution,
+        )
+    else:
+        roi_heads = StandardROIHeads(
             box_head=FastRCNNConvFCHead(
                 num_conv=bh.num_conv,
                 conv_dim=bh.conv_dim,
@@ -333,16 +437,22 @@ def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCN
                 train=train,
                 dtype=dtype,
             ),
-            box_predictor=FastRCNNOutputLayers(
-                num_classes=m.roi_heads.num_classes,
-                cls_agnostic_bbox_reg=bh.cls_agnostic_bbox_reg,
-                dtype=dtype,
-            ),
+            box_predictor=box_predictor,
             mask_head=mask_head,
-        ),
-        box_pooler_resolution=bh.pooler_resolution,
-        mask_pooler_resolution=mh.pooler_resolution,
+            box_pooler_resolution=bh.pooler_resolution,
+            mask_pooler_resolution=mh.pooler_resolution,
+        )
+    return GeneralizedRCNN(
+        backbone=build_backbone(config, train=train, dtype=dtype),
+        proposal_generator=build_rpn(config, dtype=dtype),
+        roi_heads=roi_heads,
+        roi_in_feature=m.roi_heads.in_features[0],
     )
+
+
+def roi_heads_name(config) -> str:
+    """`MODEL.ROI_HEADS.NAME`: "StandardROIHeads" (default) or "Res5ROIHeads" (C4)."""
+    return config.model.roi_heads.get("name", "StandardROIHeads")
 
 
 # `MODEL.META_ARCHITECTURE` -> builder of its networks (`jax_rcnn.meta_arch` wires them).

@@ -213,11 +213,11 @@ class ResNet(nn.Module):
         """Runs the bottom-up network.
 
         Args:
-          x: f32[B, H, W, 3] normalised BGR image, H and W multiples of 32.
+          x: f32[B, H, W, 3] normalised BGR image (any H, W: every stride-2 op gives ceil).
 
         Returns:
           {"res2": f32[B, H/4, W/4, C2], ..., "res5": f32[B, H/32, W/32, C5]} restricted to
-          `out_features` (res5 is H/16 with `res5_dilation=2`).
+          `out_features` (res5 is H/16 with `res5_dilation=2`; sizes round up).
         """
         kw = dict(train=self.train, dtype=self.dtype)
         x = BasicStem(
@@ -278,11 +278,14 @@ def build_resnet(config, *, train: bool = False, dtype: Any = jnp.float32) -> Re
 def frozen_module_prefixes(config) -> tuple[tuple[str, ...], ...]:
     """Module paths (under `params`) that `MODEL.BACKBONE.FREEZE_AT` freezes.
 
-    Example: freeze_at=2 with R50 gives
-    `(("backbone", "bottom_up", "stem"), ("backbone", "bottom_up", "res2_0"), ... "res2_2")`.
+    Example: freeze_at=2 with R50-FPN gives
+    `(("backbone", "bottom_up", "stem"), ("backbone", "bottom_up", "res2_0"), ... "res2_2")`;
+    a plain ResNet backbone (C4, DC5) has no `bottom_up` level. The C4 ROI head's res5
+    (`roi_heads/res5_*`) is never frozen, as in Detectron2.
     """
     freeze_at = config.model.backbone.freeze_at
-    prefix = ("backbone", "bottom_up")
+    plain = config.model.backbone.name == "build_resnet_backbone"
+    prefix = ("backbone",) if plain else ("backbone", "bottom_up")
     out = [(*prefix, "stem")] if freeze_at >= 1 else []
     for idx, n in enumerate(BLOCKS_PER_STAGE[config.model.resnets.depth]):
         if freeze_at >= idx + 2:

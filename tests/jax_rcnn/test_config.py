@@ -28,6 +28,12 @@ PY_CONFIGS = (
     "configs/retinanet_R_50_FPN_1x.py",
     "configs/retinanet_R_50_FPN_3x.py",
     "configs/rpn_R_50_FPN_1x.py",
+    *(
+        f"configs/{kind}_rcnn_R_50_{arch}_{sched}.py"
+        for kind in ("faster", "mask")
+        for arch in ("C4", "DC5")
+        for sched in ("1x", "3x")
+    ),
 )
 ZOO_YAMLS = (
     "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
@@ -417,8 +423,7 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
         ),
         ("MODEL:\n  RESNETS:\n    NORM: LN\n", "MODEL.RESNETS.NORM", "LN"),
         ("MODEL:\n  FPN:\n    NORM: LN\n", "MODEL.FPN.NORM", "LN"),
-        ("MODEL:\n  BACKBONE:\n    NAME: build_resnet_backbone\n", "MODEL.BACKBONE.NAME", ""),
-        ("MODEL:\n  ROI_HEADS:\n    NAME: Res5ROIHeads\n", "MODEL.ROI_HEADS.NAME", ""),
+        ("MODEL:\n  BACKBONE:\n    NAME: build_vgg_backbone\n", "MODEL.BACKBONE.NAME", ""),
         ("MODEL:\n  ROI_HEADS:\n    NAME: CascadeROIHeads\n", "MODEL.ROI_HEADS.NAME", ""),
         (
             "MODEL:\n  ROI_BOX_HEAD:\n    NAME: FastRCNNConvHead\n",
@@ -527,11 +532,74 @@ def test_dataset_name():
     assert cfg_lib._dataset_name((), ()) == ""
 
 
-def test_yaml_without_fpn_base_is_detectron2_c4_and_rejected(tmp_path):
-    """Without Base-RCNN-FPN, Detectron2's defaults describe a C4 model: refused, not patched."""
-    path = _write(tmp_path, "MODEL:\n  MASK_ON: true\n")
-    with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME = 'build_resnet_backbone'"):
+def test_yaml_without_fpn_base_is_detectron2_c4(tmp_path):
+    """Without Base-RCNN-FPN, Detectron2's defaults describe a C4 model, and so does ours."""
+    config = cfg_lib.from_detectron2(_write(tmp_path, "MODEL:\n  MASK_ON: true\n"))
+    m = config.model
+    assert cfg_lib.layout(config) == "C4"
+    assert m.backbone.name == "build_resnet_backbone" and "fpn" not in m
+    assert m.roi_heads.name == "Res5ROIHeads" and m.roi_heads.in_features == ("res4",)
+    assert m.rpn.pre_nms_topk_test == 6000  # Detectron2's default (Base-RCNN-C4 says the same)
+    assert config.input.size_divisibility == 0
+
+
+def test_res5_roi_heads_on_an_fpn_is_an_error_naming_the_keys(tmp_path):
+    path = _override(tmp_path, "MODEL:\n  ROI_HEADS:\n    NAME: Res5ROIHeads\n")
+    with pytest.raises(ValueError, match=r"MODEL.BACKBONE.NAME\].*Res5ROIHeads needs"):
         cfg_lib.from_detectron2(path)
+
+
+def test_standard_roi_heads_in_a_c4_config_is_an_error_naming_the_key():
+    config = cfg_lib.load_config("configs/mask_rcnn_R_50_C4_1x.py")
+    with config.unlocked():
+        config.model.roi_heads.name = "StandardROIHeads"
+    with pytest.raises(ValueError, match=r"config.model.roi_heads.name = 'StandardROIHeads'"):
+        cfg_lib.validate(config)
+
+
+C4_DC5_YAMLS = [
+    (f"{d}/{kind}_rcnn_R_50_{arch}_{sched}.yaml", arch, kind == "mask", sched)
+    for kind, d in (("faster", "COCO-Detection"), ("mask", "COCO-InstanceSegmentation"))
+    for arch in ("C4", "DC5")
+    for sched in ("1x", "3x")
+]
+
+
+@pytest.mark.parametrize("yml, arch, mask_on, sched", C4_DC5_YAMLS)
+def test_c4_dc5_zoo_yamls_equal_our_config_files(yml, arch, mask_on, sched):
+    """Base-RCNN-C4 / Base-RCNN-DilatedC5 semantics, and configs/*.py reproduce them."""
+    config = cfg_lib.from_detectron2(ZOO / yml)
+    m = config.model
+    assert cfg_lib.layout(config) == arch and m.mask_on is mask_on
+    assert "fpn" not in m and m.backbone.name == "build_resnet_backbone"
+    assert m.anchor_generator.sizes == ((32, 64, 128, 256, 512),)
+    topk = (m.rpn.pre_nms_topk_train, m.rpn.post_nms_topk_train)
+    assert topk + (m.rpn.pre_nms_topk_test, m.rpn.post_nms_topk_test) == (12000, 2000, 6000, 1000)
+    assert config.input.size_divisibility == 0
+    if arch == "C4":
+        assert m.resnets.out_features == m.rpn.in_features == ("res4",)
+        assert m.roi_heads.name == "Res5ROIHeads" and m.roi_box_head.pooler_resolution == 14
+        assert "fc_dim" not in m.roi_box_head and "pooler_type" not in m.roi_mask_head
+    else:
+        assert m.resnets.out_features == m.rpn.in_features == ("res5",)
+        assert m.resnets.res5_dilation == 2 and m.roi_heads.name == "StandardROIHeads"
+        assert m.roi_box_head.num_fc == 2 and m.roi_box_head.pooler_resolution == 7
+        assert m.roi_mask_head.num_conv == 4
+    assert config.solver.max_iter == (90000 if sched == "1x" else 270000)
+
+    py = f"configs/{Path(yml).stem}.py"
+    ours = cfg_lib.to_flat_dict(cfg_lib.load_config(py))
+    d2 = cfg_lib.to_flat_dict(config)
+    assert set(ours) == set(d2)
+    diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
+    assert diff == {
+        "input.pad_mode": ("buckets", "size_divisibility"),
+        "input.auto_buckets": (False, True),
+        "data.train.name": ("", "coco_2017_train"),
+        "data.test.name": ("", "coco_2017_val"),
+        "input.mask_format": ("bitmask", "polygon"),
+        "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
+    }
 
 
 def test_base_chain(tmp_path):

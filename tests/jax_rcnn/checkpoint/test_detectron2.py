@@ -11,7 +11,11 @@ import pytest
 from flax import traverse_util
 
 from configs import (
+    faster_rcnn_R_50_C4_1x,
+    faster_rcnn_R_50_DC5_1x,
     faster_rcnn_R_50_FPN_1x,
+    mask_rcnn_R_50_C4_1x,
+    mask_rcnn_R_50_DC5_1x,
     mask_rcnn_R_50_FPN_1x,
     mask_rcnn_R_50_FPN_3x,
     retinanet_R_50_FPN_1x,
@@ -37,6 +41,10 @@ ZOO = {
     "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml": r101_config,
     "COCO-Detection/retinanet_R_50_FPN_1x.yaml": retinanet_R_50_FPN_1x.get_config,
     "COCO-Detection/rpn_R_50_FPN_1x.yaml": rpn_R_50_FPN_1x.get_config,
+    "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml": faster_rcnn_R_50_C4_1x.get_config,
+    "COCO-Detection/faster_rcnn_R_50_DC5_1x.yaml": faster_rcnn_R_50_DC5_1x.get_config,
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml": mask_rcnn_R_50_C4_1x.get_config,
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_1x.yaml": mask_rcnn_R_50_DC5_1x.get_config,
 }
 
 
@@ -324,3 +332,94 @@ def test_retinanet_gn_head_names_follow_detectron2_sequential_indices():
             assert names[f"head.{tower}.{norm}.weight"] == (256,)  # GroupNorm
             assert names[f"head.{tower}.{norm}.bias"] == (256,)
     assert not any(n.startswith("head.cls_subnet.2.") for n in names)
+
+
+TINY_C4_PKL = DATA / "tiny_c4_maskrcnn" / "model_final.pkl"
+
+
+def _tiny_c4_config():
+    from jax_rcnn.config import from_detectron2
+
+    return from_detectron2(DATA / "tiny_c4_maskrcnn" / "config.yaml")
+
+
+def test_tiny_c4_checkpoint_round_trip_and_res5_head_names():
+    state = d2.load_detectron2_pkl(TINY_C4_PKL)
+    config = _tiny_c4_config()
+    variables = d2.convert_detectron2_to_flax(state, config)
+    res5 = variables["params"]["roi_heads"]["res5_0"]
+    assert res5["conv1"]["kernel"].shape == (1, 1, 128, 64)  # stride in conv1, res4 width in
+    assert res5["shortcut"]["kernel"].shape == (1, 1, 128, 256)
+    assert "norm" in variables[modeling.FROZEN]["roi_heads"]["res5_2"]["conv3"]  # FrozenBN
+    back = d2.convert_flax_to_detectron2(jax.device_put(variables), config)
+    assert set(back) == set(state)
+    assert all(np.array_equal(back[k], v) for k, v in state.items())
+
+
+def test_res5_head_is_not_frozen_by_freeze_at():
+    config = mask_rcnn_R_50_C4_1x.get_config()
+    prefixes = modeling.frozen_module_prefixes(config)
+    assert ("backbone", "stem") in prefixes and ("backbone", "res2_2") in prefixes
+    assert not any(p[0] == "roi_heads" or "res3_0" in p for p in prefixes)
+
+
+def test_c4_checkpoint_into_fpn_config_names_the_first_mismatched_key():
+    state = d2.load_detectron2_pkl(TINY_C4_PKL)
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(state, tiny_maskrcnn_config())
+    text = str(info.value)
+    assert "first mismatched key: backbone.stem.conv1.weight (unexpected" in text
+    assert "plain ResNet backbone" in text and "Res5ROIHeads (roi_heads.res5.*: C4)" in text
+    assert "R50-FPN" in text
+
+
+def test_fpn_checkpoint_into_c4_config_names_the_first_mismatched_key(tiny_state_dict):
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(tiny_state_dict, _tiny_c4_config())
+    text = str(info.value)
+    first = next(iter(tiny_state_dict))
+    assert f"first mismatched key: {first} (unexpected" in text
+    assert "does not match the config: R50-C4 (Res5ROIHeads)" in text
+    assert "FPN backbone (backbone.bottom_up.*" in text
+
+
+def test_dc5_checkpoint_into_c4_config_is_an_error():
+    zoo = json.loads((DATA / "model_zoo_state_dict_shapes_family.json").read_text())
+    shapes = zoo["COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_1x.yaml"]
+    state = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    first = r"first mismatched key: backbone\.res5\.0\.\w+\.weight \(unexpected"
+    with pytest.raises(ValueError, match=first):
+        d2.convert_detectron2_to_flax(state, mask_rcnn_R_50_C4_1x.get_config())
+
+
+@pytest.mark.parametrize("layout", ["C4", "DC5"])
+def test_msra_backbone_initialisation_c4_res5_head_and_dc5(layout):
+    """ImageNet `res5_*` goes to C4's ROI head (`roi_heads.res5.*`) or DC5's backbone."""
+    config = (mask_rcnn_R_50_C4_1x if layout == "C4" else mask_rcnn_R_50_DC5_1x).get_config("smoke")
+    abstract = modeling.abstract_variables(config)
+    init = jax.tree.map(lambda a: np.full(a.shape, 0.5, np.float32), abstract)
+    c2 = _fake_msra(config)
+    assert "res5_2_branch2c_w" in c2 and "conv1_w" in c2
+    variables = d2.convert_msra_backbone_to_flax(c2, config, init)
+    p = variables["params"]
+    res5 = p["roi_heads"]["res5_0"] if layout == "C4" else p["backbone"]["res5_0"]
+    np.testing.assert_array_equal(
+        res5["conv2"]["kernel"], c2["res5_0_branch2b_w"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        p["backbone"]["stem"]["conv1"]["kernel"], c2["conv1_w"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(p["roi_heads"]["box_predictor"]["cls_score"]["kernel"], 0.5)
+
+
+@pytest.mark.parametrize(
+    "name", [f"{k}_rcnn_R_50_{a}" for k in ("faster", "mask") for a in ("C4", "DC5")]
+)
+def test_3x_c4_dc5_configs_have_the_1x_checkpoint_names(zoo_shapes, name):
+    """The 3x model-zoo checkpoints have the 1x architecture (only the schedule differs)."""
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}_3x").get_config()
+    folder = "COCO-Detection" if name.startswith("faster") else "COCO-InstanceSegmentation"
+    ours = {e.d2_name: list(e.d2_shape) for e in d2.name_table(config)}
+    assert ours == zoo_shapes[f"{folder}/{name}_1x.yaml"]
