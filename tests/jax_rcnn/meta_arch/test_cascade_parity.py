@@ -263,9 +263,12 @@ def test_stage_rois_labels_and_counts(training, training_npz, stage):
     )
 
 
-# Relative L2 error `|ours - ref| / |ref|` allowed per gradient (default 1e-3); see the C4 and
-# Mask R-CNN parity tests for res3.0.conv1's float32 noise (~1e-2 determined).
-GRAD_RTOL = {"grad/backbone.bottom_up.res3.0.conv1.weight": 1e-2}
+# Relative L2 error `|ours - ref| / |ref|` allowed per gradient (default 1e-3). Measured: heads,
+# RPN, FPN and res5 <= 2.4e-4 (mask deconv; the rest <= 5.2e-5); res3.0.conv1 3.1e-3, the
+# float32 noise seen on that tensor in every family (C4: our float64 gradient differs from our
+# float32 one by 9.1e-3 there, test_c4_parity.py), so its float32 value is only determined to
+# ~1e-2.
+GRAD_RTOL = {"grad/backbone.bottom_up.res3.0.conv1.weight": 5e-3}
 
 
 @pytest.mark.slow
