@@ -35,7 +35,7 @@ def test_scale_gradient_is_identity_forward_and_scales_backward():
 def test_label_boxes_worked_example():
     """gt [0,0,10,10] class 2; boxes with IoU 1, 0.6, 0.5 at threshold 0.6 -> 2, 2, K; an
     invalid box is background whatever its IoU; no gt -> every box background, gt box 0."""
-    boxes = jnp.array([[0, 0, 10, 10], [0, 0, 10, 16.6667], [0, 0, 10, 20], [0, 0, 10, 10.0]])
+    boxes = jnp.array([[0, 0, 10, 10], [0, 0, 10, 16.66], [0, 0, 10, 20], [0, 0, 10, 10.0]])
     valid = jnp.array([True, True, True, False])
     gt = jnp.array([[0, 0, 10, 10.0], [50, 50, 60, 60]])
     out = cascade_roi_heads.label_boxes(
@@ -86,7 +86,7 @@ def test_parameter_names_follow_the_stage_count(num_stages):
     assert params[f"box_predictor_{num_stages - 1}"]["bbox_pred"]["kernel"].shape == (32, 4)
 
 
-@pytest.mark.slow  # ~40 s each: two compiles of a whole model
+@pytest.mark.slow  # ~70 s each on the shared 2-core CPU: two compiles of a whole model
 @pytest.mark.parametrize("num_stages", [2, 4])
 def test_smoke_config_trains_and_infers(num_stages):
     config = _cascade_smoke(num_stages)
