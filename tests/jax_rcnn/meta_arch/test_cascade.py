@@ -165,7 +165,8 @@ def test_cascade_export_artifact_and_detectron2_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_train_py_two_steps_on_cascade(tmp_path):
-    """`train.py` on `configs/cascade_mask_rcnn_R_50_FPN_1x.py:smoke`: two steps, evaluation."""
+    """`train.py` on `configs/cascade_mask_rcnn_R_50_FPN_1x.py:smoke`: two steps in one padded
+    bucket compile one train-step program (the stage loop is unrolled, static), evaluation."""
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
@@ -178,10 +179,13 @@ def test_train_py_two_steps_on_cascade(tmp_path):
         "--config.solver.max_iter=2",
         "--config.solver.steps=(1,)",
         "--config.test.eval_period=2",
+        "--config.input.auto_buckets=True",
+        "--config.input.max_buckets=1",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(os.path.join(tmp_path / "w", "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
     assert "loss_cls_stage2" in metrics[1] and "loss_mask" in metrics[1]
+    assert metrics[1]["train_step_programs"] == 1
     assert {"bbox/AP", "segm/AP"} <= set(metrics[-1])
