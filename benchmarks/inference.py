@@ -45,6 +45,7 @@ CONFIGS = {
     "mask_c4": "configs/mask_rcnn_R_50_C4_1x.py",
     "faster_dc5": "configs/faster_rcnn_R_50_DC5_1x.py",
     "mask_dc5": "configs/mask_rcnn_R_50_DC5_1x.py",
+    "cascade_mask": "configs/cascade_mask_rcnn_R_50_FPN_1x.py",
 }
 DEFAULT_MODELS = ("faster", "mask", "retinanet")
 
@@ -85,7 +86,7 @@ def _stages(cfg, model, variables, images, sizes):
         out = rpn.rpn_head(cfg, nets(v), f)
         return rpn.select_proposals(cfg, out, s, training=False, backend=m.kernels)
 
-    heads = rcnn.roi_heads_stages(cfg)  # StandardROIHeads or C4's Res5ROIHeads
+    heads = rcnn.roi_heads_stages(cfg)  # StandardROIHeads, C4's Res5ROIHeads or Cascade
     rpn_fn = compile_jit(proposals)
     props = rpn_fn(variables, feats, sizes)
     box_fn = compile_jit(lambda v, f, p, s: heads.detect_boxes(cfg, nets(v), f, p, s, m.kernels))

@@ -51,6 +51,10 @@ Decisions:
   `configs.common.base_config` (FPN; C4 = `build_resnet_backbone` + `Res5ROIHeads`; DC5 =
   `build_resnet_backbone` + `StandardROIHeads`); the keys a layout does not read (C4:
   `MODEL.FPN.*`, the box-head layers, the mask pooler) are dropped, as Detectron2 ignores them.
+* `MODEL.ROI_HEADS.NAME: CascadeROIHeads` adds `model.roi_box_cascade_head`
+  (`configs.common.cascade`) and maps `MODEL.ROI_BOX_CASCADE_HEAD.IOUS` / `BBOX_REG_WEIGHTS` onto
+  it (one entry per stage; `validate` checks the two lengths agree); under another ROI head
+  those keys are ignored, as in Detectron2.
 * `DATASETS.TRAIN` / `TEST` become `config.data.train.name` / `test.name`: a Detectron2 builtin
   name resolves to its files under `$DETECTRON2_DATASETS` (`jax_rcnn.data.builtin`) unless
   `config.data.<split>.json/.images` are set.
