@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_rcnn import export, modeling
+from jax_rcnn import export, modeling, targets
 from jax_rcnn.config import from_detectron2, load_config, validate
 from jax_rcnn.data.transforms import read_image
 from jax_rcnn.meta_arch import cascade_roi_heads, rcnn
@@ -189,3 +189,55 @@ def test_train_py_two_steps_on_cascade(tmp_path):
     assert "loss_cls_stage2" in metrics[1] and "loss_mask" in metrics[1]
     assert metrics[1]["train_step_programs"] == 1
     assert {"bbox/AP", "segm/AP"} <= set(metrics[-1])
+
+
+class _ShiftFirstRoi:
+    """Stand-in for the bound networks: zero logits; deltas that move ROI 0 far to the right
+    (dx = 1000 / weight 10 = 100 widths), so its refined box clips to zero width."""
+
+    def __init__(self, num_classes):
+        self.num_classes = num_classes
+
+    def box_head(self, pooled, stage):
+        b, r = pooled.shape[:2]
+        deltas = jnp.zeros((b, r, 4)).at[:, 0, 0].set(1000.0)
+        return jnp.zeros((b, r, self.num_classes + 1)), deltas
+
+
+def test_empty_refined_boxes_are_invalid_in_later_stages_and_padding_stays_out():
+    """Detectron2 drops empty boxes before the next stage (training only); here the slot stays
+    with `valid` False, and the padded ROI slots never become valid."""
+    config = load_config("configs/cascade_mask_rcnn_R_50_FPN_1x.py:smoke")
+    with config.unlocked():
+        config.model.mask_on = False
+        config.model.kernels = "reference"
+    k = config.model.roi_heads.num_classes
+    feats = {f"p{i}": jnp.ones((1, 128 // 2**i, 160 // 2**i, 16)) for i in range(2, 6)}
+    boxes = jnp.array([[[10.0, 10, 50, 50], [20, 20, 60, 70], [30, 30, 90, 90], [0, 0, 0, 0]]])
+    rois = targets.ROITargets(
+        proposal_boxes=boxes,
+        gt_classes=jnp.array([[0, 1, k, k]]),
+        gt_boxes=jnp.tile(jnp.array([10.0, 10, 50, 50]), (1, 4, 1)),
+        gt_index=jnp.zeros((1, 4), jnp.int32),
+        valid=jnp.array([[True, True, True, False]]),
+        index=jnp.arange(4)[None],
+    )
+    gt = dict(
+        image_size=jnp.array([[128, 160]]),
+        gt_boxes=jnp.array([[[10.0, 10, 50, 50], [20, 20, 60, 70]]]),
+        gt_classes=jnp.array([[0, 1]]),
+        gt_valid=jnp.array([[True, True]]),
+    )
+    losses, aux = cascade_roi_heads.losses(
+        config, _ShiftFirstRoi(k), feats, rois, gt, jax.random.key(0), "reference"
+    )
+    for stage in (1, 2):
+        later = aux["stage_rois"][stage]
+        np.testing.assert_array_equal(later.valid[0], [False, True, True, False])
+        assert later.gt_classes[0, 0] == k  # never foreground
+        np.testing.assert_array_equal(later.proposal_boxes[0, 0], 0.0)
+    np.testing.assert_array_equal(aux["stage_rois"][1].gt_classes[0, 1:3], [1, k])
+    for name, value in losses.items():
+        assert np.isfinite(float(value)), name
+    # zero logits: every valid ROI's CE is log(K + 1), the mean over the valid ones the same
+    np.testing.assert_allclose(float(losses["loss_cls_stage1"]), np.log(k + 1), rtol=1e-6)
