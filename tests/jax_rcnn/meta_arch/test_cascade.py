@@ -241,3 +241,18 @@ def test_empty_refined_boxes_are_invalid_in_later_stages_and_padding_stays_out()
         assert np.isfinite(float(value)), name
     # zero logits: every valid ROI's CE is log(K + 1), the mean over the valid ones the same
     np.testing.assert_allclose(float(losses["loss_cls_stage1"]), np.log(k + 1), rtol=1e-6)
+
+
+def test_quickstart_cascade_variant_changes_only_the_roi_heads():
+    from jax_rcnn.config import to_flat_dict
+
+    plain = to_flat_dict(load_config("configs/quickstart.py:smoke"))
+    cascade = to_flat_dict(load_config("configs/quickstart.py:cascade_smoke"))
+    diff = {k for k in plain.keys() | cascade.keys() if plain.get(k) != cascade.get(k)}
+    assert diff == {
+        "model.roi_heads.name",
+        "model.roi_box_head.cls_agnostic_bbox_reg",
+        "model.roi_box_cascade_head.ious",
+        "model.roi_box_cascade_head.bbox_reg_weights",
+    }
+    assert to_flat_dict(load_config("configs/quickstart.py:cascade"))["solver.max_iter"] == 1800
