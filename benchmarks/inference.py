@@ -1,5 +1,5 @@
-"""Inference speed of full-size R50-FPN Faster / Mask R-CNN and RetinaNet, and of R50-C4 /
-R50-DC5 Faster / Mask R-CNN, at 800x1333 (s/image).
+"""Inference speed of full-size R50-FPN Faster / Mask R-CNN, Cascade Mask R-CNN and RetinaNet,
+and of R50-C4 / R50-DC5 Faster / Mask R-CNN, at 800x1333 (s/image).
 
     python benchmarks/inference.py                       # the FPN models, 15 timed runs each
     python benchmarks/inference.py --models faster retinanet --runs 5
@@ -8,8 +8,8 @@ R50-DC5 Faster / Mask R-CNN, at 800x1333 (s/image).
 Prints, per model: compile time (first call minus a steady call), the median and spread of
 steady-state seconds per image, the time of each stage jitted on its own, and the ratio to
 Detectron2's eager PyTorch time on the same 2-core machine (2.85 s Faster, 2.98 s Mask R-CNN,
-3.48 s RetinaNet, 2.19 s C4 Mask R-CNN: medians of 5 on a quiet machine, Detectron2's
-initialisation; see the issues "The detector family, part 1" and "part 2").
+3.48 s RetinaNet, 2.19 s C4 Mask R-CNN, 3.12 s Cascade Mask R-CNN: medians of 5 on a quiet
+machine, Detectron2's initialisation; see the issues "The detector family, part 1" to "part 3").
 
 Weights are Detectron2's initialisation (no checkpoint is downloaded). Stage costs are static
 except the NMS loops, whose trip count follows the number of kept boxes; the input is a real
@@ -36,7 +36,13 @@ from jax_rcnn.config import load_config  # noqa: E402
 from jax_rcnn.data import batching, transforms  # noqa: E402
 from jax_rcnn.meta_arch import common, dense_head, rcnn, rpn  # noqa: E402
 
-DETECTRON2_S = {"faster": 2.85, "mask": 2.98, "retinanet": 3.48, "mask_c4": 2.19}
+DETECTRON2_S = {
+    "faster": 2.85,
+    "mask": 2.98,
+    "retinanet": 3.48,
+    "mask_c4": 2.19,
+    "cascade_mask": 3.12,
+}
 CONFIGS = {
     "faster": "configs/faster_rcnn_R_50_FPN_1x.py",
     "mask": "configs/mask_rcnn_R_50_FPN_1x.py",
@@ -45,6 +51,7 @@ CONFIGS = {
     "mask_c4": "configs/mask_rcnn_R_50_C4_1x.py",
     "faster_dc5": "configs/faster_rcnn_R_50_DC5_1x.py",
     "mask_dc5": "configs/mask_rcnn_R_50_DC5_1x.py",
+    "cascade_mask": "configs/cascade_mask_rcnn_R_50_FPN_1x.py",
 }
 DEFAULT_MODELS = ("faster", "mask", "retinanet")
 
@@ -85,7 +92,7 @@ def _stages(cfg, model, variables, images, sizes):
         out = rpn.rpn_head(cfg, nets(v), f)
         return rpn.select_proposals(cfg, out, s, training=False, backend=m.kernels)
 
-    heads = rcnn.roi_heads_stages(cfg)  # StandardROIHeads or C4's Res5ROIHeads
+    heads = rcnn.roi_heads_stages(cfg)  # StandardROIHeads, C4's Res5ROIHeads or Cascade
     rpn_fn = compile_jit(proposals)
     props = rpn_fn(variables, feats, sizes)
     box_fn = compile_jit(lambda v, f, p, s: heads.detect_boxes(cfg, nets(v), f, p, s, m.kernels))

@@ -1,6 +1,7 @@
 """Train-step speed: full-size R50-FPN on this machine, and data-parallel scaling over devices.
 
     python benchmarks/train_step.py                  # R50-FPN Faster + Mask, batch 2, 800x1333
+    python benchmarks/train_step.py --models mask cascade_mask --steps 2
     python benchmarks/train_step.py --scaling        # smoke model on 1, 2, 4, 8 forced devices
     python benchmarks/train_step.py --devices 4 --model smoke --per_device_batch 2
 
@@ -37,6 +38,7 @@ DETECTRON2_S = {"faster": 18.3, "mask": 18.8}
 CONFIGS = {
     "faster": "configs/faster_rcnn_R_50_FPN_1x.py",
     "mask": "configs/mask_rcnn_R_50_FPN_1x.py",
+    "cascade_mask": "configs/cascade_mask_rcnn_R_50_FPN_1x.py",
     "smoke": "configs/mask_rcnn_R_50_FPN_1x.py:smoke",
 }
 
@@ -51,6 +53,9 @@ def _parse():
     p.add_argument("--steps", type=int, default=3, help="timed steps after the first")
     p.add_argument("--scaling", action="store_true", help="smoke model on 1, 2, 4, 8 devices")
     p.add_argument("--json", action="store_true", help="print one JSON line (for the parent)")
+    p.add_argument(
+        "--models", nargs="+", default=["faster", "mask"], help="full-size mode: models to time"
+    )
     return p.parse_args()
 
 
@@ -196,11 +201,11 @@ def scaling(steps: int, per_device: int) -> None:
         )
 
 
-def full_size(steps: int) -> None:
+def full_size(steps: int, models=("faster", "mask")) -> None:
     gpu = jax.default_backend() == "gpu"
     per_device, size, dtype = (16, (1024, 1024), "bfloat16") if gpu else (2, (800, 1333), "float32")
     rows = []
-    for model in ("faster", "mask"):
+    for model in models:
         args = ["--model", model, "--steps", str(steps), "--per_device_batch", str(per_device)]
         rows.append(_child([*args, "--size", *map(str, size), "--dtype", dtype]))
     print(f"R50-FPN train step, {per_device} images/device at {size[0]}x{size[1]}, {dtype}")
@@ -211,8 +216,9 @@ def full_size(steps: int) -> None:
     print(" ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ref = "" if gpu else f"{DETECTRON2_S[r['model']]:.1f}"
-        ratio = "" if gpu else f"{r['s_per_iter'] / DETECTRON2_S[r['model']]:.2f}"
+        d2 = None if gpu else DETECTRON2_S.get(r["model"])
+        ref = f"{d2:.1f}" if d2 else ""
+        ratio = f"{r['s_per_iter'] / d2:.2f}" if d2 else ""
         print(
             f"| {r['model']} | {r['backend']} x{r['devices']} | {r['compile_s']:.1f} | "
             f"{r['s_per_iter']:.2f} | {r['img_per_s']:.2f} | {r['peak_rss_gib']:.1f} | {ref} | "
@@ -233,7 +239,7 @@ def main(args) -> None:
     elif args.scaling:
         scaling(args.steps, args.per_device_batch or 2)
     else:
-        full_size(args.steps)
+        full_size(args.steps, tuple(args.models))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ def roi_heads(num_classes: int = 80) -> ml_collections.ConfigDict:
     """`MODEL.ROI_HEADS` (StandardROIHeads)."""
     return ml_collections.ConfigDict(
         {
-            # "StandardROIHeads" (FPN, DC5) or "Res5ROIHeads" (C4: res5 is the head).
+            # "StandardROIHeads" (FPN, DC5), "Res5ROIHeads" (C4: res5 is the head) or
+            # "CascadeROIHeads" (`cascade(model)`: adds `roi_box_cascade_head`).
             "name": "StandardROIHeads",
             "num_classes": num_classes,
             "in_features": ("p2", "p3", "p4", "p5"),
@@ -259,6 +260,26 @@ def dc5_model(
 
 
 LAYOUTS = ("FPN", "C4", "DC5")
+
+
+def cascade(m: ml_collections.ConfigDict) -> None:
+    """Turns an FPN R-CNN `MODEL.*` into `Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml`'s
+    `CascadeROIHeads`: class-agnostic boxes, 2000 training proposals per image, and
+    `roi_box_cascade_head` (`MODEL.ROI_BOX_CASCADE_HEAD`): one IoU threshold and one box
+    weight tuple per stage; the number of stages is `len(ious)` (2 or 4 stages work)."""
+    m.roi_heads.name = "CascadeROIHeads"
+    m.roi_box_head.cls_agnostic_bbox_reg = True
+    m.rpn.post_nms_topk_train = 2000
+    m.roi_box_cascade_head = ml_collections.ConfigDict(
+        {
+            "ious": (0.5, 0.6, 0.7),
+            "bbox_reg_weights": (
+                (10.0, 10.0, 5.0, 5.0),
+                (20.0, 20.0, 10.0, 10.0),
+                (30.0, 30.0, 15.0, 15.0),
+            ),
+        }
+    )
 
 
 def retinanet_model(*, depth: int = 50, num_classes: int = 80) -> ml_collections.ConfigDict:

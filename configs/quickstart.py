@@ -44,6 +44,13 @@ Commands (from the repository root):
     tensorboard --logdir /tmp/quickstart/tb           # losses, lr, AP
     python train.py --config configs/quickstart.py --workdir /tmp/quickstart --eval_only
     python train.py --config configs/quickstart.py:smoke --workdir /tmp/qs_smoke   # 4 steps
+
+`:cascade` (`:cascade_smoke`) swaps the ROI heads for Cascade R-CNN's (`CascadeROIHeads`, 3
+stages at IoU 0.5 / 0.6 / 0.7, class-agnostic boxes; `configs.common.cascade`) and changes
+nothing else (the same 256 training proposals, seed and schedule), for the side-by-side with the
+plain head:
+
+    python train.py --config configs/quickstart.py:cascade --workdir /tmp/quickstart_cascade
 """
 
 import ml_collections
@@ -52,7 +59,11 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the quickstart config; `arg="smoke"` gives a few-iteration variant for tests."""
+    """Returns the quickstart config; `arg="smoke"` gives a few-iteration variant for tests,
+    `"cascade"` / `"cascade_smoke"` the same with Cascade R-CNN's ROI heads."""
+    cascade = arg in ("cascade", "cascade_smoke")
+    if cascade:
+        arg = "smoke" if arg == "cascade_smoke" else None
     config = common.base_config(mask_on=True, depth=18)
     m = config.model
     m.backbone.freeze_at = 0
@@ -89,6 +100,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # of up to 16 for the adaptive grid.
     m.roi_box_head.pooler_sampling_ratio = 2
     m.roi_mask_head.pooler_sampling_ratio = 2
+
+    if cascade:
+        post_nms_topk_train = m.rpn.post_nms_topk_train
+        common.cascade(m)
+        m.rpn.post_nms_topk_train = post_nms_topk_train  # only the ROI heads change
 
     config.input.gt_mask_size = 32
     shapes_schedule(config, base_lr=0.06, arg=arg)
@@ -132,4 +148,7 @@ def shapes_schedule(config: ml_collections.ConfigDict, *, base_lr: float, arg: s
         config.data.shapes.num_val = 8
         config.log_period = 1
     elif arg:
-        raise ValueError(f"unknown config variant {arg!r} (known: 'smoke')")
+        raise ValueError(
+            f"unknown config variant {arg!r} (known: 'smoke'; quickstart.py also 'cascade', "
+            "'cascade_smoke')"
+        )

@@ -51,6 +51,10 @@ Decisions:
   `configs.common.base_config` (FPN; C4 = `build_resnet_backbone` + `Res5ROIHeads`; DC5 =
   `build_resnet_backbone` + `StandardROIHeads`); the keys a layout does not read (C4:
   `MODEL.FPN.*`, the box-head layers, the mask pooler) are dropped, as Detectron2 ignores them.
+* `MODEL.ROI_HEADS.NAME: CascadeROIHeads` adds `model.roi_box_cascade_head`
+  (`configs.common.cascade`) and maps `MODEL.ROI_BOX_CASCADE_HEAD.IOUS` / `BBOX_REG_WEIGHTS` onto
+  it (one entry per stage; `validate` checks the two lengths agree); under another ROI head
+  those keys are ignored, as in Detectron2.
 * `DATASETS.TRAIN` / `TEST` become `config.data.train.name` / `test.name`: a Detectron2 builtin
   name resolves to its files under `$DETECTRON2_DATASETS` (`jax_rcnn.data.builtin`) unless
   `config.data.<split>.json/.images` are set.
@@ -103,7 +107,7 @@ BACKBONE_TOP_BLOCKS = {
 # MODEL.BACKBONE.NAME of a plain ResNet (C4, DC5): its `RESNETS.OUT_FEATURES` are the features.
 PLAIN_BACKBONE = "build_resnet_backbone"
 BACKBONE_NAMES = (*BACKBONE_TOP_BLOCKS, PLAIN_BACKBONE)
-ROI_HEADS_NAMES = ("StandardROIHeads", "Res5ROIHeads")
+ROI_HEADS_NAMES = ("StandardROIHeads", "Res5ROIHeads", "CascadeROIHeads")
 LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 CLIP_TYPES = ("value", "norm")
@@ -484,6 +488,11 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST": ("model.roi_heads.score_thresh_test", _float),
     "MODEL.ROI_HEADS.NMS_THRESH_TEST": ("model.roi_heads.nms_thresh_test", _float),
     "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT": ("model.roi_heads.proposal_append_gt", _bool),
+    "MODEL.ROI_BOX_CASCADE_HEAD.IOUS": ("model.roi_box_cascade_head.ious", _floats),
+    "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS": (
+        "model.roi_box_cascade_head.bbox_reg_weights",
+        _per_level(_float),
+    ),
     "MODEL.ROI_BOX_HEAD.NUM_CONV": ("model.roi_box_head.num_conv", _int),
     "MODEL.ROI_BOX_HEAD.CONV_DIM": ("model.roi_box_head.conv_dim", _int),
     "MODEL.ROI_BOX_HEAD.NUM_FC": ("model.roi_box_head.num_fc", _int),
@@ -648,7 +657,6 @@ _INERT: dict[str, str] = {
     "MODEL.SEM_SEG_HEAD.": "semantic / panoptic segmentation (MODEL.META_ARCHITECTURE)",
     "MODEL.PANOPTIC_FPN.": "panoptic FPN (MODEL.META_ARCHITECTURE)",
     "MODEL.ROI_KEYPOINT_HEAD.": "keypoint head (MODEL.KEYPOINT_ON)",
-    "MODEL.ROI_BOX_CASCADE_HEAD.": "Cascade R-CNN (MODEL.ROI_HEADS.NAME)",
     "MODEL.ANCHOR_GENERATOR.ANGLES": "rotated anchors (MODEL.ANCHOR_GENERATOR.NAME)",
     "MODEL.RESNETS.DEFORM_MODULATED": "deformable convs (MODEL.RESNETS.DEFORM_ON_PER_STAGE)",
     "MODEL.RESNETS.DEFORM_NUM_GROUPS": "deformable convs (MODEL.RESNETS.DEFORM_ON_PER_STAGE)",
@@ -675,7 +683,12 @@ _INERT: dict[str, str] = {
 # them, and so does `from_detectron2` (neither mapped nor checked; the jax_rcnn config of that
 # meta-architecture has no such keys).
 _RPN_GROUPS = ("MODEL.RPN.", "MODEL.PROPOSAL_GENERATOR.")
-_ROI_GROUPS = ("MODEL.ROI_HEADS.", "MODEL.ROI_BOX_HEAD.", "MODEL.ROI_MASK_HEAD.")
+_ROI_GROUPS = (
+    "MODEL.ROI_HEADS.",
+    "MODEL.ROI_BOX_HEAD.",
+    "MODEL.ROI_BOX_CASCADE_HEAD.",
+    "MODEL.ROI_MASK_HEAD.",
+)
 _META_ARCH_GROUPS: dict[str, tuple[str, ...]] = {
     "GeneralizedRCNN": _RPN_GROUPS + _ROI_GROUPS,
     "RetinaNet": ("MODEL.RETINANET.",),
@@ -1013,6 +1026,8 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     config = _common().base_config(
         mask_on=bool(d2["MODEL.MASK_ON"]), meta_architecture=meta, layout=_d2_layout(d2)
     )
+    if meta == "GeneralizedRCNN" and d2["MODEL.ROI_HEADS.NAME"] == "CascadeROIHeads":
+        _common().cascade(config.model)  # adds model.roi_box_cascade_head
     for key, (ours, convert) in _MAPPED.items():
         if _other_meta_arch_key(key, meta) or not _has_key(config, ours):
             continue  # a key this layout does not read (C4: FPN, box-head layers, ...)
@@ -1470,6 +1485,50 @@ def _check_roi_heads(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     c.int_at_least("model.roi_box_head.conv_dim", 1)
     c.int_at_least("model.roi_box_head.fc_dim", 1)
     c.pooler("model.roi_mask_head")
+    if m.roi_heads.get("name") == "CascadeROIHeads":
+        _check_cascade(c)
+
+
+def _check_cascade(c: _Checker) -> None:
+    """`CascadeROIHeads._init_box_head`'s asserts: one IoU and one weight 4-tuple per stage,
+    class-agnostic boxes, and stage 1's IoU equal to the ROI-head matcher's."""
+    m = c.config.model
+    if "roi_box_cascade_head" not in m:
+        c.require(
+            False,
+            "model.roi_heads.name",
+            "CascadeROIHeads needs model.roi_box_cascade_head (ious, bbox_reg_weights); "
+            "build it with configs.common.cascade(config.model)",
+        )
+        return
+    ious = tuple(m.roi_box_cascade_head.ious)
+    weights = tuple(m.roi_box_cascade_head.bbox_reg_weights)
+    ok = len(ious) >= 1 and all(_is_number(t) and 0 < t <= 1 for t in ious)
+    c.require(ok, "model.roi_box_cascade_head.ious", "needs one IoU in (0, 1] per stage")
+    c.require(
+        len(weights) == len(ious),
+        "model.roi_box_cascade_head.bbox_reg_weights",
+        f"needs one (dx, dy, dw, dh) weight tuple per stage: {len(ious)} stages "
+        f"(len(model.roi_box_cascade_head.ious)), got {len(weights)}",
+    )
+    ok = all(
+        isinstance(w, Sequence) and len(w) == 4 and all(_is_number(x) and x > 0 for x in w)
+        for w in weights
+    )
+    c.require(
+        ok, "model.roi_box_cascade_head.bbox_reg_weights", "each stage needs 4 positive values"
+    )
+    c.require(
+        bool(m.roi_box_head.cls_agnostic_bbox_reg),
+        "model.roi_box_head.cls_agnostic_bbox_reg",
+        "must be True for CascadeROIHeads (Detectron2 asserts it)",
+    )
+    first = tuple(m.roi_heads.iou_thresholds)[:1]
+    c.require(
+        bool(ious) and first == ious[:1],
+        "model.roi_box_cascade_head.ious",
+        f"the first stage's IoU must equal model.roi_heads.iou_thresholds[0] {first}",
+    )
 
 
 def _check_rest(c: _Checker, stride: int | None) -> None:

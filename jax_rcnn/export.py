@@ -712,7 +712,9 @@ def info(path: str | os.PathLike, step: int | None = None) -> str:
             for key in ("__author__", "iteration", "matching_heuristics"):
                 if key in raw:
                     lines.append(f"  {key}: {raw[key]!r}")
-        cls = shapes.get("roi_heads.box_predictor.cls_score.weight")
+        cls = shapes.get("roi_heads.box_predictor.cls_score.weight") or shapes.get(
+            "roi_heads.box_predictor.0.cls_score.weight"  # CascadeROIHeads: one per stage
+        )
         if cls:
             lines.append(f"  num_classes: {cls[0] - 1}")
         lines.append(f"  mask head: {any('mask_head' in n for n in shapes)}")

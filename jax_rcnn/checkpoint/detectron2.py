@@ -17,6 +17,7 @@ path becomes a Detectron2 name by three rules:
 |---|---|
 | path separator `/` | `.` |
 | block `res{s}_{i}` | `res{s}.{i}` |
+| cascade stage `box_head_{k}`, `box_predictor_{k}` | `box_head.{k}`, `box_predictor.{k}` |
 | `params` `kernel` / `bias` / BN-GN `scale` | `weight` / `bias` / `weight` |
 | `batch_stats` `mean` / `var` | `running_mean` / `running_var` |
 | `frozen` `weight`, `bias`, `running_mean`, `running_var` | same names |
@@ -61,7 +62,7 @@ _LEAF_TO_D2 = {
     (modeling.FROZEN, "running_mean"): "running_mean",
     (modeling.FROZEN, "running_var"): "running_var",
 }
-_BLOCK = re.compile(r"^(res\d)_(\d+)$")
+_BLOCK = re.compile(r"^(res\d|box_head|box_predictor)_(\d+)$")
 _IGNORED = re.compile(r"(^|\.)(num_batches_tracked|pixel_mean|pixel_std)$|anchor_generator\.")
 _MSRA_CLASSIFIER = re.compile(r"^(fc1000|pred)_[wb]$")
 FROZEN_BN_EPS = 1e-5
@@ -98,19 +99,22 @@ def _d2_name(collection: str, path: tuple[str, ...]) -> str:
 def _flat_input_chw(config) -> tuple[tuple[tuple[str, ...], ...], tuple[int, int, int] | None]:
     """Module paths whose dense kernel reads the flattened pooled map, and that map's (C,S,S)."""
     m = config.model
-    if m.meta_architecture != "GeneralizedRCNN" or modeling.roi_heads_name(config) != (
-        "StandardROIHeads"
-    ):
+    name = modeling.roi_heads_name(config) if m.meta_architecture == "GeneralizedRCNN" else ""
+    if name not in ("StandardROIHeads", "CascadeROIHeads"):
         return (), None  # no fully connected layer on pooled features (C4: a spatial mean)
     bh = m.roi_box_head
     c = bh.conv_dim if bh.num_conv else pooled_channels(config)
     s = bh.pooler_resolution
+    stages = [""]
+    if name == "CascadeROIHeads":
+        stages = [f"_{k}" for k in range(len(m.roi_box_cascade_head.ious))]
     if bh.num_fc:
-        modules = (("roi_heads", "box_head", "fc1"),)
+        modules = tuple(("roi_heads", f"box_head{k}", "fc1") for k in stages)
     else:
-        modules = (
-            ("roi_heads", "box_predictor", "cls_score"),
-            ("roi_heads", "box_predictor", "bbox_pred"),
+        modules = tuple(
+            ("roi_heads", f"box_predictor{k}", layer)
+            for k in stages
+            for layer in ("cls_score", "bbox_pred")
         )
     return modules, (c, s, s)
 
@@ -254,6 +258,10 @@ def describe_config(config) -> str:
             f"num_convs={m.retinanet.num_convs}"
         )
     kind = {"FPN": "FPN", "C4": "C4 (Res5ROIHeads)", "DC5": "DC5"}[cfg_layout(config)]
+    if m.meta_architecture == "GeneralizedRCNN" and modeling.roi_heads_name(config) == (
+        "CascadeROIHeads"
+    ):
+        kind += f" CascadeROIHeads ({len(m.roi_box_cascade_head.ious)} stages)"
     neck = f"fpn.out_channels={m.fpn.out_channels}, " if "fpn" in m else ""
     backbone = (
         f"R{r.depth}-{kind} (norm={r.norm!r}, stem={r.stem_out_channels}, "
@@ -289,10 +297,17 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
         parts.append("plain ResNet backbone (backbone.res*, no FPN: C4 or DC5)")
     if any(n.startswith("roi_heads.res5.") for n in names):
         parts.append("Res5ROIHeads (roi_heads.res5.*: C4)")
+    stages = {
+        int(mt.group(1)) for n in names if (mt := re.match(r"roi_heads\.box_head\.(\d+)\.", n))
+    }
+    if stages:
+        parts.append(f"CascadeROIHeads with {max(stages) + 1} stages (roi_heads.box_head.{{k}}.*)")
     counts = tuple(blocks.get(s, 0) for s in (2, 3, 4, 5))
     depth = {(3, 4, 6, 3): "R50 or R34", (3, 4, 23, 3): "R101", (3, 8, 36, 3): "R152"}.get(counts)
     parts.append(f"blocks per stage res2..res5 {counts}" + (f" ({depth})" if depth else ""))
-    cls = shapes.get("roi_heads.box_predictor.cls_score.weight")
+    cls = shapes.get("roi_heads.box_predictor.cls_score.weight") or shapes.get(
+        "roi_heads.box_predictor.0.cls_score.weight"
+    )
     if cls:
         parts.append(f"num_classes={cls[0] - 1}")
     cls = shapes.get("head.cls_score.weight")

@@ -8,6 +8,7 @@ The folder reads like the model zoo:
 | `rpn.py` | the RPN stage: head, anchor targets and losses, proposals |
 | `roi_heads.py` | the ROI-head stages: ROI sampling, pooling, box head, mask head |
 | `res5_roi_heads.py` | C4's ROI-head stages (`Res5ROIHeads`): res5 as the head on 14x14 pools |
+| `cascade_roi_heads.py` | `CascadeROIHeads`: box stages, each on the previous one's boxes |
 | `dense_head.py` | the one-stage dense head: anchor labels, focal/box losses, decoding |
 | `rcnn.py` | Faster / Mask R-CNN (`GeneralizedRCNN`; ROI heads by `model.roi_heads.name`) |
 | `retinanet.py` | RetinaNet |

@@ -1,11 +1,11 @@
 """Faster / Mask R-CNN (`GeneralizedRCNN`): backbone -> RPN -> ROI heads, top to bottom.
 
 **Parity:** Detectron2's `GeneralizedRCNN` (`modeling/meta_arch/rcnn.py`) with `RPN` and
-`StandardROIHeads` (FPN, DC5) or `Res5ROIHeads` (C4), chosen by `config.model.roi_heads.name`;
-each stage's parity notes are in `meta_arch/rpn.py`, `meta_arch/roi_heads.py` and
-`meta_arch/res5_roi_heads.py`. Every variable-length set is padded to a static size with a
-`*_valid` mask. In training, proposals and targets carry no gradient (Detectron2's approximate
-joint training).
+`StandardROIHeads` (FPN, DC5), `Res5ROIHeads` (C4) or `CascadeROIHeads`, chosen by
+`config.model.roi_heads.name`; each stage's parity notes are in `meta_arch/rpn.py`,
+`meta_arch/roi_heads.py`, `meta_arch/res5_roi_heads.py` and `meta_arch/cascade_roi_heads.py`.
+Every variable-length set is padded to a static size with a `*_valid` mask. In training,
+proposals and targets carry no gradient (Detectron2's approximate joint training).
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ from typing import Any
 
 import jax
 
-from jax_rcnn.meta_arch import res5_roi_heads, roi_heads, rpn
+from jax_rcnn.meta_arch import cascade_roi_heads, res5_roi_heads, roi_heads, rpn
 from jax_rcnn.meta_arch.common import Networks, backbone_features, detection_outputs
 
 # `MODEL.ROI_HEADS.NAME` -> its stages (`sample_rois`, `losses`, `detect_boxes`, `mask_probs`).
-ROI_HEADS = {"StandardROIHeads": roi_heads, "Res5ROIHeads": res5_roi_heads}
+ROI_HEADS = {
+    "StandardROIHeads": roi_heads,
+    "Res5ROIHeads": res5_roi_heads,
+    "CascadeROIHeads": cascade_roi_heads,
+}
 
 GT_KEYS = ("image_size", "gt_boxes", "gt_classes", "gt_valid", "gt_masks")
 
@@ -97,7 +101,9 @@ def forward_train(
 
     Returns:
       `(losses, aux)`: losses `{"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"[,
-      "loss_mask"]}` of `f32[]`; aux `{"rpn_labels" i32[B, A], "proposals" (training
+      "loss_mask"]}` of `f32[]` (Cascade: `loss_cls_stage{k}`, `loss_box_reg_stage{k}` per
+      stage instead, and `aux["stage_rois"]`, `aux["stage_outputs"]`); aux `{"rpn_labels"
+      i32[B, A], "proposals" (training
       `Proposals`, before gt is appended), "rois" (`targets.ROITargets`, `[B, R]`),
       "all_finite" bool[B] (False: a proposal decoded to a non-finite box; Detectron2
       raises), "updates"[, "mask_targets" f32[B, F, M, M], "mask_logits" f32[B, F, M, M, K]

@@ -23,6 +23,8 @@ Shapes (NHWC, f32 outputs):
   * `box_head(pooled f32[..., S, S, C])` -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
   * `mask_head(pooled f32[..., S', S', C])` -> mask_logits f32[..., 2S', 2S', K].
   * ProposalNetwork: `features` and `rpn_head` as above (no ROI heads).
+  * Cascade (`CascadeROIHeads`): `box_head(pooled, stage)`, `stage` a Python int ->
+    (cls_logits f32[..., K+1], box_deltas f32[..., 4]) of that stage's head and predictor.
   * C4 (`Res5ROIHeads`): `res5_head(pooled f32[..., 14, 14, C4])` -> f32[..., 7, 7, C5];
     `box_head` and `mask_head` then take that res5 output (spatial mean -> predictor; deconv
     -> 14x14 logits).
@@ -69,6 +71,7 @@ __all__ = [
     "NETWORKS",
     "ProposalNetwork",
     "RPN",
+    "CascadeROIHeads",
     "Res5ROIHeads",
     "RetinaNet",
     "StandardROIHeads",
@@ -135,6 +138,48 @@ class StandardROIHeads(nn.Module):
         return out
 
 
+class CascadeROIHeads(nn.Module):
+    """Parameter holder of Detectron2's `CascadeROIHeads`: one box head and one class-agnostic
+    predictor per stage (`roi_heads.box_head.{k}`, `roi_heads.box_predictor.{k}`), one mask
+    head. The box pooler is shared (no parameters).
+
+    Attributes:
+      box_head: one `FastRCNNConvFCHead` per stage (Flax names `box_head_{k}`).
+      box_predictor: one `FastRCNNOutputLayers` per stage, 4 deltas each (`box_predictor_{k}`).
+      mask_head: `MaskRCNNConvUpsampleHead`, or None without masks.
+      box_pooler_resolution: S of the box pooler (used by `initialize`).
+      mask_pooler_resolution: S of the mask pooler.
+    """
+
+    box_head: tuple[FastRCNNConvFCHead, ...]
+    box_predictor: tuple[FastRCNNOutputLayers, ...]
+    mask_head: MaskRCNNConvUpsampleHead | None = None
+    box_pooler_resolution: int = 7
+    mask_pooler_resolution: int = 14
+
+    def box(self, pooled: jax.Array, stage: int = 0) -> tuple[jax.Array, jax.Array]:
+        """pooled f32[..., S, S, C] -> stage `stage`'s (cls_logits f32[..., K+1], box_deltas
+        f32[..., 4]); `stage` is a Python int."""
+        return self.box_predictor[stage](self.box_head[stage](pooled))
+
+    def mask(self, pooled: jax.Array) -> jax.Array:
+        """pooled f32[..., S, S, C] -> mask logits f32[..., 2S, 2S, K]."""
+        if self.mask_head is None:
+            raise ValueError("this model has no mask head (config.model.mask_on=False)")
+        return self.mask_head(pooled)
+
+    def initialize(self, channels: int, dtype: Any) -> dict[str, jax.Array]:
+        """Runs every stage's heads and the mask head once on zeros; used by `init`."""
+        s, m = self.box_pooler_resolution, self.mask_pooler_resolution
+        outs = [
+            self.box(jnp.zeros((1, s, s, channels), dtype), k) for k in range(len(self.box_head))
+        ]
+        out = dict(cls_logits=outs[-1][0], box_deltas=outs[-1][1])
+        if self.mask_head is not None:
+            out["mask_logits"] = self.mask(jnp.zeros((1, m, m, channels), dtype))
+        return out
+
+
 class Res5ROIHeads(nn.Module):
     """Parameter holder of Detectron2's C4 `Res5ROIHeads`: res5 as the head, box predictor on
     its spatial mean, mask head (deconv, no convs) on its output.
@@ -190,14 +235,14 @@ class GeneralizedRCNN(nn.Module):
     Attributes:
       backbone: ResNet-FPN, or a plain `ResNet` (C4: res4 only; DC5: res5 only).
       proposal_generator: RPN head holder.
-      roi_heads: `StandardROIHeads` or `Res5ROIHeads`.
+      roi_heads: `StandardROIHeads`, `Res5ROIHeads` or `CascadeROIHeads`.
       roi_in_feature: the first feature the ROI heads pool from (sets the pooled channels
         used by `__call__` to initialise).
     """
 
     backbone: nn.Module
     proposal_generator: RPN
-    roi_heads: StandardROIHeads | Res5ROIHeads
+    roi_heads: StandardROIHeads | Res5ROIHeads | CascadeROIHeads
     roi_in_feature: str = "p2"
 
     def features(self, images: jax.Array) -> dict[str, jax.Array]:
@@ -209,12 +254,15 @@ class GeneralizedRCNN(nn.Module):
         """FPN dict -> (objectness logits [B, HiWiA] per level, anchor deltas [B, HiWiA, 4])."""
         return self.proposal_generator(features)
 
-    def box_head(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def box_head(self, pooled: jax.Array, stage: int | None = None) -> tuple[jax.Array, jax.Array]:
         """pooled f32[..., S, S, C] -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
 
-        With `Res5ROIHeads` the input is the res5 output (`res5_head`), not the pool.
+        With `Res5ROIHeads` the input is the res5 output (`res5_head`), not the pool. With
+        `CascadeROIHeads`, `stage` (a Python int) picks the stage's head; deltas are `[..., 4]`.
         """
-        return self.roi_heads.box(pooled)
+        if stage is None:
+            return self.roi_heads.box(pooled)
+        return self.roi_heads.box(pooled, stage)
 
     def mask_head(self, pooled: jax.Array) -> jax.Array:
         """pooled f32[..., S, S, C] -> mask logits f32[..., 2S, 2S, K] (`Res5ROIHeads`: the
@@ -399,9 +447,24 @@ def build_res5_head(config, *, train: bool, dtype: Any) -> tuple[BottleneckBlock
     )
 
 
+def build_box_head(config, *, train: bool, dtype: Any) -> FastRCNNConvFCHead:
+    """Detectron2's `FastRCNNConvFCHead` for `config.model.roi_box_head`."""
+    bh = config.model.roi_box_head
+    return FastRCNNConvFCHead(
+        num_conv=bh.num_conv,
+        conv_dim=bh.conv_dim,
+        num_fc=bh.num_fc,
+        fc_dim=bh.fc_dim,
+        norm=bh.norm,
+        train=train,
+        dtype=dtype,
+    )
+
+
 def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCNN:
     """`GeneralizedRCNN` networks for `config.model` (RPN, ROI heads of
-    `roi_heads.name`: `StandardROIHeads` or `Res5ROIHeads`, mask head when on)."""
+    `roi_heads.name`: `StandardROIHeads`, `Res5ROIHeads` or `CascadeROIHeads`, mask head
+    when on)."""
     m = config.model
     bh, mh = m.roi_box_head, m.roi_mask_head
     mask_head = None
@@ -426,17 +489,20 @@ def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCN
             mask_head=mask_head,
             pooler_resolution=bh.pooler_resolution,
         )
+    elif roi_heads_name(config) == "CascadeROIHeads":
+        num_stages = len(m.roi_box_cascade_head.ious)
+        roi_heads = CascadeROIHeads(
+            box_head=tuple(
+                build_box_head(config, train=train, dtype=dtype) for _ in range(num_stages)
+            ),
+            box_predictor=tuple(box_predictor.clone() for _ in range(num_stages)),
+            mask_head=mask_head,
+            box_pooler_resolution=bh.pooler_resolution,
+            mask_pooler_resolution=mh.pooler_resolution,
+        )
     else:
         roi_heads = StandardROIHeads(
-            box_head=FastRCNNConvFCHead(
-                num_conv=bh.num_conv,
-                conv_dim=bh.conv_dim,
-                num_fc=bh.num_fc,
-                fc_dim=bh.fc_dim,
-                norm=bh.norm,
-                train=train,
-                dtype=dtype,
-            ),
+            box_head=build_box_head(config, train=train, dtype=dtype),
             box_predictor=box_predictor,
             mask_head=mask_head,
             box_pooler_resolution=bh.pooler_resolution,
@@ -451,7 +517,8 @@ def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCN
 
 
 def roi_heads_name(config) -> str:
-    """`MODEL.ROI_HEADS.NAME`: "StandardROIHeads" (default) or "Res5ROIHeads" (C4)."""
+    """`MODEL.ROI_HEADS.NAME`: "StandardROIHeads" (default), "Res5ROIHeads" (C4) or
+    "CascadeROIHeads"."""
     return config.model.roi_heads.get("name", "StandardROIHeads")
 
 

@@ -28,6 +28,8 @@ PY_CONFIGS = (
     "configs/retinanet_R_50_FPN_1x.py",
     "configs/retinanet_R_50_FPN_3x.py",
     "configs/rpn_R_50_FPN_1x.py",
+    "configs/cascade_mask_rcnn_R_50_FPN_1x.py",
+    "configs/cascade_mask_rcnn_R_50_FPN_3x.py",
     *(
         f"configs/{kind}_rcnn_R_50_{arch}_{sched}.py"
         for kind in ("faster", "mask")
@@ -139,8 +141,12 @@ def test_every_detectron2_key_has_exactly_one_rule():
 def test_mapped_keys_exist_in_the_schema():
     base = cfg_lib.to_flat_dict(cfg_lib._common().base_config(mask_on=True))
     retina = cfg_lib.to_flat_dict(cfg_lib._common().base_config(meta_architecture="RetinaNet"))
+    cascade = cfg_lib._common().base_config(mask_on=True)
+    cfg_lib._common().cascade(cascade.model)
+    cascade = cfg_lib.to_flat_dict(cascade)
     for d2_key, ours in cfg_lib.D2_TO_JAX_RCNN.items():
         schema = retina if d2_key.startswith("MODEL.RETINANET.") else base
+        schema = cascade if d2_key.startswith("MODEL.ROI_BOX_CASCADE_HEAD.") else schema
         assert ours in schema, f"{d2_key} -> {ours} is not a key of configs/common.py"
 
 
@@ -424,7 +430,7 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
         ("MODEL:\n  RESNETS:\n    NORM: LN\n", "MODEL.RESNETS.NORM", "LN"),
         ("MODEL:\n  FPN:\n    NORM: LN\n", "MODEL.FPN.NORM", "LN"),
         ("MODEL:\n  BACKBONE:\n    NAME: build_vgg_backbone\n", "MODEL.BACKBONE.NAME", ""),
-        ("MODEL:\n  ROI_HEADS:\n    NAME: CascadeROIHeads\n", "MODEL.ROI_HEADS.NAME", ""),
+        ("MODEL:\n  ROI_HEADS:\n    NAME: RROIHeads\n", "MODEL.ROI_HEADS.NAME", "RROIHeads"),
         (
             "MODEL:\n  ROI_BOX_HEAD:\n    NAME: FastRCNNConvHead\n",
             "MODEL.ROI_BOX_HEAD.NAME",
@@ -835,3 +841,83 @@ def test_cosine_schedule_is_mapped(tmp_path):
     config = cfg_lib.from_detectron2(_override(tmp_path, text))
     assert config.solver.lr_scheduler_name == "WarmupCosineLR"
     assert config.solver.base_lr_end == 0.001
+
+
+# ---------------------------------------------------------------------------------------------
+# Cascade R-CNN
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sched", ["1x", "3x"])
+def test_cascade_zoo_yamls_equal_our_config_files(sched):
+    """`Misc/cascade_mask_rcnn_R_50_FPN_{1x,3x}.yaml`: CascadeROIHeads with Detectron2's
+    default ROI_BOX_CASCADE_HEAD, agnostic boxes, 2000 training proposals."""
+    yml = f"Misc/cascade_mask_rcnn_R_50_FPN_{sched}.yaml"
+    config = cfg_lib.from_detectron2(ZOO / yml)
+    m = config.model
+    assert m.roi_heads.name == "CascadeROIHeads" and m.mask_on
+    assert m.roi_box_cascade_head.ious == (0.5, 0.6, 0.7)
+    assert m.roi_box_cascade_head.bbox_reg_weights == (
+        (10.0, 10.0, 5.0, 5.0),
+        (20.0, 20.0, 10.0, 10.0),
+        (30.0, 30.0, 15.0, 15.0),
+    )
+    assert m.roi_box_head.cls_agnostic_bbox_reg and m.rpn.post_nms_topk_train == 2000
+    assert config.solver.max_iter == (90000 if sched == "1x" else 270000)
+
+    ours = cfg_lib.to_flat_dict(cfg_lib.load_config(f"configs/{Path(yml).stem}.py"))
+    d2 = cfg_lib.to_flat_dict(config)
+    assert set(ours) == set(d2)
+    diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
+    assert diff == {
+        "input.pad_mode": ("buckets", "size_divisibility"),
+        "input.auto_buckets": (False, True),
+        "data.train.name": ("", "coco_2017_train"),
+        "data.test.name": ("", "coco_2017_val"),
+        "input.mask_format": ("bitmask", "polygon"),
+        "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
+    }
+
+
+def test_cascade_two_and_four_stages_from_yaml(tmp_path):
+    path = _override(
+        tmp_path,
+        "MODEL:\n  ROI_HEADS:\n    NAME: CascadeROIHeads\n  ROI_BOX_HEAD:\n"
+        "    CLS_AGNOSTIC_BBOX_REG: True\n  ROI_BOX_CASCADE_HEAD:\n"
+        "    IOUS: [0.5, 0.6, 0.7, 0.75]\n"
+        "    BBOX_REG_WEIGHTS: [[10, 10, 5, 5], [20, 20, 10, 10], [30, 30, 15, 15], "
+        "[40, 40, 20, 20]]\n",
+    )
+    assert len(cfg_lib.from_detectron2(path).model.roi_box_cascade_head.ious) == 4
+    config = cfg_lib.load_config("configs/cascade_mask_rcnn_R_50_FPN_1x.py")
+    with config.unlocked():
+        config.model.roi_box_cascade_head.ious = (0.5, 0.6)
+        config.model.roi_box_cascade_head.bbox_reg_weights = ((10, 10, 5, 5), (20, 20, 10, 10))
+    cfg_lib.validate(config)
+
+
+def test_cascade_stage_count_mismatch_is_an_error_naming_the_key(tmp_path):
+    config = cfg_lib.load_config("configs/cascade_mask_rcnn_R_50_FPN_1x.py")
+    with config.unlocked():
+        config.model.roi_box_cascade_head.ious = (0.5, 0.6)
+    with pytest.raises(
+        ValueError, match=r"config.model.roi_box_cascade_head.bbox_reg_weights = .*2 stages"
+    ):
+        cfg_lib.validate(config)
+    path = _override(
+        tmp_path,
+        "MODEL:\n  ROI_HEADS:\n    NAME: CascadeROIHeads\n  ROI_BOX_HEAD:\n"
+        "    CLS_AGNOSTIC_BBOX_REG: True\n  ROI_BOX_CASCADE_HEAD:\n    IOUS: [0.5, 0.6]\n",
+    )
+    with pytest.raises(ValueError, match=r"MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS\]"):
+        cfg_lib.from_detectron2(path)
+
+
+def test_cascade_needs_agnostic_boxes_and_the_roi_heads_iou():
+    config = cfg_lib.load_config("configs/cascade_mask_rcnn_R_50_FPN_1x.py")
+    with config.unlocked():
+        config.model.roi_box_head.cls_agnostic_bbox_reg = False
+        config.model.roi_heads.iou_thresholds = (0.4,)
+    with pytest.raises(ValueError) as info:
+        cfg_lib.validate(config)
+    text = str(info.value)
+    assert "config.model.roi_box_head.cls_agnostic_bbox_reg = False" in text
+    assert "config.model.roi_box_cascade_head.ious" in text

@@ -11,6 +11,8 @@ import pytest
 from flax import traverse_util
 
 from configs import (
+    cascade_mask_rcnn_R_50_FPN_1x,
+    cascade_mask_rcnn_R_50_FPN_3x,
     faster_rcnn_R_50_C4_1x,
     faster_rcnn_R_50_DC5_1x,
     faster_rcnn_R_50_FPN_1x,
@@ -45,6 +47,7 @@ ZOO = {
     "COCO-Detection/faster_rcnn_R_50_DC5_1x.yaml": faster_rcnn_R_50_DC5_1x.get_config,
     "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml": mask_rcnn_R_50_C4_1x.get_config,
     "COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_1x.yaml": mask_rcnn_R_50_DC5_1x.get_config,
+    "Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml": cascade_mask_rcnn_R_50_FPN_1x.get_config,
 }
 
 
@@ -423,3 +426,52 @@ def test_3x_c4_dc5_configs_have_the_1x_checkpoint_names(zoo_shapes, name):
     folder = "COCO-Detection" if name.startswith("faster") else "COCO-InstanceSegmentation"
     ours = {e.d2_name: list(e.d2_shape) for e in d2.name_table(config)}
     assert ours == zoo_shapes[f"{folder}/{name}_1x.yaml"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cascade R-CNN
+
+
+def test_cascade_3x_config_has_the_1x_checkpoint_names(zoo_shapes):
+    table = d2.name_table(cascade_mask_rcnn_R_50_FPN_3x.get_config())
+    ours = {e.d2_name: list(e.d2_shape) for e in table}
+    shapes = zoo_shapes["Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml"]
+    assert ours == shapes
+    assert shapes["roi_heads.box_predictor.2.bbox_pred.weight"] == [4, 1024]
+    assert shapes["roi_heads.box_head.1.fc1.weight"] == [1024, 12544]
+
+
+def test_cascade_fc1_of_every_stage_is_chw_flattened():
+    table = {e.d2_name: e for e in d2.name_table(cascade_mask_rcnn_R_50_FPN_1x.get_config())}
+    for k in range(3):
+        assert table[f"roi_heads.box_head.{k}.fc1.weight"].layout == "linear_chw"
+        assert table[f"roi_heads.box_head.{k}.fc2.weight"].layout == "linear"
+
+
+def _zoo_state(zoo_shapes, name):
+    return {k: np.zeros(tuple(s), np.float32) for k, s in zoo_shapes[name].items()}
+
+
+def test_cascade_checkpoint_into_mask_rcnn_config_names_the_first_mismatched_key(zoo_shapes):
+    state = _zoo_state(zoo_shapes, "Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml")
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(state, mask_rcnn_R_50_FPN_1x.get_config())
+    text = str(info.value)
+    assert re.search(r"first mismatched key: roi_heads\.box_head\.0\.fc1\.\w+ \(unexpected", text)
+    assert "CascadeROIHeads with 3 stages (roi_heads.box_head.{k}.*)" in text
+
+
+def test_mask_rcnn_checkpoint_into_cascade_config_is_an_error(zoo_shapes):
+    state = _zoo_state(zoo_shapes, "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+    with pytest.raises(ValueError) as info:
+        d2.convert_detectron2_to_flax(state, cascade_mask_rcnn_R_50_FPN_1x.get_config())
+    text = str(info.value)
+    assert re.search(r"first mismatched key: roi_heads\.box_head\.fc1\.\w+ \(unexpected", text)
+    assert "R50-FPN CascadeROIHeads (3 stages)" in text
+
+
+def test_two_stage_cascade_checkpoint_into_three_stage_config_is_an_error(zoo_shapes):
+    state = _zoo_state(zoo_shapes, "Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml")
+    state = {k: v for k, v in state.items() if ".2." not in k or not k.startswith("roi_heads.box")}
+    with pytest.raises(ValueError, match=r"roi_heads\.box_head\.2\.fc1\.\w+ \(missing"):
+        d2.convert_detectron2_to_flax(state, cascade_mask_rcnn_R_50_FPN_1x.get_config())
