@@ -254,6 +254,8 @@ def describe_config(config) -> str:
             f"num_convs={m.retinanet.num_convs}"
         )
     kind = {"FPN": "FPN", "C4": "C4 (Res5ROIHeads)", "DC5": "DC5"}[cfg_layout(config)]
+    if m.meta_architecture == "ProposalNetwork":
+        kind = kind.split(" ")[0]  # no ROI heads
     neck = f"fpn.out_channels={m.fpn.out_channels}, " if "fpn" in m else ""
     backbone = (
         f"R{r.depth}-{kind} (norm={r.norm!r}, stem={r.stem_out_channels}, "
