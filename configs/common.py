@@ -308,13 +308,20 @@ def retinanet_model(*, depth: int = 50, num_classes: int = 80) -> ml_collections
     )
 
 
-def proposal_model(*, depth: int = 50) -> ml_collections.ConfigDict:
-    """`MODEL.*` of `Base-RCNN-FPN.yaml` with `META_ARCHITECTURE: ProposalNetwork`: the R-CNN
-    backbone and RPN, no ROI heads (`rpn_R_50_FPN_1x.yaml` also sets `POST_NMS_TOPK_TEST` 2000).
+def proposal_model(*, depth: int = 50, layout: str = "FPN") -> ml_collections.ConfigDict:
+    """`MODEL.*` of `Base-RCNN-FPN.yaml` (`layout` "C4": `Base-RCNN-C4.yaml`; "DC5":
+    `Base-RCNN-DilatedC5.yaml`) with `META_ARCHITECTURE: ProposalNetwork`: the R-CNN backbone
+    and RPN, no ROI heads (`rpn_R_50_FPN_1x.yaml` also sets `POST_NMS_TOPK_TEST` 2000,
+    `rpn_R_50_C4_1x.yaml` `PRE_NMS_TOPK_TEST` 12000 and `POST_NMS_TOPK_TEST` 2000).
 
     No ROI-head keys: they do nothing in a ProposalNetwork, so setting one is an error.
     """
-    config = model(mask_on=False, depth=depth)
+    if layout == "C4":
+        config = c4_model(mask_on=False, depth=depth)
+    elif layout == "DC5":
+        config = dc5_model(mask_on=False, depth=depth)
+    else:
+        config = model(mask_on=False, depth=depth)
     for key in ("roi_heads", "roi_box_head", "roi_mask_head"):
         del config[key]
     config.meta_architecture = "ProposalNetwork"
@@ -467,7 +474,7 @@ def base_config(
 ) -> ml_collections.ConfigDict:
     """The whole `Base-RCNN-FPN.yaml` (or `Base-RetinaNet.yaml`; for "ProposalNetwork" without
     the ROI heads) config, unlocked so a config file can adjust it; `layout` "C4" / "DC5" gives
-    `Base-RCNN-C4.yaml` / `Base-RCNN-DilatedC5.yaml` (R-CNN only)."""
+    `Base-RCNN-C4.yaml` / `Base-RCNN-DilatedC5.yaml` (R-CNN and ProposalNetwork)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if meta_architecture == "RetinaNet":
@@ -479,9 +486,7 @@ def base_config(
     elif meta_architecture == "ProposalNetwork":
         if mask_on:
             raise ValueError("ProposalNetwork has no mask head (mask_on must be False)")
-        if layout != "FPN":
-            raise ValueError("only the FPN ProposalNetwork is implemented (layout must be 'FPN')")
-        model_config = proposal_model(depth=depth)
+        model_config = proposal_model(depth=depth, layout=layout)
     elif layout == "C4":
         model_config = c4_model(mask_on=mask_on, depth=depth)
     elif layout == "DC5":

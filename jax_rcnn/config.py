@@ -49,8 +49,9 @@ Decisions:
   data, `jax_rcnn.data.buckets`) instead of one compile per batch shape.
 * `MODEL.BACKBONE.NAME` / `MODEL.ROI_HEADS.NAME` choose the layout of
   `configs.common.base_config` (FPN; C4 = `build_resnet_backbone` + `Res5ROIHeads`; DC5 =
-  `build_resnet_backbone` + `StandardROIHeads`); the keys a layout does not read (C4:
-  `MODEL.FPN.*`, the box-head layers, the mask pooler) are dropped, as Detectron2 ignores them.
+  `build_resnet_backbone` + `StandardROIHeads`; a plain-ResNet `ProposalNetwork` is C4, or DC5
+  with `RES5_DILATION` 2); the keys a layout does not read (C4: `MODEL.FPN.*`, the box-head
+  layers, the mask pooler) are dropped, as Detectron2 ignores them.
 * `MODEL.ROI_HEADS.NAME: CascadeROIHeads` adds `model.roi_box_cascade_head`
   (`configs.common.cascade`) and maps `MODEL.ROI_BOX_CASCADE_HEAD.IOUS` / `BBOX_REG_WEIGHTS` onto
   it (one entry per stage; `validate` checks the two lengths agree); under another ROI head
@@ -967,8 +968,11 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 def _d2_layout(d2: Mapping[str, Any]) -> str:
     """`configs.common.base_config`'s layout of a Detectron2 config: "FPN", "C4" (plain ResNet
     + Res5ROIHeads) or "DC5" (plain ResNet + StandardROIHeads)."""
-    if d2["MODEL.BACKBONE.NAME"] != PLAIN_BACKBONE or d2["MODEL.META_ARCHITECTURE"] == "RetinaNet":
+    meta = d2["MODEL.META_ARCHITECTURE"]
+    if d2["MODEL.BACKBONE.NAME"] != PLAIN_BACKBONE or meta == "RetinaNet":
         return "FPN"
+    if meta == "ProposalNetwork":  # no ROI heads: the dilation tells the two plain layouts
+        return "DC5" if d2["MODEL.RESNETS.RES5_DILATION"] == 2 else "C4"
     return "C4" if d2["MODEL.ROI_HEADS.NAME"] == "Res5ROIHeads" else "DC5"
 
 
@@ -982,10 +986,16 @@ def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
 
 
 def layout(config: ml_collections.ConfigDict) -> str:
-    """ "FPN", "C4" (plain ResNet + `Res5ROIHeads`) or "DC5" (plain ResNet + StandardROIHeads)."""
+    """ "FPN", "C4" (plain ResNet + `Res5ROIHeads`) or "DC5" (plain ResNet + StandardROIHeads).
+
+    A `ProposalNetwork` on a plain ResNet (no ROI heads) is "DC5" with a dilated res5, else
+    "C4" (`rpn_R_50_C4_1x`: RPN on res4).
+    """
     m = config.model
-    if m.backbone.name != PLAIN_BACKBONE or "roi_heads" not in m:
+    if m.backbone.name != PLAIN_BACKBONE or m.meta_architecture == "RetinaNet":
         return "FPN"
+    if "roi_heads" not in m:
+        return "DC5" if m.resnets.res5_dilation == 2 else "C4"
     return "C4" if m.roi_heads.get("name") == "Res5ROIHeads" else "DC5"
 
 

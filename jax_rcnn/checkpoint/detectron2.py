@@ -258,9 +258,9 @@ def describe_config(config) -> str:
             f"num_convs={m.retinanet.num_convs}"
         )
     kind = {"FPN": "FPN", "C4": "C4 (Res5ROIHeads)", "DC5": "DC5"}[cfg_layout(config)]
-    if m.meta_architecture == "GeneralizedRCNN" and modeling.roi_heads_name(config) == (
-        "CascadeROIHeads"
-    ):
+    if m.meta_architecture == "ProposalNetwork":
+        kind = kind.split(" ")[0]  # no ROI heads
+    elif modeling.roi_heads_name(config) == "CascadeROIHeads":
         kind += f" CascadeROIHeads ({len(m.roi_box_cascade_head.ious)} stages)"
     neck = f"fpn.out_channels={m.fpn.out_channels}, " if "fpn" in m else ""
     backbone = (

@@ -1,12 +1,13 @@
 """RPN-only detectors (`ProposalNetwork`): backbone -> RPN -> (RPN losses | proposals).
 
 **Parity:** Detectron2's `ProposalNetwork` (`modeling/meta_arch/rcnn.py`): the R-CNN
-preprocessing and backbone, the `RPN` stage of `meta_arch/rpn.py`; training returns only
-`loss_rpn_cls` and `loss_rpn_loc` (the proposals are computed anyway, as Detectron2 does, so a
-non-finite proposal stops the step); inference returns the test-mode proposals after
-`detector_postprocess` (scaled to the original image, clipped, empty boxes dropped), in the
-order of `find_top_rpn_proposals`: descending raw objectness logit. Deviation: the proposals
-are padded to `P = post_nms_topk_test` slots with a `valid` mask, valid slots first.
+preprocessing and backbone (ResNet-FPN, or the plain ResNet to res4 of `rpn_R_50_C4_1x`), the
+`RPN` stage of `meta_arch/rpn.py`; training returns only `loss_rpn_cls` and `loss_rpn_loc`
+(the proposals are computed anyway, as Detectron2 does, so a non-finite proposal stops the
+step); inference returns the test-mode proposals after `detector_postprocess` (scaled to the
+original image, clipped, empty boxes dropped), in the order of `find_top_rpn_proposals`:
+descending raw objectness logit. Deviation: the proposals are padded to
+`P = post_nms_topk_test` slots with a `valid` mask, valid slots first.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def inference(
     Args:
       model: the networks (`jax_rcnn.modeling.build_model(config)`, a `ProposalNetwork`).
       variables: their variables (`params`, `frozen`).
-      images: `u8|f32[B, H, W, 3]` BGR, resized, padded bottom/right (multiples of 32).
+      images: `u8|f32[B, H, W, 3]` BGR, resized, padded bottom/right (FPN: multiples of 32;
+        C4: any size, Detectron2 pads only to the batch's largest image).
       image_sizes: `i32[B, 2]` (h, w) of each resized image before padding.
       original_sizes: `i32[B, 2]` (H0, W0) of the original images.
       config: the jax_rcnn config.

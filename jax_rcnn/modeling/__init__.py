@@ -22,7 +22,8 @@ Shapes (NHWC, f32 outputs):
     of f32[B, Hi*Wi*A] and f32[B, Hi*Wi*A, 4], flat index (y * Wi + x) * A + a.
   * `box_head(pooled f32[..., S, S, C])` -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
   * `mask_head(pooled f32[..., S', S', C])` -> mask_logits f32[..., 2S', 2S', K].
-  * ProposalNetwork: `features` and `rpn_head` as above (no ROI heads).
+  * ProposalNetwork: `features` and `rpn_head` as above (no ROI heads); on a plain ResNet
+    (`rpn_R_50_C4_1x`) `features` is {"res4": f32[B, ceil(H/16), ceil(W/16), C4]}.
   * Cascade (`CascadeROIHeads`): `box_head(pooled, stage)`, `stage` a Python int ->
     (cls_logits f32[..., K+1], box_deltas f32[..., 4]) of that stage's head and predictor.
   * C4 (`Res5ROIHeads`): `res5_head(pooled f32[..., 14, 14, C4])` -> f32[..., 7, 7, C5];
@@ -343,23 +344,26 @@ class ProposalNetwork(nn.Module):
     """The parameterised networks of Detectron2's `ProposalNetwork` (backbone + RPN head).
 
     Attributes:
-      backbone: ResNet-FPN.
+      backbone: ResNet-FPN (`rpn_R_50_FPN_1x`), or a plain `ResNet` (`rpn_R_50_C4_1x`: res4).
       proposal_generator: RPN head holder.
     """
 
-    backbone: FPN
+    backbone: nn.Module
     proposal_generator: RPN
 
     def features(self, images: jax.Array) -> dict[str, jax.Array]:
-        """images f32[B, H, W, 3] -> {"p2": f32[B, H/4, W/4, C], ..., "p6": ...}."""
+        """images f32[B, H, W, 3] -> {"p2": f32[B, H/4, W/4, C], ..., "p6": ...} (FPN), or
+        {"res4": f32[B, ceil(H/16), ceil(W/16), C4]} (C4)."""
         return self.backbone(images)
 
     def rpn_head(self, features: dict[str, jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
-        """FPN dict -> (objectness logits [B, HiWiA] per level, anchor deltas [B, HiWiA, 4])."""
+        """Feature dict -> (objectness logits [B, HiWiA] per level, anchor deltas [B, HiWiA, 4])
+        over `rpn.in_features` (one level for C4)."""
         return self.proposal_generator(features)
 
     def __call__(self, images: jax.Array) -> dict[str, Any]:
-        """Runs every network once; used by `init`. images f32[B, H, W, 3], H, W multiples of 64."""
+        """Runs every network once; used by `init`. images f32[B, H, W, 3] (FPN: H, W multiples
+        of 64 so that p6 is not empty)."""
         feats = self.features(images)
         logits, deltas = self.rpn_head(feats)
         return dict(features=feats, rpn_logits=logits, rpn_deltas=deltas)

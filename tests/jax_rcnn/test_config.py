@@ -30,6 +30,7 @@ PY_CONFIGS = (
     "configs/rpn_R_50_FPN_1x.py",
     "configs/cascade_mask_rcnn_R_50_FPN_1x.py",
     "configs/cascade_mask_rcnn_R_50_FPN_3x.py",
+    "configs/rpn_R_50_C4_1x.py",
     *(
         f"configs/{kind}_rcnn_R_50_{arch}_{sched}.py"
         for kind in ("faster", "mask")
@@ -251,6 +252,7 @@ def test_model_zoo_yaml(name, mask_on, depth, steps, max_iter):
         ("configs/retinanet_R_50_FPN_1x.py", "COCO-Detection/retinanet_R_50_FPN_1x.yaml"),
         ("configs/retinanet_R_50_FPN_3x.py", "COCO-Detection/retinanet_R_50_FPN_3x.yaml"),
         ("configs/rpn_R_50_FPN_1x.py", "COCO-Detection/rpn_R_50_FPN_1x.yaml"),
+        ("configs/rpn_R_50_C4_1x.py", "COCO-Detection/rpn_R_50_C4_1x.yaml"),
     ],
 )
 def test_model_zoo_yaml_equals_our_config_file(py, yml):
@@ -317,6 +319,31 @@ def test_rpn_zoo_yaml_is_a_proposal_network():
     assert m.rpn.post_nms_topk_test == 2000 and m.rpn.pre_nms_topk_test == 1000
     assert "roi_heads" not in m and "roi_box_head" not in m and "retinanet" not in m
     assert cfg_lib.num_classes(config) == 1
+
+
+def test_rpn_c4_zoo_yaml_is_a_proposal_network_on_res4():
+    """Base-RCNN-C4 + ProposalNetwork: plain ResNet to res4, 15 anchors, top-k 12000 / 2000."""
+    config = cfg_lib.from_detectron2(ZOO / "COCO-Detection/rpn_R_50_C4_1x.yaml")
+    m = config.model
+    assert m.meta_architecture == "ProposalNetwork" and cfg_lib.layout(config) == "C4"
+    assert m.backbone.name == "build_resnet_backbone" and "fpn" not in m
+    assert m.resnets.out_features == m.rpn.in_features == ("res4",)
+    assert m.anchor_generator.sizes == ((32, 64, 128, 256, 512),)
+    assert (m.rpn.pre_nms_topk_test, m.rpn.post_nms_topk_test) == (12000, 2000)
+    assert (m.rpn.pre_nms_topk_train, m.rpn.post_nms_topk_train) == (12000, 2000)
+    assert "roi_heads" not in m and config.input.size_divisibility == 0
+
+
+def test_plain_proposal_network_layout_follows_the_dilation(tmp_path):
+    """Without ROI heads, a plain-ResNet ProposalNetwork is C4, or DC5 with a dilated res5."""
+    base = ZOO / "COCO-Detection/rpn_R_50_C4_1x.yaml"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        f"_BASE_: {str(base)!r}\nMODEL:\n  RESNETS:\n    OUT_FEATURES: ['res5']\n"
+        "    RES5_DILATION: 2\n  RPN:\n    IN_FEATURES: ['res5']\n"
+    )
+    config = cfg_lib.from_detectron2(path)
+    assert cfg_lib.layout(config) == "DC5" and config.model.rpn.in_features == ("res5",)
 
 
 def test_proposal_network_rejects_mask_on(tmp_path):

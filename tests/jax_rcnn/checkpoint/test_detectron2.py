@@ -21,6 +21,7 @@ from configs import (
     mask_rcnn_R_50_FPN_1x,
     mask_rcnn_R_50_FPN_3x,
     retinanet_R_50_FPN_1x,
+    rpn_R_50_C4_1x,
     rpn_R_50_FPN_1x,
 )
 from jax_rcnn import modeling
@@ -43,6 +44,7 @@ ZOO = {
     "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml": r101_config,
     "COCO-Detection/retinanet_R_50_FPN_1x.yaml": retinanet_R_50_FPN_1x.get_config,
     "COCO-Detection/rpn_R_50_FPN_1x.yaml": rpn_R_50_FPN_1x.get_config,
+    "COCO-Detection/rpn_R_50_C4_1x.yaml": rpn_R_50_C4_1x.get_config,
     "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml": faster_rcnn_R_50_C4_1x.get_config,
     "COCO-Detection/faster_rcnn_R_50_DC5_1x.yaml": faster_rcnn_R_50_DC5_1x.get_config,
     "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml": mask_rcnn_R_50_C4_1x.get_config,

@@ -229,13 +229,15 @@ def test_train_py_signal_then_resume_matches_uninterrupted(
 
 
 @pytest.mark.slow
-def test_quickstart_config_runs_end_to_end(tmp_path):
-    """The README's main command on `configs/quickstart.py:smoke` (4 steps, evaluation, picture):
-    guards the quickstart's own architecture (R18 res2-res4, p2-only ROI pooling)."""
+@pytest.mark.parametrize("spec", ["configs/quickstart.py:smoke", "configs/quickstart_c4.py:smoke"])
+def test_quickstart_config_runs_end_to_end(tmp_path, spec):
+    """The README's main command on the quickstarts' `:smoke` variants (4 steps, evaluation,
+    picture): guards their own architectures (R18 res2-res4 with p2-only ROI pooling; the
+    narrow R50-C4 with its 12 anchors on res4 and the BN res5 head)."""
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
-        "--config=configs/quickstart.py:smoke",
+        f"--config={spec}",
         f"--workdir={tmp_path / 'w'}",
         f"--config.data.cache_dir={tmp_path / 'cache'}",
     ]
@@ -307,13 +309,16 @@ def test_retinanet_trains_evaluates_and_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_proposal_network_trains_and_evaluates_box_proposal_recall(tmp_path):
-    """`train.py` on `configs/rpn_R_50_FPN_1x.py:smoke`: RPN losses only, then Detectron2's
-    box-proposal AR under its metric names (`box_proposals/AR@100`, ...)."""
+@pytest.mark.parametrize(
+    "spec", ["configs/rpn_R_50_FPN_1x.py:smoke", "configs/rpn_R_50_C4_1x.py:smoke"]
+)
+def test_proposal_network_trains_and_evaluates_box_proposal_recall(tmp_path, spec):
+    """`train.py` on the RPN-only smoke configs (FPN, and C4: the RPN on res4): RPN losses only,
+    then Detectron2's box-proposal AR under its metric names (`box_proposals/AR@100`, ...)."""
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
-        "--config=configs/rpn_R_50_FPN_1x.py:smoke",
+        f"--config={spec}",
         f"--workdir={tmp_path / 'w'}",
         f"--config.data.cache_dir={tmp_path / 'cache'}",
         "--config.data.shapes.num_train=8",
