@@ -22,21 +22,19 @@ from pycocotools import mask as mask_util
 
 from jax_rcnn import masks, modeling
 from jax_rcnn.checkpoint import detectron2 as d2
-from jax_rcnn.config import from_detectron2
 from jax_rcnn.data import transforms as T
 from jax_rcnn.meta_arch import cascade_roi_heads, common, rcnn
+from tests.jax_rcnn.fixture_parity import (
+    DETECTION_CASES,
+    assert_close,
+    assert_detections,
+    load_fixture,
+)
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_cascade_maskrcnn"
 ANNOTATIONS = DATA.parent / "tiny_maskrcnn" / "annotations.json"  # byte-identical copy
-RTOL = 1e-4
 K = 4
 STAGES = 3
-
-
-def assert_close(actual, expected, rtol=RTOL):
-    expected = np.asarray(expected)
-    scale = float(np.max(np.abs(expected)))
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol, atol=rtol * scale)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +49,7 @@ def training_npz():
 
 @pytest.fixture(scope="module")
 def setup():
-    config = from_detectron2(DATA / "config.yaml")
-    with config.unlocked():
-        config.model.kernels = "reference"
-    variables = d2.load_weights(DATA / "model_final.pkl", config, None)
-    return config, modeling.build_model(config), jax.device_put(variables)
+    return load_fixture(DATA)
 
 
 def _input(npz):
@@ -140,23 +134,10 @@ def test_proposals(detections, inference_npz):
     assert close.mean() >= 0.99
 
 
-@pytest.mark.parametrize(
-    "ours, theirs",
-    [(("det_valid", "det_boxes"), "img0_det"), (("valid", "boxes"), "img0_final")],
-    ids=["before_postprocess", "final"],
-)
+@pytest.mark.parametrize(**DETECTION_CASES)
 def test_detections(detections, inference_npz, ours, theirs):
     """End to end from the image: our proposals, three stages, mean scores, last boxes."""
-    valid = detections[ours[0]][0]
-    want = inference_npz[f"{theirs}_boxes"]
-    assert valid.sum() == len(want)
-    np.testing.assert_allclose(detections[ours[1]][0][valid], want, atol=0.05)
-    np.testing.assert_allclose(
-        detections["scores"][0][valid], inference_npz[f"{theirs}_scores"], atol=1e-4
-    )
-    np.testing.assert_array_equal(
-        detections["classes"][0][valid], inference_npz[f"{theirs}_classes"]
-    )
+    assert_detections(detections, inference_npz, ours, theirs)
 
 
 def test_mask_logits_on_final_detections(detections, inference_npz):

@@ -20,18 +20,16 @@ from flax import traverse_util
 from jax_rcnn import anchors as anchor_ops
 from jax_rcnn import modeling
 from jax_rcnn.checkpoint import detectron2 as d2
-from jax_rcnn.config import from_detectron2
 from jax_rcnn.meta_arch import common, dense_head, retinanet
+from tests.jax_rcnn.fixture_parity import (
+    DETECTION_CASES,
+    assert_close,
+    assert_detections,
+    load_fixture,
+)
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_retinanet"
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
-RTOL = 1e-4
-
-
-def assert_close(actual, expected, rtol=RTOL):
-    expected = np.asarray(expected)
-    scale = float(np.max(np.abs(expected)))
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol, atol=rtol * scale)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +44,7 @@ def training_npz():
 
 @pytest.fixture(scope="module")
 def setup():
-    config = from_detectron2(DATA / "config.yaml")
-    variables = d2.load_weights(DATA / "model_final.pkl", config, None)
-    return config, modeling.build_model(config), jax.device_put(variables)
+    return load_fixture(DATA, reference_kernels=False)
 
 
 def _padded_input(npz):
@@ -115,23 +111,10 @@ def detections(setup, inference_npz):
     return jax.device_get(run(variables, images, sizes, originals))
 
 
-@pytest.mark.parametrize(
-    "ours, theirs",
-    [(("det_valid", "det_boxes"), "img0_det"), (("valid", "boxes"), "img0_final")],
-    ids=["before_postprocess", "final"],
-)
+@pytest.mark.parametrize(**DETECTION_CASES)
 def test_detections(detections, inference_npz, ours, theirs):
     """Resized-frame detections (`det_*`) and `detector_postprocess` output (`final_*`)."""
-    valid = detections[ours[0]][0]
-    want = inference_npz[f"{theirs}_boxes"]
-    assert valid.sum() == len(want)
-    np.testing.assert_allclose(detections[ours[1]][0][valid], want, atol=0.05)
-    np.testing.assert_allclose(
-        detections["scores"][0][valid], inference_npz[f"{theirs}_scores"], atol=1e-4
-    )
-    np.testing.assert_array_equal(
-        detections["classes"][0][valid], inference_npz[f"{theirs}_classes"]
-    )
+    assert_detections(detections, inference_npz, ours, theirs)
 
 
 def _training_batch(npz, inference):

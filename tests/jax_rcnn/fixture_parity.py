@@ -1,0 +1,50 @@
+"""Helpers shared by the parity tests against Detectron2's small fixtures (`tests/data/tiny_*`):
+loading a fixture's config and weights, the relative tolerance measure, and the detection check
+every detector's parity test makes (same count and classes, boxes within 0.05 px, scores 1e-4)."""
+
+import pathlib
+
+import jax
+import numpy as np
+
+from jax_rcnn import modeling
+from jax_rcnn.checkpoint import detectron2 as d2
+from jax_rcnn.config import from_detectron2
+
+RTOL = 1e-4
+
+# (our valid/boxes keys, the fixture's key prefix): resized-frame detections before
+# `detector_postprocess`, then the final ones in the original frame.
+DETECTION_CASES = {
+    "argnames": "ours, theirs",
+    "argvalues": [(("det_valid", "det_boxes"), "img0_det"), (("valid", "boxes"), "img0_final")],
+    "ids": ["before_postprocess", "final"],
+}
+
+
+def assert_close(actual, expected, rtol=RTOL):
+    """`actual` equals `expected` within `rtol` of the reference's largest magnitude."""
+    expected = np.asarray(expected)
+    scale = float(np.max(np.abs(expected)))
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol, atol=rtol * scale)
+
+
+def load_fixture(data: pathlib.Path, *, reference_kernels: bool = True):
+    """`(config, model, variables)` of a fixture folder: its `cfg.dump()` (`config.yaml`) through
+    `from_detectron2` and its `model_final.pkl`; the pure-JAX kernels unless told otherwise."""
+    config = from_detectron2(data / "config.yaml")
+    if reference_kernels:
+        with config.unlocked():
+            config.model.kernels = "reference"
+    variables = d2.load_weights(data / "model_final.pkl", config, None)
+    return config, modeling.build_model(config), jax.device_put(variables)
+
+
+def assert_detections(detections, npz, ours, theirs):
+    """Image 0's valid detections equal the fixture's `{theirs}_boxes/_scores/_classes`."""
+    valid = detections[ours[0]][0]
+    want = npz[f"{theirs}_boxes"]
+    assert valid.sum() == len(want)
+    np.testing.assert_allclose(detections[ours[1]][0][valid], want, atol=0.05)
+    np.testing.assert_allclose(detections["scores"][0][valid], npz[f"{theirs}_scores"], atol=1e-4)
+    np.testing.assert_array_equal(detections["classes"][0][valid], npz[f"{theirs}_classes"])
