@@ -14,7 +14,12 @@
 * RetinaNet (`RetinaNet.losses`, fvcore `sigmoid_focal_loss`, `giou_loss`): focal loss summed
   over every non-ignored anchor x class (one-hot targets, background all zeros), box loss
   (smooth-L1 on the deltas, or GIoU on the decoded boxes) summed over foreground anchors, both
-  divided by the caller's normaliser (Detectron2's EMA of the foreground count).
+  divided by the caller's normaliser (Detectron2's EMA of the foreground count);
+* box-regression loss types (`BBOX_REG_LOSS_TYPE` of the RPN, box head and RetinaNet) as
+  Detectron2's `_dense_box_regression_loss` (`modeling/box_regression.py`): "smooth_l1" on the
+  deltas, "giou" (fvcore), "diou", "ciou" (`layers/losses.py`) on the deltas decoded on the
+  anchors / proposals, summed over the foreground; `box_regression_loss`. CIoU floors heights
+  at eps in its aspect term (finite on zero-area boxes where Detectron2 gives NaN).
 
 Elementwise formulas follow PyTorch's: BCE is `softplus(x) - t x` (PyTorch's stable form; its
 gradient `sigmoid(x) - t` has no cancellation), smooth-L1 is
@@ -26,6 +31,8 @@ an empty mask batch and 0 for an empty ROI batch) instead of NaN.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +101,10 @@ def rpn_losses(
     smooth_l1_beta: float = 0.0,
     loss_weight: float = 1.0,
     bbox_reg_loss_weight: float = 1.0,
+    box_reg_loss="smooth_l1",
+    anchors: jax.Array | None = None,
+    matched_gt_boxes: jax.Array | None = None,
+    box2box: box_ops.Box2BoxTransform | None = None,
 ) -> dict[str, jax.Array]:
     """Detectron2 `RPN.losses` for a batch.
 
@@ -107,6 +118,11 @@ def rpn_losses(
       smooth_l1_beta: `MODEL.RPN.SMOOTH_L1_BETA` (0: L1).
       loss_weight: `MODEL.RPN.LOSS_WEIGHT`, multiplies both losses.
       bbox_reg_loss_weight: `MODEL.RPN.BBOX_REG_LOSS_WEIGHT`, multiplies `loss_rpn_loc`.
+      box_reg_loss: `MODEL.RPN.BBOX_REG_LOSS_TYPE` ("smooth_l1", "giou", "diou", "ciou") or a
+        `BOX_REG_LOSSES`-style function; anything but "smooth_l1" reads the next three.
+      anchors: `f32[A, 4]` xyxy (the IoU losses decode the predicted deltas on them).
+      matched_gt_boxes: `f32[B, A, 4]` matched gt box per anchor.
+      box2box: the RPN's box coder.
 
     Returns:
       `{"loss_rpn_cls": f32[], "loss_rpn_loc": f32[]}`, each the sum divided by
@@ -116,8 +132,23 @@ def rpn_losses(
     gt_anchor_deltas = jax.lax.stop_gradient(gt_anchor_deltas)
     normalizer = float(batch_size_per_image * pred_objectness_logits.shape[0])
     pos = gt_labels == 1
-    loc = smooth_l1(pred_anchor_deltas - gt_anchor_deltas, smooth_l1_beta)
-    loc_sum = jnp.sum(jnp.where(pos[..., None], loc, 0.0))
+    if isinstance(box_reg_loss, str) and box_reg_loss == "smooth_l1":
+        loc = smooth_l1(pred_anchor_deltas - gt_anchor_deltas, smooth_l1_beta)
+        loc_sum = jnp.sum(jnp.where(pos[..., None], loc, 0.0))
+    else:
+        if anchors is None or matched_gt_boxes is None or box2box is None:
+            raise ValueError(
+                f"box_reg_loss {box_reg_loss!r} needs anchors, matched_gt_boxes, box2box"
+            )
+        loc_sum = box_regression_loss(
+            pred_anchor_deltas,
+            anchors[None],
+            matched_gt_boxes,
+            pos,
+            box2box=box2box,
+            box_reg_loss=box_reg_loss,
+            smooth_l1_beta=smooth_l1_beta,
+        )
     bce = sigmoid_bce_with_logits(pred_objectness_logits, pos)
     cls_sum = jnp.sum(jnp.where(gt_labels >= 0, bce, 0.0))
     return {
@@ -137,6 +168,8 @@ def fast_rcnn_losses(
     box2box: box_ops.Box2BoxTransform,
     smooth_l1_beta: float = 0.0,
     bbox_reg_loss_weight: float = 1.0,
+    box_reg_loss="smooth_l1",
+    cls_loss=None,
 ) -> dict[str, jax.Array]:
     """Detectron2 `FastRCNNOutputLayers.losses` over the sampled ROIs of all images.
 
@@ -150,6 +183,10 @@ def fast_rcnn_losses(
       box2box: the box-head transform (weights (10, 10, 5, 5)).
       smooth_l1_beta: `MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA`.
       bbox_reg_loss_weight: `MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT`.
+      box_reg_loss: `MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE` or a `BOX_REG_LOSSES`-style
+        function (the IoU losses decode the deltas on the proposals, as Detectron2).
+      cls_loss: per-ROI classification loss `(f32[..., K+1], i32[...]) -> f32[...]`; None:
+        softmax cross-entropy.
 
     Returns:
       `{"loss_cls": f32[], "loss_box_reg": f32[]}`; both divide by the total number of valid
@@ -158,7 +195,7 @@ def fast_rcnn_losses(
     num_classes = cls_logits.shape[-1] - 1
     gt_classes = jax.lax.stop_gradient(gt_classes)
     num_valid = jnp.maximum(jnp.sum(valid), 1).astype(cls_logits.dtype)
-    ce = softmax_cross_entropy(cls_logits, gt_classes)
+    ce = (cls_loss or softmax_cross_entropy)(cls_logits, gt_classes)
     loss_cls = jnp.sum(jnp.where(valid, ce, 0.0)) / num_valid
 
     fg = valid & (gt_classes >= 0) & (gt_classes < num_classes)
@@ -168,9 +205,21 @@ def fast_rcnn_losses(
         per_class = box_deltas.reshape(*box_deltas.shape[:-1], num_classes, 4)
         cls = jnp.clip(gt_classes, 0, num_classes - 1)
         fg_deltas = jnp.take_along_axis(per_class, cls[..., None, None], axis=-2)[..., 0, :]
-    target = jax.lax.stop_gradient(box2box.get_deltas(proposal_boxes, gt_boxes))
-    reg = smooth_l1(fg_deltas - target, smooth_l1_beta)
-    loss_box_reg = jnp.sum(jnp.where(fg[..., None], reg, 0.0)) / num_valid
+    if isinstance(box_reg_loss, str) and box_reg_loss == "smooth_l1":
+        target = jax.lax.stop_gradient(box2box.get_deltas(proposal_boxes, gt_boxes))
+        reg = smooth_l1(fg_deltas - target, smooth_l1_beta)
+        loss_box_reg = jnp.sum(jnp.where(fg[..., None], reg, 0.0)) / num_valid
+    else:
+        reg_sum = box_regression_loss(
+            fg_deltas,
+            proposal_boxes,
+            gt_boxes,
+            fg,
+            box2box=box2box,
+            box_reg_loss=box_reg_loss,
+            smooth_l1_beta=smooth_l1_beta,
+        )
+        loss_box_reg = reg_sum / num_valid
     return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg * bbox_reg_loss_weight}
 
 
@@ -232,6 +281,25 @@ def sigmoid_focal_loss(
     return loss
 
 
+def _iou_terms(boxes1: jax.Array, boxes2: jax.Array, eps: float):
+    """Shared terms of the IoU losses: coordinates, intersection, union (+ eps), IoU and the
+    smallest enclosing box, with fvcore's / Detectron2's arithmetic."""
+    x1, y1, x2, y2 = jnp.moveaxis(boxes1, -1, 0)
+    x1g, y1g, x2g, y2g = jnp.moveaxis(boxes2, -1, 0)
+    iw = jnp.minimum(x2, x2g) - jnp.maximum(x1, x1g)
+    ih = jnp.minimum(y2, y2g) - jnp.maximum(y1, y1g)
+    inter = jnp.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+    iou = inter / (union + eps)
+    enclosing = (
+        jnp.minimum(x1, x1g),
+        jnp.minimum(y1, y1g),
+        jnp.maximum(x2, x2g),
+        jnp.maximum(y2, y2g),
+    )
+    return (x1, y1, x2, y2), (x1g, y1g, x2g, y2g), union, iou, enclosing
+
+
 def giou_loss(boxes1: jax.Array, boxes2: jax.Array, eps: float = 1e-7) -> jax.Array:
     """Generalized IoU loss `1 - GIoU` (fvcore `giou_loss`, no reduction).
 
@@ -244,17 +312,132 @@ def giou_loss(boxes1: jax.Array, boxes2: jax.Array, eps: float = 1e-7) -> jax.Ar
       `f32[...]`, 0 for identical boxes, up to 2 for far-apart ones. Example: [0, 0, 1, 1]
       against [1, 0, 2, 1] -> IoU 0, enclosing area 2, union 2 -> loss 1.
     """
-    x1, y1, x2, y2 = jnp.moveaxis(boxes1, -1, 0)
-    x1g, y1g, x2g, y2g = jnp.moveaxis(boxes2, -1, 0)
-    iw = jnp.minimum(x2, x2g) - jnp.maximum(x1, x1g)
-    ih = jnp.minimum(y2, y2g) - jnp.maximum(y1, y1g)
-    inter = jnp.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
-    iou = inter / (union + eps)
-    area_c = (jnp.maximum(x2, x2g) - jnp.minimum(x1, x1g)) * (
-        jnp.maximum(y2, y2g) - jnp.minimum(y1, y1g)
-    )
+    _, _, union, iou, (xc1, yc1, xc2, yc2) = _iou_terms(boxes1, boxes2, eps)
+    area_c = (xc2 - xc1) * (yc2 - yc1)
     return 1.0 - (iou - (area_c - union) / (area_c + eps))
+
+
+def _centre_distance(b1, b2, enclosing, eps):
+    """Squared centre distance over the squared enclosing diagonal (+ eps), DIoU's penalty."""
+    x1, y1, x2, y2 = b1
+    x1g, y1g, x2g, y2g = b2
+    xc1, yc1, xc2, yc2 = enclosing
+    diag = (xc2 - xc1) ** 2 + (yc2 - yc1) ** 2 + eps
+    dist = ((x2 + x1) / 2 - (x1g + x2g) / 2) ** 2 + ((y2 + y1) / 2 - (y1g + y2g) / 2) ** 2
+    return dist / diag
+
+
+def diou_loss(boxes1: jax.Array, boxes2: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """Distance-IoU loss `1 - IoU + d^2 / c^2` (Detectron2 `layers/losses.py:diou_loss`).
+
+    Args:
+      boxes1: `f32[..., 4]` xyxy predictions.
+      boxes2: `f32[..., 4]` xyxy targets.
+      eps: added to the union and the squared enclosing diagonal, as Detectron2 does.
+
+    Returns:
+      `f32[...]`; d is the distance of the box centres, c the enclosing box's diagonal.
+      Example: [0, 0, 1, 1] against [1, 0, 2, 1] -> IoU 0, d^2 1, c^2 5 -> loss 1.2.
+    """
+    b1, b2, _, iou, enclosing = _iou_terms(boxes1, boxes2, eps)
+    return 1.0 - iou + _centre_distance(b1, b2, enclosing, eps)
+
+
+def ciou_loss(boxes1: jax.Array, boxes2: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """Complete-IoU loss `1 - IoU + d^2 / c^2 + alpha v` (Detectron2 `ciou_loss`).
+
+    Args:
+      boxes1: `f32[..., 4]` xyxy predictions.
+      boxes2: `f32[..., 4]` xyxy targets.
+      eps: as `diou_loss`; also the floor of the heights in the aspect term.
+
+    Returns:
+      `f32[...]`; `v = 4 / pi^2 (atan(w_g / h_g) - atan(w / h))^2`, `alpha = v / (1 - IoU + v
+      + eps)` without gradient (Detectron2's `no_grad`). Deviation: heights are floored at
+      `eps` in the aspect term, so a zero-area box gives a finite loss where Detectron2's is
+      NaN (0 / 0); for every box with height > eps the numbers are Detectron2's.
+    """
+    b1, b2, _, iou, enclosing = _iou_terms(boxes1, boxes2, eps)
+    x1, y1, x2, y2 = b1
+    x1g, y1g, x2g, y2g = b2
+    ratio_gt = jnp.arctan((x2g - x1g) / jnp.maximum(y2g - y1g, eps))
+    ratio = jnp.arctan((x2 - x1) / jnp.maximum(y2 - y1, eps))
+    v = (4 / math.pi**2) * (ratio_gt - ratio) ** 2
+    alpha = jax.lax.stop_gradient(v / (1 - iou + v + eps))
+    return 1.0 - iou + _centre_distance(b1, b2, enclosing, eps) + alpha * v
+
+
+def smooth_l1_box_loss(pred_deltas, target_deltas, pred_boxes, target_boxes, *, beta):
+    """`box_reg_loss` "smooth_l1": smooth-L1 of the deltas summed over the 4 coordinates."""
+    del pred_boxes, target_boxes
+    return jnp.sum(smooth_l1(pred_deltas - target_deltas, beta), axis=-1)
+
+
+def _on_boxes(fn):
+    def loss(pred_deltas, target_deltas, pred_boxes, target_boxes, *, beta):
+        del pred_deltas, target_deltas, beta
+        return fn(pred_boxes, target_boxes)
+
+    loss.__name__ = f"{fn.__name__}_box_loss"
+    loss.__doc__ = f"`box_reg_loss` on the decoded boxes: `{fn.__name__}` (beta unused)."
+    return loss
+
+
+# The built-in box-regression losses (Detectron2's `BBOX_REG_LOSS_TYPE` values), in the
+# `jax_rcnn.research.BoxRegLoss` signature: per box, `f32[...]`.
+BOX_REG_LOSSES = {
+    "smooth_l1": smooth_l1_box_loss,
+    "giou": _on_boxes(giou_loss),
+    "diou": _on_boxes(diou_loss),
+    "ciou": _on_boxes(ciou_loss),
+}
+
+
+def _box_reg_loss_fn(box_reg_loss):
+    if callable(box_reg_loss):
+        return box_reg_loss
+    if box_reg_loss not in BOX_REG_LOSSES:
+        raise ValueError(
+            f"bbox_reg_loss_type must be one of {tuple(BOX_REG_LOSSES)} or a function, "
+            f"got {box_reg_loss!r}"
+        )
+    return BOX_REG_LOSSES[box_reg_loss]
+
+
+def box_regression_loss(
+    pred_deltas: jax.Array,
+    src_boxes: jax.Array,
+    gt_boxes: jax.Array,
+    fg: jax.Array,
+    *,
+    box2box,
+    box_reg_loss="smooth_l1",
+    smooth_l1_beta: float = 0.0,
+) -> jax.Array:
+    """Detectron2 `_dense_box_regression_loss`: a box loss summed over the foreground.
+
+    Args:
+      pred_deltas: `f32[..., 4]` predicted deltas (one set per source box).
+      src_boxes: `f32[..., 4]` xyxy anchors or proposals, broadcastable with `pred_deltas`.
+      gt_boxes: `f32[..., 4]` xyxy matched gt boxes (read only where `fg`).
+      fg: `bool[...]` the boxes the loss sums over.
+      box2box: the box coder (`get_deltas`, `apply_deltas`).
+      box_reg_loss: a `BOX_REG_LOSSES` name ("smooth_l1" on the deltas; "giou", "diou",
+        "ciou" on the decoded boxes) or a function of that signature.
+      smooth_l1_beta: passed to the loss as `beta` (0: L1).
+
+    Returns:
+      `f32[]` the sum over the foreground. Background rows are replaced by a unit box before
+      the loss, so their garbage never reaches the gradient.
+    """
+    fn = _box_reg_loss_fn(box_reg_loss)
+    src_boxes = jnp.broadcast_to(src_boxes, pred_deltas.shape)
+    target = jax.lax.stop_gradient(box2box.get_deltas(src_boxes, gt_boxes))
+    unit = jnp.asarray([0.0, 0.0, 1.0, 1.0], pred_deltas.dtype)
+    pred_boxes = jnp.where(fg[..., None], box2box.apply_deltas(pred_deltas, src_boxes), unit)
+    gt_boxes = jax.lax.stop_gradient(jnp.where(fg[..., None], gt_boxes, unit))
+    per_box = fn(pred_deltas, target, pred_boxes, gt_boxes, beta=smooth_l1_beta)
+    return jnp.sum(jnp.where(fg, per_box, 0.0))
 
 
 def retinanet_losses(
@@ -284,7 +467,8 @@ def retinanet_losses(
       box2box: the box coder (`MODEL.RETINANET.BBOX_REG_WEIGHTS`).
       focal_alpha: `FOCAL_LOSS_ALPHA`.
       focal_gamma: `FOCAL_LOSS_GAMMA`.
-      bbox_reg_loss_type: "smooth_l1" (on deltas) or "giou" (on decoded boxes).
+      bbox_reg_loss_type: "smooth_l1" (on deltas), "giou", "diou", "ciou" (on decoded
+        boxes), or a `BOX_REG_LOSSES`-style function.
       smooth_l1_beta: `SMOOTH_L1_LOSS_BETA` (0: L1).
 
     Returns:
@@ -297,18 +481,18 @@ def retinanet_losses(
     onehot = gt_labels[..., None] == jnp.arange(num_classes)
     focal = sigmoid_focal_loss(cls_logits, onehot, alpha=focal_alpha, gamma=focal_gamma)
     cls_sum = jnp.sum(jnp.where((gt_labels >= 0)[..., None], focal, 0.0))
-    if bbox_reg_loss_type == "smooth_l1":
+    if isinstance(bbox_reg_loss_type, str) and bbox_reg_loss_type == "smooth_l1":
         target = box2box.get_deltas(anchors[None], matched_gt_boxes)
         box = smooth_l1(box_deltas - target, smooth_l1_beta)
-    elif bbox_reg_loss_type == "giou":
-        pred = box2box.apply_deltas(box_deltas, jnp.broadcast_to(anchors, box_deltas.shape))
-        unit = jnp.asarray([0.0, 0.0, 1.0, 1.0], pred.dtype)
-        # Sanitised: background rows would otherwise feed garbage (and NaN) into the gradient.
-        pred = jnp.where(fg[..., None], pred, unit)
-        box = giou_loss(pred, jnp.where(fg[..., None], matched_gt_boxes, unit))[..., None]
+        box_sum = jnp.sum(jnp.where(fg[..., None], box, 0.0))
     else:
-        raise ValueError(
-            f"bbox_reg_loss_type must be 'smooth_l1' or 'giou', got {bbox_reg_loss_type!r}"
+        box_sum = box_regression_loss(
+            box_deltas,
+            anchors[None],
+            matched_gt_boxes,
+            fg,
+            box2box=box2box,
+            box_reg_loss=bbox_reg_loss_type,
+            smooth_l1_beta=smooth_l1_beta,
         )
-    box_sum = jnp.sum(jnp.where(fg[..., None], box, 0.0))
     return {"loss_cls": cls_sum / normalizer, "loss_box_reg": box_sum / normalizer}
