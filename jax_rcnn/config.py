@@ -96,8 +96,9 @@ FLIP_MODES = ("horizontal", "none")  # Detectron2 also has "vertical"; data/ doe
 SAMPLING_STYLES = ("choice", "range")
 FUSE_TYPES = ("sum", "avg")
 POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool")  # == jax_rcnn.poolers.POOLER_TYPES
-BBOX_REG_LOSS_TYPES = ("smooth_l1",)  # Detectron2 also has "giou" (not implemented)
-RETINANET_BBOX_REG_LOSS_TYPES = ("smooth_l1", "giou")  # Detectron2 also has "diou", "ciou"
+# Detectron2's `BBOX_REG_LOSS_TYPE` values (== jax_rcnn.losses.BOX_REG_LOSSES); a jax_rcnn
+# config may also name "module:function" (`jax_rcnn.research`).
+BBOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
 # == jax_rcnn.meta_arch.META_ARCHITECTURES
 META_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet", "ProposalNetwork")
 # MODEL.BACKBONE.NAME -> the FPN's top block (== jax_rcnn.modeling.fpn.BACKBONES).
@@ -623,8 +624,16 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
     "MODEL.BACKBONE.NAME": (_one_of(*BACKBONE_NAMES), f"one of {BACKBONE_NAMES}"),
     "MODEL.RETINANET.NORM": (_one_of("", "GN"), "'' or 'GN' (per-level BN is not implemented)"),
     "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": (
-        _one_of(*RETINANET_BBOX_REG_LOSS_TYPES),
-        f"one of {RETINANET_BBOX_REG_LOSS_TYPES}",
+        _one_of(*BBOX_REG_LOSS_TYPES),
+        f"one of {BBOX_REG_LOSS_TYPES}",
+    ),
+    "MODEL.RPN.BBOX_REG_LOSS_TYPE": (
+        _one_of(*BBOX_REG_LOSS_TYPES),
+        f"one of {BBOX_REG_LOSS_TYPES}",
+    ),
+    "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": (
+        _one_of(*BBOX_REG_LOSS_TYPES),
+        f"one of {BBOX_REG_LOSS_TYPES}",
     ),
     "MODEL.RESNETS.DEFORM_ON_PER_STAGE": (_all_false, "all false (no deformable convolutions)"),
     "MODEL.RESNETS.NORM": (_one_of(*NORMS), f"one of {NORMS}"),
@@ -1140,11 +1149,11 @@ class _Checker:
         self.int_at_least(f"{prefix}.batch_size_per_image", 1)
         self.number_in(f"{prefix}.positive_fraction", 0, 1, open_low=True)
 
-    def box_regression(self, prefix: str, loss_types=BBOX_REG_LOSS_TYPES) -> None:
+    def box_regression(self, prefix: str) -> None:
         weights = tuple(self.get(f"{prefix}.bbox_reg_weights"))
         ok = len(weights) == 4 and all(_is_number(w) and w > 0 for w in weights)
         self.require(ok, f"{prefix}.bbox_reg_weights", "needs 4 positive values (dx, dy, dw, dh)")
-        self.one_of(f"{prefix}.bbox_reg_loss_type", loss_types)
+        # The loss type is a swap point, checked with the others (`_check_research`).
 
     def pooler(self, prefix: str) -> None:
         self.int_at_least(f"{prefix}.pooler_resolution", 1)
@@ -1326,7 +1335,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check_rpn(c, fpn_out)
         _check_roi_heads(c, fpn_out)
     _check_anchors(c, head_in)
+    _check_research(c)
     _check_rest(c, stride=stride)
+
+
+def _check_research(c: _Checker) -> None:
+    """Every swap-point key (`jax_rcnn.research.CONFIG_KEYS`) resolves to a function with the
+    signature its stage calls: an unknown name, an import that fails or a wrong signature is
+    reported here, naming the key, before anything compiles."""
+    from jax_rcnn import research  # jax-heavy; imported only when validating
+
+    for key, problem in research.check_config(c.config):
+        c.require(False, key, problem)
 
 
 def _check_fpn(c: _Checker, out_features: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
@@ -1407,7 +1427,7 @@ def _check_retinanet(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     c.number_in("model.retinanet.prior_prob", 0, 1, open_low=True)
     c.require(r.prior_prob < 1, "model.retinanet.prior_prob", "must be < 1")
     c.matcher("model.retinanet")
-    c.box_regression("model.retinanet", RETINANET_BBOX_REG_LOSS_TYPES)
+    c.box_regression("model.retinanet")
     c.number_in("model.retinanet.smooth_l1_loss_beta", 0, math.inf)
     c.number_in("model.retinanet.focal_loss_alpha", -math.inf, 1)
     c.number_in("model.retinanet.focal_loss_gamma", 0, math.inf)

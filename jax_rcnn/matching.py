@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jax_rcnn import boxes as box_ops
+
 
 def _check_config(thresholds: Sequence[float], labels: Sequence[int]) -> None:
     if not thresholds or thresholds[0] <= 0:
@@ -90,3 +92,107 @@ def match(
         is_best = (masked == row_max) & gt_valid[:, None]
         match_labels = jnp.where(jnp.any(is_best, axis=0), 1, match_labels)
     return matched_idxs, match_labels
+
+
+def iou_assigner(
+    boxes: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    thresholds: Sequence[float],
+    labels: Sequence[int],
+    allow_low_quality_matches: bool,
+    num_per_level: Sequence[int],
+) -> tuple[jax.Array, jax.Array]:
+    """Assigner "iou" (the default): Detectron2's `Matcher` on `pairwise_iou(gt, boxes)`.
+
+    Args:
+      boxes: `f32[P, 4]` xyxy anchors or proposals.
+      gt_boxes: `f32[G, 4]` xyxy (padded rows zeroed by the caller).
+      gt_valid: `bool[G]`.
+      thresholds, labels, allow_low_quality_matches: as `match`.
+      num_per_level: unused (boxes per pyramid level, summing to P).
+
+    Returns:
+      `(matched_idxs i32[P], match_labels i32[P])` as `match`. Signature:
+      `jax_rcnn.research.Assigner`.
+    """
+    del num_per_level
+    return match(
+        box_ops.pairwise_iou(gt_boxes, boxes),
+        gt_valid,
+        thresholds=thresholds,
+        labels=labels,
+        allow_low_quality_matches=allow_low_quality_matches,
+    )
+
+
+# ATSS's candidates per level and gt (Zhang et al. 2020, and MMDetection's `ATSSAssigner`).
+ATSS_TOPK = 9
+
+
+def atss_assigner(
+    boxes: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    thresholds: Sequence[float],
+    labels: Sequence[int],
+    allow_low_quality_matches: bool,
+    num_per_level: Sequence[int],
+) -> tuple[jax.Array, jax.Array]:
+    """Assigner "atss": adaptive training sample selection (Zhang et al. 2020).
+
+    For each valid gt: on every level the `min(ATSS_TOPK, A_l)` anchors whose centres are
+    closest (L2) to the gt centre are candidates (ties to the lower index); the IoU threshold
+    is mean + standard deviation (unbiased, as torch's `std`) of the candidates' IoUs; a
+    candidate is positive when its IoU >= the threshold and its centre lies inside the gt
+    (more than 0.01 px from each side, MMDetection's `ATSSAssigner`). An anchor positive for
+    several gts takes the one with the highest IoU (first on ties). Everything else is
+    negative: ATSS has no ignored band, so `thresholds`, `labels` and
+    `allow_low_quality_matches` are not read.
+
+    Args:
+      boxes: `f32[A, 4]` xyxy anchors, levels concatenated.
+      gt_boxes: `f32[G, 4]` xyxy (padded rows zeroed by the caller).
+      gt_valid: `bool[G]`.
+      num_per_level: static `A_l` per level, summing to A.
+
+    Returns:
+      `(matched_idxs i32[A], match_labels i32[A])`: labels 1 / 0 only; matched index 0 for
+      negatives. Signature: `jax_rcnn.research.Assigner`.
+    """
+    del thresholds, labels, allow_low_quality_matches
+    num_anchors = boxes.shape[0]
+    if sum(num_per_level) != num_anchors:
+        raise ValueError(f"num_per_level {tuple(num_per_level)} must sum to A = {num_anchors}")
+    iou = box_ops.pairwise_iou(gt_boxes, boxes)  # [G, A]
+    acx, acy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    gcx, gcy = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2, (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2
+    dist = jnp.sqrt((gcx[:, None] - acx[None]) ** 2 + (gcy[:, None] - acy[None]) ** 2)
+    candidate = jnp.zeros(iou.shape, bool)
+    start = 0
+    for size in num_per_level:
+        k = min(ATSS_TOPK, size)
+        if k:
+            _, idx = jax.lax.top_k(-dist[:, start : start + size], k)  # [G, k]
+            hit = jnp.zeros((iou.shape[0], size), bool)
+            hit = jax.vmap(lambda h, i: h.at[i].set(True))(hit, idx)
+            candidate = candidate.at[:, start : start + size].set(hit)
+        start += size
+    num_cand = jnp.maximum(jnp.sum(candidate, axis=1, keepdims=True), 1)
+    mean = jnp.sum(jnp.where(candidate, iou, 0.0), axis=1, keepdims=True) / num_cand
+    var = jnp.sum(jnp.where(candidate, (iou - mean) ** 2, 0.0), axis=1, keepdims=True)
+    std = jnp.sqrt(var / jnp.maximum(num_cand - 1, 1))
+    eps = 0.01
+    inside = (
+        (acx[None] - gt_boxes[:, 0:1] > eps)
+        & (acy[None] - gt_boxes[:, 1:2] > eps)
+        & (gt_boxes[:, 2:3] - acx[None] > eps)
+        & (gt_boxes[:, 3:4] - acy[None] > eps)
+    )
+    positive = candidate & (iou >= mean + std) & inside & gt_valid[:, None]
+    scored = jnp.where(positive, iou, -1.0)
+    matched_idxs = jnp.argmax(scored, axis=0).astype(jnp.int32)
+    is_pos = jnp.any(positive, axis=0)
+    return jnp.where(is_pos, matched_idxs, 0), is_pos.astype(jnp.int32)

@@ -53,6 +53,7 @@ def fast_rcnn_inference(
     nms_thresh: float,
     topk_per_image: int,
     backend: str = "auto",
+    nms=None,
 ) -> Detections:
     """Score threshold, per-class NMS and top-k, for a batch of images.
 
@@ -66,6 +67,7 @@ def fast_rcnn_inference(
       nms_thresh: per-class NMS IoU threshold.
       topk_per_image: D, detections kept per image.
       backend: NMS backend, see `jax_rcnn.kernels`.
+      nms: a `jax_rcnn.research.TestNMS` (None: greedy NMS, Detectron2's).
 
     Returns:
       `Detections` with D = `topk_per_image` slots.
@@ -92,6 +94,7 @@ def fast_rcnn_inference(
         nms_thresh=nms_thresh,
         topk_per_image=topk_per_image,
         backend=backend,
+        nms=nms,
     )
 
 
@@ -103,6 +106,7 @@ def nms_per_class(
     nms_thresh: float,
     topk_per_image: int,
     backend: str = "auto",
+    nms=None,
 ) -> Detections:
     """Detectron2's `batched_nms` keyed by class, then the `topk_per_image` best survivors.
 
@@ -116,6 +120,8 @@ def nms_per_class(
       nms_thresh: IoU threshold (suppress when > it).
       topk_per_image: D, detections kept per image.
       backend: NMS backend, see `jax_rcnn.kernels`.
+      nms: a `jax_rcnn.research.TestNMS` run per (image, class) group; None: greedy NMS.
+        The merge ranks by the scores it reports (Soft-NMS decays them).
 
     Returns:
       `Detections` with D slots; `proposal_idx` is the candidate index in [0, N).
@@ -123,16 +129,23 @@ def nms_per_class(
     num_images, num_classes, num_cand = scores.shape
     boxes = jnp.broadcast_to(boxes, (num_images, num_classes, num_cand, 4))
     max_keep = min(num_cand, topk_per_image)
-    keep, keep_valid = kernels.nms(
+    group_args = (
         boxes.reshape(num_images * num_classes, num_cand, 4),
         scores.reshape(num_images * num_classes, num_cand),
         valid.reshape(num_images * num_classes, num_cand),
-        iou_threshold=nms_thresh,
-        max_output=max_keep,
-        backend=backend,
     )
-    keep = keep.reshape(num_images, num_classes, max_keep)
-    kept_scores = jnp.take_along_axis(scores, keep, axis=2)
+    if nms is None:
+        keep, keep_valid = kernels.nms(
+            *group_args, iou_threshold=nms_thresh, max_output=max_keep, backend=backend
+        )
+        keep = keep.reshape(num_images, num_classes, max_keep)
+        kept_scores = jnp.take_along_axis(scores, keep, axis=2)
+    else:
+        keep, kept_scores, keep_valid = nms(
+            *group_args, iou_threshold=nms_thresh, max_output=max_keep, backend=backend
+        )
+        keep = keep.reshape(num_images, num_classes, max_keep)
+        kept_scores = kept_scores.reshape(num_images, num_classes, max_keep)
     kept_boxes = jnp.take_along_axis(boxes, keep[..., None], axis=2)
 
     def per_image(x):
@@ -174,6 +187,7 @@ def dense_inference(
     nms_thresh: float,
     topk_per_image: int,
     backend: str = "auto",
+    nms=None,
 ) -> Detections:
     """One-stage detections (Detectron2's `DenseDetector._decode_multi_level_predictions`).
 
@@ -193,6 +207,7 @@ def dense_inference(
       nms_thresh: `NMS_THRESH_TEST`.
       topk_per_image: `TEST.DETECTIONS_PER_IMAGE`.
       backend: NMS backend.
+      nms: a `jax_rcnn.research.TestNMS` (None: greedy NMS).
 
     Returns:
       `Detections` with `topk_per_image` slots in resized-input pixels; `proposal_idx` is the
@@ -227,6 +242,7 @@ def dense_inference(
         nms_thresh=nms_thresh,
         topk_per_image=topk_per_image,
         backend=backend,
+        nms=nms,
     )
     anchor_idx = jnp.take_along_axis(jnp.concatenate(all_anchor_idx, axis=1), dets.proposal_idx, 1)
     return dets._replace(proposal_idx=jnp.where(dets.valid, anchor_idx, 0))

@@ -136,3 +136,118 @@ def sampled_indices(
     idx = jnp.where(slot < num_pos, pos_idx, neg_idx[neg_slot])
     valid = slot < num_pos + num_neg
     return idx.astype(jnp.int32), valid
+
+
+def random_sampler(
+    key: jax.Array,
+    labels: jax.Array,
+    quality: jax.Array,
+    hardness: jax.Array,
+    *,
+    num_samples: int,
+    positive_fraction: float,
+    bg_label: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Sampler "random" (the default): Detectron2's `subsample_labels` (see there).
+
+    `quality` and `hardness` are not read. Signature: `jax_rcnn.research.Sampler`."""
+    del quality, hardness
+    return subsample_labels(key, labels, num_samples, positive_fraction, bg_label=bg_label)
+
+
+def _counts(labels, num_samples, positive_fraction, bg_label):
+    positive = (labels != -1) & (labels != bg_label)
+    negative = labels == bg_label
+    num_pos = jnp.minimum(jnp.sum(positive), int(num_samples * positive_fraction))
+    num_neg = jnp.minimum(jnp.sum(negative), num_samples - num_pos)
+    return positive, negative, num_pos, num_neg
+
+
+def _descending_keys(values: jax.Array) -> jax.Array:
+    """u32 keys whose ascending order is the descending order of `values` (>= 0; NaN as 0):
+    the bits of a non-negative float32 sort like the float."""
+    v = jnp.maximum(jnp.nan_to_num(values.astype(jnp.float32), nan=0.0), 0.0)
+    return ~jax.lax.bitcast_convert_type(v, jnp.uint32)
+
+
+def ohem_sampler(
+    key: jax.Array,
+    labels: jax.Array,
+    quality: jax.Array,
+    hardness: jax.Array,
+    *,
+    num_samples: int,
+    positive_fraction: float,
+    bg_label: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Sampler "ohem": online hard example mining (Shrivastava et al. 2016), loss-ranked.
+
+    The same counts as `subsample_labels`, but the `num_pos` positives and `num_neg` negatives
+    with the largest `hardness` (the detached per-candidate loss the ROI-head stage computes
+    for samplers with `uses_loss`) instead of random ones; ties go to the lower index.
+    MMDetection's `OHEMSampler` ranks the same way (no NMS among the hard examples).
+
+    Returns:
+      `(pos_mask bool[N], neg_mask bool[N])`. Signature: `jax_rcnn.research.Sampler`.
+    """
+    del key, quality
+    positive, negative, num_pos, num_neg = _counts(labels, num_samples, positive_fraction, bg_label)
+    if labels.shape[0] == 0:
+        return positive, negative
+    keys = _descending_keys(hardness)
+    return _select_smallest(keys, positive, num_pos), _select_smallest(keys, negative, num_neg)
+
+
+ohem_sampler.uses_loss = True
+
+# Libra R-CNN's IoU-balanced negative sampling: bins over [0, max negative IoU].
+IOU_BALANCED_NUM_BINS = 3
+
+
+def iou_balanced_sampler(
+    key: jax.Array,
+    labels: jax.Array,
+    quality: jax.Array,
+    hardness: jax.Array,
+    *,
+    num_samples: int,
+    positive_fraction: float,
+    bg_label: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Sampler "iou_balanced": Libra R-CNN's IoU-balanced negative sampling (Pang et al. 2019).
+
+    Positives and the counts `num_pos`, `num_neg` as `subsample_labels`. The negatives' IoU
+    range `[0, max IoU of a negative]` is cut into `IOU_BALANCED_NUM_BINS` equal bins (the last
+    one closed); each bin gets `num_neg // bins` uniformly random negatives (all of them when it
+    has fewer), and the rest of `num_neg` is filled with uniformly random unchosen negatives.
+    Hard negatives (IoU near the threshold) are rare, so random sampling almost never picks
+    them; this gives them an equal share. (MMDetection's `IoUBalancedNegSampler` with
+    `floor_thr=-1`, up to its bin edges; positives stay random here, not instance-balanced.)
+
+    Args:
+      key: PRNG key (one draw of i.i.d. u32 keys for all groups, as `subsample_labels`).
+      labels: `i32[N]` -1 ignore, `bg_label` negative, else positive.
+      quality: `f32[N]` each candidate's best IoU with a gt (0 when no gt).
+      hardness: unused.
+      num_samples, positive_fraction, bg_label: as `subsample_labels`.
+
+    Returns:
+      `(pos_mask bool[N], neg_mask bool[N])`. Signature: `jax_rcnn.research.Sampler`.
+    """
+    del hardness
+    positive, negative, num_pos, num_neg = _counts(labels, num_samples, positive_fraction, bg_label)
+    if labels.shape[0] == 0:
+        return positive, negative
+    keys = jax.random.bits(key, labels.shape, jnp.uint32)
+    pos_mask = _select_smallest(keys, positive, num_pos)
+    iou = jnp.where(negative, quality, 0.0)
+    width = jnp.max(iou) / IOU_BALANCED_NUM_BINS
+    per_bin = num_neg // IOU_BALANCED_NUM_BINS
+    bin_idx = jnp.where(width > 0, jnp.floor(iou / jnp.maximum(width, 1e-12)), 0)
+    bin_idx = jnp.clip(bin_idx, 0, IOU_BALANCED_NUM_BINS - 1).astype(jnp.int32)
+    neg_mask = jnp.zeros_like(negative)
+    for b in range(IOU_BALANCED_NUM_BINS):
+        neg_mask = neg_mask | _select_smallest(keys, negative & (bin_idx == b), per_bin)
+    extra = num_neg - jnp.sum(neg_mask, dtype=jnp.int32)
+    neg_mask = neg_mask | _select_smallest(keys, negative & ~neg_mask, extra)
+    return pos_mask, neg_mask

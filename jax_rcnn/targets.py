@@ -100,17 +100,20 @@ def _inside_image(anchors: jax.Array, image_size: jax.Array, thresh: float) -> j
     )
 
 
-def _match_anchors(anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels):
-    """Matcher with low-quality matches on IoU(gt, anchors) of one image: `(gt_boxes` with
-    padded rows zeroed, `gt_valid` as bool, `matched_idxs i32[A]`, `labels i32[A])`."""
+def _match_anchors(anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels, assigner, levels):
+    """The assigner (default: Matcher with low-quality matches on IoU(gt, anchors)) of one
+    image: `(gt_boxes` with padded rows zeroed, `gt_valid` as bool, `matched_idxs i32[A]`,
+    `labels i32[A])`."""
     gt_valid = gt_valid.astype(bool)
     gt_boxes = jnp.where(gt_valid[:, None], gt_boxes, 0.0)
-    matched_idxs, labels = matching.match(
-        box_ops.pairwise_iou(gt_boxes, anchors),
+    matched_idxs, labels = (assigner or matching.iou_assigner)(
+        anchors,
+        gt_boxes,
         gt_valid,
         thresholds=tuple(iou_thresholds),
         labels=tuple(iou_labels),
         allow_low_quality_matches=True,
+        num_per_level=tuple(levels) if levels else (anchors.shape[0],),
     )
     return gt_boxes, gt_valid, matched_idxs, labels
 
@@ -127,6 +130,9 @@ def label_and_sample_anchors(
     batch_size_per_image: int,
     positive_fraction: float,
     boundary_thresh: float = -1.0,
+    assigner=None,
+    sampler=None,
+    num_per_level: Sequence[int] = (),
 ) -> AnchorTargets:
     """Labels every anchor of one image and subsamples them (Detectron2's RPN targets).
 
@@ -142,6 +148,9 @@ def label_and_sample_anchors(
       positive_fraction: cap on the positive share (0.5).
       boundary_thresh: anchors sticking out of the image by more than this are ignored;
         negative (Detectron2's default -1) keeps them all.
+      assigner: a `jax_rcnn.research.Assigner` (None: Detectron2's Matcher on IoU).
+      sampler: a `jax_rcnn.research.Sampler` (None: `sampling.subsample_labels`).
+      num_per_level: anchors per level (for the assigner; empty: one level).
 
     Returns:
       `AnchorTargets`. With no valid gt every anchor is background before sampling, as in
@@ -152,11 +161,23 @@ def label_and_sample_anchors(
       60]`: IoUs 1, 0.5, 0 give labels 1, -1 (between 0.3 and 0.7), 0.
     """
     gt_boxes, gt_valid, matched_idxs, labels = _match_anchors(
-        anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels
+        anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels, assigner, num_per_level
     )
     if boundary_thresh >= 0:
         labels = jnp.where(_inside_image(anchors, image_size, boundary_thresh), labels, -1)
-    pos, neg = sampling.subsample_labels(key, labels, batch_size_per_image, positive_fraction)
+    if sampler is None:
+        pos, neg = sampling.subsample_labels(key, labels, batch_size_per_image, positive_fraction)
+    else:
+        quality = _best_iou(gt_boxes, gt_valid, anchors)
+        pos, neg = sampler(
+            key,
+            labels,
+            quality,
+            jnp.zeros_like(quality),
+            num_samples=batch_size_per_image,
+            positive_fraction=positive_fraction,
+            bg_label=0,
+        )
     labels = jnp.where(pos, 1, jnp.where(neg, 0, -1)).astype(jnp.int32)
     matched = jnp.where(jnp.any(gt_valid), gt_boxes[matched_idxs], 0.0)
     return AnchorTargets(jax.lax.stop_gradient(labels), jax.lax.stop_gradient(matched))
@@ -171,6 +192,8 @@ def label_anchors_dense(
     iou_thresholds: Sequence[float],
     iou_labels: Sequence[int],
     num_classes: int,
+    assigner=None,
+    num_per_level: Sequence[int] = (),
 ) -> tuple[jax.Array, jax.Array]:
     """Class label and matched gt box of every anchor of one image (Detectron2's
     `RetinaNet.label_anchors`): no sampling, no border filter.
@@ -183,6 +206,8 @@ def label_anchors_dense(
       iou_thresholds: Matcher thresholds, (0.4, 0.5).
       iou_labels: Matcher labels, (0, -1, 1).
       num_classes: K; the background label.
+      assigner: a `jax_rcnn.research.Assigner` (None: Detectron2's Matcher on IoU).
+      num_per_level: anchors per level (for the assigner, e.g. ATSS; empty: one level).
 
     Returns:
       `(gt_labels i32[A], matched_gt_boxes f32[A, 4])`: the matched gt's class for foreground
@@ -191,7 +216,7 @@ def label_anchors_dense(
       Detectron2 (`Matcher.set_low_quality_matches_` changes only the label).
     """
     gt_boxes, gt_valid, matched_idxs, labels = _match_anchors(
-        anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels
+        anchors, gt_boxes, gt_valid, iou_thresholds, iou_labels, assigner, num_per_level
     )
     any_gt = jnp.any(gt_valid)
     gt_labels = jnp.where(labels == 1, gt_classes[matched_idxs], num_classes)
@@ -199,6 +224,95 @@ def label_anchors_dense(
     gt_labels = jnp.where(any_gt, gt_labels, num_classes).astype(jnp.int32)
     matched = jnp.where(any_gt, gt_boxes[matched_idxs], 0.0)
     return jax.lax.stop_gradient(gt_labels), jax.lax.stop_gradient(matched)
+
+
+def _best_iou(gt_boxes: jax.Array, gt_valid: jax.Array, boxes: jax.Array) -> jax.Array:
+    """`f32[P]` each box's largest IoU with a valid gt (0 without gt): a sampler's `quality`."""
+    iou = jnp.where(gt_valid[:, None], box_ops.pairwise_iou(gt_boxes, boxes), 0.0)
+    return jnp.max(iou, axis=0, initial=0.0)
+
+
+def label_proposals(
+    proposal_boxes: jax.Array,
+    proposal_valid: jax.Array,
+    gt_boxes: jax.Array,
+    gt_classes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    num_classes: int,
+    iou_thresholds: Sequence[float],
+    iou_labels: Sequence[int],
+    assigner=None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The matching half of `label_and_sample_proposals` for one image.
+
+    Returns:
+      `(classes i32[P], matched_idxs i32[P], quality f32[P])`: class in [0, K) for foreground,
+      K background, -1 ignored or invalid; matched gt row; best IoU with a valid gt.
+    """
+    gt_valid, proposal_valid = gt_valid.astype(bool), proposal_valid.astype(bool)
+    gt_boxes = jnp.where(gt_valid[:, None], gt_boxes, 0.0)
+    gt_classes = jnp.where(gt_valid, gt_classes, 0).astype(jnp.int32)
+    matched_idxs, labels = (assigner or matching.iou_assigner)(
+        proposal_boxes,
+        gt_boxes,
+        gt_valid,
+        thresholds=tuple(iou_thresholds),
+        labels=tuple(iou_labels),
+        allow_low_quality_matches=False,
+        num_per_level=(proposal_boxes.shape[0],),
+    )
+    classes = jnp.where(labels == 1, gt_classes[matched_idxs], num_classes)
+    classes = jnp.where((labels == -1) | ~proposal_valid, -1, classes)
+    return classes, matched_idxs, _best_iou(gt_boxes, gt_valid, proposal_boxes)
+
+
+def sample_proposals(
+    key: jax.Array,
+    proposal_boxes: jax.Array,
+    classes: jax.Array,
+    matched_idxs: jax.Array,
+    quality: jax.Array,
+    hardness: jax.Array | None,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    num_classes: int,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    sampler=None,
+) -> ROITargets:
+    """The sampling half of `label_and_sample_proposals` for one image (`label_proposals`
+    outputs in; `hardness f32[P]` for loss-ranked samplers, else None)."""
+    gt_valid = gt_valid.astype(bool)
+    gt_boxes = jnp.where(gt_valid[:, None], gt_boxes, 0.0)
+    if sampler is None:
+        pos, neg = sampling.subsample_labels(
+            key, classes, batch_size_per_image, positive_fraction, bg_label=num_classes
+        )
+    else:
+        pos, neg = sampler(
+            key,
+            classes,
+            quality,
+            jnp.zeros_like(quality) if hardness is None else hardness,
+            num_samples=batch_size_per_image,
+            positive_fraction=positive_fraction,
+            bg_label=num_classes,
+        )
+    num_slots = num_roi_slots(batch_size_per_image, proposal_boxes.shape[0])
+    idx, valid = sampling.sampled_indices(pos, neg, num_slots)
+    has_gt = jnp.any(gt_valid)
+    gt_index = matched_idxs[idx]
+    out = ROITargets(
+        proposal_boxes=jnp.where(valid[:, None], proposal_boxes[idx], 0.0),
+        gt_classes=jnp.where(valid, classes[idx], num_classes).astype(jnp.int32),
+        gt_boxes=jnp.where(valid[:, None] & has_gt, gt_boxes[gt_index], 0.0),
+        gt_index=gt_index,
+        valid=valid,
+        index=idx,
+    )
+    return jax.tree.map(jax.lax.stop_gradient, out)
 
 
 def label_and_sample_proposals(
@@ -214,6 +328,8 @@ def label_and_sample_proposals(
     iou_labels: Sequence[int],
     batch_size_per_image: int,
     positive_fraction: float,
+    assigner=None,
+    sampler=None,
 ) -> ROITargets:
     """Matches the candidate proposals of one image to gt and samples the ROI-head batch.
 
@@ -230,6 +346,8 @@ def label_and_sample_proposals(
       iou_labels: Matcher labels, (0, 1).
       batch_size_per_image: ROIs sampled per image (512).
       positive_fraction: cap on the foreground share (0.25).
+      assigner: a `jax_rcnn.research.Assigner` (None: Detectron2's Matcher on IoU).
+      sampler: a `jax_rcnn.research.Sampler` without `uses_loss` (None: random).
 
     Returns:
       `ROITargets` with `R = num_roi_slots(batch_size_per_image, P)` slots, foreground first;
@@ -239,35 +357,31 @@ def label_and_sample_proposals(
       gt `[0, 0, 10, 10]` of class 2, candidates `[0, 0, 10, 10]`, `[0, 0, 10, 20]`, `[0, 0,
       10, 30]`: IoUs 1, 0.5, 0.33 give gt_classes 2, 2 (0.5 is foreground: `>=`), K.
     """
-    gt_valid, proposal_valid = gt_valid.astype(bool), proposal_valid.astype(bool)
-    gt_boxes = jnp.where(gt_valid[:, None], gt_boxes, 0.0)
-    gt_classes = jnp.where(gt_valid, gt_classes, 0).astype(jnp.int32)
-    quality = box_ops.pairwise_iou(gt_boxes, proposal_boxes)
-    matched_idxs, labels = matching.match(
-        quality,
+    classes, matched_idxs, quality = label_proposals(
+        proposal_boxes,
+        proposal_valid,
+        gt_boxes,
+        gt_classes,
         gt_valid,
-        thresholds=tuple(iou_thresholds),
-        labels=tuple(iou_labels),
-        allow_low_quality_matches=False,
+        num_classes=num_classes,
+        iou_thresholds=iou_thresholds,
+        iou_labels=iou_labels,
+        assigner=assigner,
     )
-    classes = jnp.where(labels == 1, gt_classes[matched_idxs], num_classes)
-    classes = jnp.where((labels == -1) | ~proposal_valid, -1, classes)
-    pos, neg = sampling.subsample_labels(
-        key, classes, batch_size_per_image, positive_fraction, bg_label=num_classes
+    return sample_proposals(
+        key,
+        proposal_boxes,
+        classes,
+        matched_idxs,
+        quality,
+        None,
+        gt_boxes,
+        gt_valid,
+        num_classes=num_classes,
+        batch_size_per_image=batch_size_per_image,
+        positive_fraction=positive_fraction,
+        sampler=sampler,
     )
-    num_slots = num_roi_slots(batch_size_per_image, proposal_boxes.shape[0])
-    idx, valid = sampling.sampled_indices(pos, neg, num_slots)
-    has_gt = jnp.any(gt_valid)
-    gt_index = matched_idxs[idx]
-    out = ROITargets(
-        proposal_boxes=jnp.where(valid[:, None], proposal_boxes[idx], 0.0),
-        gt_classes=jnp.where(valid, classes[idx], num_classes).astype(jnp.int32),
-        gt_boxes=jnp.where(valid[:, None] & has_gt, gt_boxes[gt_index], 0.0),
-        gt_index=gt_index,
-        valid=valid,
-        index=idx,
-    )
-    return jax.tree.map(jax.lax.stop_gradient, out)
 
 
 def _boxes_in_gt_frame(rois: jax.Array, gt_boxes: jax.Array, size: int) -> jax.Array:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jax_rcnn import boxes as box_ops
 from jax_rcnn import losses as loss_ops
-from jax_rcnn import matching, postprocess, proposals, targets
+from jax_rcnn import matching, postprocess, proposals, research, targets
 from jax_rcnn.meta_arch import roi_heads
 from jax_rcnn.meta_arch.common import Networks
 
@@ -61,9 +61,10 @@ def num_stages(config) -> int:
 
 
 def stage_box2box(config, stage: int) -> box_ops.Box2BoxTransform:
-    """The `Box2BoxTransform` of `stage` (`roi_box_cascade_head.bbox_reg_weights[stage]`)."""
+    """The box coder (`roi_box_head.box_coder`) of `stage` with its weights
+    (`roi_box_cascade_head.bbox_reg_weights[stage]`)."""
     weights = config.model.roi_box_cascade_head.bbox_reg_weights[stage]
-    return box_ops.Box2BoxTransform(tuple(float(w) for w in weights))
+    return research.box_coder(config.model.roi_box_head, tuple(float(w) for w in weights))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -163,6 +164,8 @@ def stage_losses(config, out: StageOutputs, rois: targets.ROITargets, stage: int
         box2box=stage_box2box(config, stage),
         smooth_l1_beta=bh.smooth_l1_beta,
         bbox_reg_loss_weight=bh.bbox_reg_loss_weight,
+        box_reg_loss=research.box_reg_loss(bh),
+        cls_loss=research.get(bh, "cls_loss", "softmax_ce"),
     )
     return {f"{k}_stage{stage}": v for k, v in losses.items()}
 
@@ -262,4 +265,5 @@ def detect_boxes(
         nms_thresh=rh.nms_thresh_test,
         topk_per_image=config.test.detections_per_image,
         backend=backend,
+        nms=research.get(rh, "test_nms", "nms"),
     )

@@ -23,9 +23,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jax_rcnn import boxes as box_ops
 from jax_rcnn import losses as loss_ops
-from jax_rcnn import postprocess, targets
+from jax_rcnn import postprocess, research, targets
 from jax_rcnn.meta_arch.common import Networks, label_on_first_gt
 from jax_rcnn.meta_arch.rpn import level_anchors
 
@@ -82,6 +81,8 @@ def dense_losses(
         iou_thresholds=r.iou_thresholds,
         iou_labels=r.iou_labels,
         num_classes=r.num_classes,
+        assigner=research.get(r, "matcher", "iou"),
+        num_per_level=tuple(a.shape[0] for a in out.anchors),
     )
     gt_labels, matched = label_on_first_gt(
         lambda boxes, valid, classes: label(all_anchors, boxes, classes, valid),
@@ -102,10 +103,10 @@ def dense_losses(
         gt_labels,
         matched,
         normalizer,
-        box2box=box_ops.Box2BoxTransform(tuple(r.bbox_reg_weights)),
+        box2box=research.box_coder(r),
         focal_alpha=r.focal_loss_alpha,
         focal_gamma=r.focal_loss_gamma,
-        bbox_reg_loss_type=r.bbox_reg_loss_type,
+        bbox_reg_loss_type=research.box_reg_loss(r),
         smooth_l1_beta=r.smooth_l1_loss_beta,
     )
     return losses, {"loss_normalizer": normalizer}, gt_labels
@@ -118,10 +119,11 @@ def detect(config, out: DenseOutputs, backend: str) -> postprocess.Detections:
         out.cls_logits,
         out.box_deltas,
         out.anchors,
-        box2box=box_ops.Box2BoxTransform(tuple(r.bbox_reg_weights)),
+        box2box=research.box_coder(r),
         score_thresh=r.score_thresh_test,
         topk_candidates=r.topk_candidates_test,
         nms_thresh=r.nms_thresh_test,
         topk_per_image=config.test.detections_per_image,
         backend=backend,
+        nms=research.get(r, "test_nms", "nms"),
     )

@@ -120,7 +120,9 @@ def forward_train(
     rpn_out = rpn.rpn_head(config, nets, features)
     losses, rpn_labels = rpn.rpn_losses(config, rpn_out, gt, anchor_key)
     props = rpn.select_proposals(config, rpn_out, gt["image_size"], training=True, backend=backend)
-    rois = heads.sample_rois(config, props, gt, roi_key)
+    rois = heads.sample_rois(
+        config, props, gt, roi_key, nets=nets, features=features, backend=backend
+    )
     roi_losses, aux = heads.losses(config, nets, features, rois, gt, roi_key, backend)
     losses.update(roi_losses)
     aux.update(rpn_labels=rpn_labels, proposals=props, rois=rois, all_finite=props.all_finite)

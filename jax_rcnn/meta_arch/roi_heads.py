@@ -19,9 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jax_rcnn import boxes as box_ops
 from jax_rcnn import losses as loss_ops
-from jax_rcnn import poolers, postprocess, proposals, targets
+from jax_rcnn import poolers, postprocess, proposals, research, targets
 from jax_rcnn.meta_arch.common import Networks, feature_stride, run_on_first_slots
 
 
@@ -46,24 +45,98 @@ def pool(config, features: dict[str, jax.Array], boxes: jax.Array, head, backend
 
 
 def sample_rois(
-    config, props: proposals.Proposals, gt: dict[str, jax.Array], key: jax.Array
+    config,
+    props: proposals.Proposals,
+    gt: dict[str, jax.Array],
+    key: jax.Array,
+    *,
+    nets: Networks | None = None,
+    features=None,
+    backend: str = "auto",
 ) -> targets.ROITargets:
-    """Training ROIs: gt appended to the proposals (`PROPOSAL_APPEND_GT`), matched to gt and
-    `roi_heads.batch_size_per_image` sampled per image, foreground first (`[B, R]` fields)."""
+    """Training ROIs: gt appended to the proposals (`PROPOSAL_APPEND_GT`), matched to gt by
+    `roi_heads.matcher` and `roi_heads.batch_size_per_image` sampled per image by
+    `roi_heads.sampler`, foreground first (`[B, R]` fields).
+
+    A loss-ranked sampler (`research.uses_loss`, e.g. "ohem") gets each candidate's detached
+    box-head loss as `hardness`: the box head runs once more, on every candidate, without
+    gradient and without updating BN statistics; it needs `nets`, `features` and `backend`."""
     rh = config.model.roi_heads
     gt_boxes, gt_classes, gt_valid = gt["gt_boxes"], gt["gt_classes"], gt["gt_valid"]
     if rh.proposal_append_gt:
         props = proposals.add_ground_truth_to_proposals(props, gt_boxes, gt_valid)
-    sample = functools.partial(
-        targets.label_and_sample_proposals,
+    sampler = research.get(rh, "sampler", "random")
+    label = functools.partial(
+        targets.label_proposals,
         num_classes=rh.num_classes,
         iou_thresholds=rh.iou_thresholds,
         iou_labels=rh.iou_labels,
+        assigner=research.get(rh, "matcher", "iou"),
+    )
+    classes, matched_idxs, quality = jax.vmap(label)(
+        props.boxes, props.valid, gt_boxes, gt_classes, gt_valid
+    )
+    hardness = None
+    if research.uses_loss(sampler):
+        if nets is None or features is None:
+            raise ValueError(f"the ROI sampler {rh.sampler!r} ranks by loss: pass nets, features")
+        hardness = candidate_losses(
+            config, nets, features, props.boxes, classes, matched_idxs, gt, backend
+        )
+    sample = functools.partial(
+        targets.sample_proposals,
+        num_classes=rh.num_classes,
         batch_size_per_image=rh.batch_size_per_image,
         positive_fraction=rh.positive_fraction,
+        sampler=None if rh.get("sampler", "random") == "random" else sampler,
     )
     keys = jax.random.split(key, gt_boxes.shape[0])
-    return jax.vmap(sample)(keys, props.boxes, props.valid, gt_boxes, gt_classes, gt_valid)
+    return jax.vmap(sample)(
+        keys, props.boxes, classes, matched_idxs, quality, hardness, gt_boxes, gt_valid
+    )
+
+
+def candidate_losses(config, nets: Networks, features, boxes, classes, matched_idxs, gt, backend):
+    """Detached per-candidate box-head loss (classification + box regression), OHEM's ranking.
+
+    Args:
+      config: the jax_rcnn config.
+      nets: the bound networks (their mutable state is restored afterwards).
+      features: the feature dict.
+      boxes: `f32[B, P, 4]` candidates.
+      classes: `i32[B, P]` from `targets.label_proposals` (-1: not sampleable).
+      matched_idxs: `i32[B, P]` matched gt rows.
+      gt: `gt_boxes f32[B, G, 4]`, ...
+      backend: kernel backend.
+
+    Returns:
+      `f32[B, P]`, the `roi_box_head.cls_loss` plus (foreground) the `bbox_reg_loss_type`
+      loss of each candidate; 0 where `classes < 0`.
+    """
+    bh = config.model.roi_box_head
+    num_classes = config.model.roi_heads.num_classes
+    state = nets.mutable_state()
+    cls_logits, box_deltas = nets.box_head(pool(config, features, boxes, bh, backend))
+    nets.set_mutable_state(state)
+    cls_logits, box_deltas = jax.lax.stop_gradient((cls_logits, box_deltas))
+    labels = jnp.clip(classes, 0, num_classes)
+    cls = research.get(bh, "cls_loss", "softmax_ce")(cls_logits, labels)
+    fg = (classes >= 0) & (classes < num_classes)
+    if box_deltas.shape[-1] != 4:
+        per_class = box_deltas.reshape(*box_deltas.shape[:-1], num_classes, 4)
+        idx = jnp.clip(classes, 0, num_classes - 1)[..., None, None]
+        box_deltas = jnp.take_along_axis(per_class, idx, axis=-2)[..., 0, :]
+    gt_boxes = jnp.take_along_axis(gt["gt_boxes"], matched_idxs[..., None], axis=1)
+    coder = research.box_coder(bh)
+    unit = jnp.asarray([0.0, 0.0, 1.0, 1.0], boxes.dtype)
+    safe_gt = jnp.where(fg[..., None], gt_boxes, unit)
+    pred_boxes = jnp.where(fg[..., None], coder.apply_deltas(box_deltas, boxes), unit)
+    box_fn = research.box_reg_loss(bh)
+    box_fn = loss_ops.BOX_REG_LOSSES[box_fn] if isinstance(box_fn, str) else box_fn
+    reg = box_fn(
+        box_deltas, coder.get_deltas(boxes, safe_gt), pred_boxes, safe_gt, beta=bh.smooth_l1_beta
+    )
+    return jnp.where(classes >= 0, cls + jnp.where(fg, reg, 0.0), 0.0)
 
 
 def box_losses(config, nets: Networks, features, rois: targets.ROITargets, backend: str):
@@ -93,9 +166,11 @@ def fast_rcnn_losses(config, cls_logits, box_deltas, rois: targets.ROITargets):
         rois.gt_classes,
         rois.gt_boxes,
         rois.valid,
-        box2box=box_ops.Box2BoxTransform(tuple(bh.bbox_reg_weights)),
+        box2box=research.box_coder(bh),
         smooth_l1_beta=bh.smooth_l1_beta,
         bbox_reg_loss_weight=bh.bbox_reg_loss_weight,
+        box_reg_loss=research.box_reg_loss(bh),
+        cls_loss=research.get(bh, "cls_loss", "softmax_ce"),
     )
 
 
@@ -137,7 +212,7 @@ def box_detections(
       `postprocess.Detections` with `config.test.detections_per_image` slots, resized frame.
     """
     m = config.model
-    box2box = box_ops.Box2BoxTransform(tuple(m.roi_box_head.bbox_reg_weights))
+    box2box = research.box_coder(m.roi_box_head)
     return postprocess.fast_rcnn_inference(
         box2box.apply_deltas(box_deltas, props.boxes),
         jax.nn.softmax(cls_logits, axis=-1),
@@ -147,6 +222,7 @@ def box_detections(
         nms_thresh=m.roi_heads.nms_thresh_test,
         topk_per_image=config.test.detections_per_image,
         backend=backend,
+        nms=research.get(m.roi_heads, "test_nms", "nms"),
     )
 
 

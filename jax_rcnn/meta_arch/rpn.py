@@ -2,7 +2,8 @@
 
 **Parity:** Detectron2's `RPN` (`modeling/proposal_generator/rpn.py`): one shared
 `StandardRPNHead` over `MODEL.RPN.IN_FEATURES`, anchors of `DefaultAnchorGenerator`, anchors
-labelled by `Matcher` and subsampled per image (`jax_rcnn.targets.label_and_sample_anchors`),
+labelled by `Matcher` (`model.rpn.matcher`, see `jax_rcnn.research`) and subsampled per image
+(`model.rpn.sampler`) (`jax_rcnn.targets.label_and_sample_anchors`),
 the losses of `jax_rcnn.losses.rpn_losses`, and per-level top-k + NMS proposals
 (`jax_rcnn.proposals.find_top_rpn_proposals`). Proposals carry no gradient in training
 (Detectron2's approximate joint training).
@@ -17,9 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from jax_rcnn import anchors as anchor_ops
-from jax_rcnn import boxes as box_ops
 from jax_rcnn import losses as loss_ops
-from jax_rcnn import proposals, targets
+from jax_rcnn import proposals, research, targets
 from jax_rcnn.meta_arch.common import Networks, feature_stride, label_on_first_gt
 
 
@@ -80,6 +80,9 @@ def rpn_losses(config, out: RPNOutputs, gt: dict[str, jax.Array], key: jax.Array
         batch_size_per_image=rpn.batch_size_per_image,
         positive_fraction=rpn.positive_fraction,
         boundary_thresh=rpn.boundary_thresh,
+        assigner=research.get(rpn, "matcher", "iou"),
+        sampler=research.get(rpn, "sampler", "random"),
+        num_per_level=tuple(a.shape[0] for a in out.anchors),
     )
     num_images = gt["image_size"].shape[0]
     anchor_targets = label_on_first_gt(
@@ -89,7 +92,7 @@ def rpn_losses(config, out: RPNOutputs, gt: dict[str, jax.Array], key: jax.Array
         jax.random.split(key, num_images),
         gt["image_size"],
     )
-    box2box = box_ops.Box2BoxTransform(tuple(rpn.bbox_reg_weights))
+    box2box = research.box_coder(rpn)
     losses = loss_ops.rpn_losses(
         jnp.concatenate(out.logits, axis=1),
         jnp.concatenate(out.deltas, axis=1),
@@ -99,6 +102,10 @@ def rpn_losses(config, out: RPNOutputs, gt: dict[str, jax.Array], key: jax.Array
         smooth_l1_beta=rpn.smooth_l1_beta,
         loss_weight=rpn.loss_weight,
         bbox_reg_loss_weight=rpn.bbox_reg_loss_weight,
+        box_reg_loss=research.box_reg_loss(rpn),
+        anchors=all_anchors,
+        matched_gt_boxes=anchor_targets.matched_gt_boxes,
+        box2box=box2box,
     )
     return losses, anchor_targets.labels
 
@@ -126,7 +133,7 @@ def select_proposals(
         jax.lax.stop_gradient(out.logits),
         jax.lax.stop_gradient(out.deltas),
         image_sizes,
-        box2box=box_ops.Box2BoxTransform(tuple(rpn.bbox_reg_weights)),
+        box2box=research.box_coder(rpn),
         nms_thresh=rpn.nms_thresh,
         pre_nms_topk=rpn.pre_nms_topk_train if training else rpn.pre_nms_topk_test,
         post_nms_topk=rpn.post_nms_topk_train if training else rpn.post_nms_topk_test,

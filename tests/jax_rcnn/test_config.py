@@ -443,9 +443,15 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
             "BN",
         ),
         (
-            "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  RETINANET:\n    BBOX_REG_LOSS_TYPE: diou\n",
+            "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  RETINANET:\n    BBOX_REG_LOSS_TYPE: eiou\n",
             "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
-            "diou",
+            "eiou",
+        ),
+        ("MODEL:\n  RPN:\n    BBOX_REG_LOSS_TYPE: l2\n", "MODEL.RPN.BBOX_REG_LOSS_TYPE", "l2"),
+        (
+            "MODEL:\n  ROI_BOX_HEAD:\n    BBOX_REG_LOSS_TYPE: my.py:f\n",
+            "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
+            "my.py:f",
         ),
         ("MODEL:\n  KEYPOINT_ON: true\n", "MODEL.KEYPOINT_ON", "True"),
         ("MODEL:\n  LOAD_PROPOSALS: true\n", "MODEL.LOAD_PROPOSALS", "True"),
