@@ -75,7 +75,7 @@ def retinanet(num_classes: int = 80) -> ml_collections.ConfigDict:
             "score_thresh_test": 0.05,
             "topk_candidates_test": 1000,
             "nms_thresh_test": 0.5,
-            # Swap points (`jax_rcnn.research`): a built-in name or "module:function".
+            # jax_rcnn: swap points (`jax_rcnn.research`), a built-in name or "module:function".
             "matcher": "iou",  # or "atss"
             "box_coder": "delta_xywh",
             "test_nms": "nms",  # or "soft_nms_linear", "soft_nms_gaussian"
@@ -124,7 +124,7 @@ def rpn() -> ml_collections.ConfigDict:
             "post_nms_topk_test": 1000,
             "nms_thresh": 0.7,
             "min_size": 0.0,
-            # Swap points (`jax_rcnn.research`): a built-in name or "module:function".
+            # jax_rcnn: swap points (`jax_rcnn.research`), a built-in name or "module:function".
             "matcher": "iou",
             "sampler": "random",
             "box_coder": "delta_xywh",
@@ -148,7 +148,7 @@ def roi_heads(num_classes: int = 80) -> ml_collections.ConfigDict:
             "score_thresh_test": 0.05,
             "nms_thresh_test": 0.5,
             "proposal_append_gt": True,
-            # Swap points (`jax_rcnn.research`): a built-in name or "module:function".
+            # jax_rcnn: swap points (`jax_rcnn.research`), a built-in name or "module:function".
             "matcher": "iou",
             "sampler": "random",  # or "ohem", "iou_balanced"
             "test_nms": "nms",  # or "soft_nms_linear", "soft_nms_gaussian"
@@ -173,7 +173,7 @@ def roi_box_head(fc_dim: int = 1024) -> ml_collections.ConfigDict:
             "bbox_reg_loss_weight": 1.0,
             "smooth_l1_beta": 0.0,
             "cls_agnostic_bbox_reg": False,
-            # Swap points (`jax_rcnn.research`): a built-in name or "module:function".
+            # jax_rcnn: swap points (`jax_rcnn.research`), a built-in name or "module:function".
             "cls_loss": "softmax_ce",
             "box_coder": "delta_xywh",
         }
