@@ -2,6 +2,7 @@
 through `train.py` (slow: one `train.py` run each)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -25,10 +26,7 @@ def sample(key, labels, quality, hardness, *, num_samples, positive_fraction, bg
 
 def _train_py(cwd, workdir, *args):
     cmd = [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *args]
-    env = {"PYTHONPATH": str(ROOT)}
-    import os
-
-    env = {**os.environ, **env}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -39,17 +37,21 @@ def _final_metrics(workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "variant",
+    ("variant", "extra"),
     [
-        "quickstart.py:giou_smoke",
-        "quickstart.py:soft_nms_smoke",
-        "quickstart.py:ohem_smoke",
-        "quickstart.py:libra_smoke",
-        "quickstart_retinanet.py:atss_smoke",
+        # The RPN's IoU-loss path rides along (no extra train.py run).
+        ("quickstart.py:giou_smoke", ["--config.model.rpn.bbox_reg_loss_type=diou"]),
+        ("quickstart.py:soft_nms_smoke", []),
+        ("quickstart.py:ohem_smoke", []),
+        ("quickstart.py:libra_smoke", []),
+        (
+            "quickstart_retinanet.py:atss_smoke",
+            ["--config.model.retinanet.bbox_reg_loss_type=ciou"],
+        ),
     ],
 )
-def test_recipe_trains_and_evaluates(tmp_path, variant):
-    proc = _train_py(ROOT, tmp_path / "w", f"--config=configs/{variant}")
+def test_recipe_trains_and_evaluates(tmp_path, variant, extra):
+    proc = _train_py(ROOT, tmp_path / "w", f"--config=configs/{variant}", *extra)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = _final_metrics(tmp_path / "w")
     losses = [r for r in rows if any(k.startswith("loss_") for k in r)]

@@ -954,3 +954,23 @@ def test_cascade_needs_agnostic_boxes_and_the_roi_heads_iou():
     text = str(info.value)
     assert "config.model.roi_box_head.cls_agnostic_bbox_reg = False" in text
     assert "config.model.roi_box_cascade_head.ious" in text
+
+
+def test_box_regression_loss_types_are_imported_from_yaml(tmp_path):
+    """`BBOX_REG_LOSS_TYPE` of the RPN, box head and RetinaNet (all four of Detectron2's values)
+    and `BBOX_REG_LOSS_WEIGHT` reach the stages' config keys."""
+    text = (
+        "MODEL:\n  RPN:\n    BBOX_REG_LOSS_TYPE: giou\n    BBOX_REG_LOSS_WEIGHT: 2.0\n"
+        "  ROI_BOX_HEAD:\n    BBOX_REG_LOSS_TYPE: ciou\n    BBOX_REG_LOSS_WEIGHT: 10.0\n"
+    )
+    config = cfg_lib.from_detectron2(_override(tmp_path, text))
+    assert (config.model.rpn.bbox_reg_loss_type, config.model.rpn.bbox_reg_loss_weight) == (
+        "giou",
+        2.0,
+    )
+    assert config.model.roi_box_head.bbox_reg_loss_type == "ciou"
+    assert config.model.roi_box_head.bbox_reg_loss_weight == 10.0
+    base = ZOO / "Base-RetinaNet.yaml"
+    retina = f'_BASE_: "{base}"\nMODEL:\n  RETINANET:\n    BBOX_REG_LOSS_TYPE: diou\n'
+    config = cfg_lib.from_detectron2(_write(tmp_path, retina, "r.yaml"))
+    assert config.model.retinanet.bbox_reg_loss_type == "diou"
