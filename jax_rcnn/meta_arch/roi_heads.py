@@ -88,7 +88,7 @@ def sample_rois(
         num_classes=rh.num_classes,
         batch_size_per_image=rh.batch_size_per_image,
         positive_fraction=rh.positive_fraction,
-        sampler=None if rh.get("sampler", "random") == "random" else sampler,
+        sampler=sampler,
     )
     keys = jax.random.split(key, gt_boxes.shape[0])
     return jax.vmap(sample)(
