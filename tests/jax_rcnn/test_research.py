@@ -289,3 +289,27 @@ def test_atss_matches_a_loop_over_levels(seed):
     np.testing.assert_array_equal(
         np.where(labels == 1, matched, 0), np.where(ref_labels == 1, ref_matched, 0)
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "changed"),
+    [
+        (
+            "quickstart:giou",
+            {"model.roi_box_head.bbox_reg_loss_type", "model.roi_box_head.bbox_reg_loss_weight"},
+        ),
+        ("quickstart:soft_nms", {"model.roi_heads.test_nms"}),
+        ("quickstart:ohem", {"model.roi_heads.sampler"}),
+        ("quickstart:libra", {"model.roi_heads.sampler"}),
+        ("quickstart_retinanet:atss", {"model.retinanet.matcher"}),
+    ],
+)
+def test_recipes_validate_and_change_only_their_piece(spec, changed):
+    import importlib
+
+    module, variant = spec.split(":")
+    get = importlib.import_module(f"configs.{module}").get_config
+    recipe, base = get(variant), get(None)
+    config_lib.validate(recipe)
+    flat_r, flat_b = config_lib.to_flat_dict(recipe), config_lib.to_flat_dict(base)
+    assert {k for k in flat_r if flat_r[k] != flat_b[k]} == changed
