@@ -403,6 +403,10 @@ def dataloader() -> ml_collections.ConfigDict:
             "num_workers": 4,
             "aspect_ratio_grouping": True,
             "filter_empty_annotations": True,
+            # "RepeatFactorTrainingSampler" repeats images of rare categories (LVIS recipe).
+            "sampler_train": "TrainingSampler",
+            "repeat_threshold": 0.0,
+            "repeat_sqrt": True,
         }
     )
 

@@ -416,7 +416,6 @@ def test_rcnn_keys_are_not_keys_of_a_retinanet_config():
         "MODEL:\n  DEVICE: cpu\nOUTPUT_DIR: /tmp/x\nCUDNN_BENCHMARK: true\nVIS_PERIOD: 5\n",
         "GLOBAL:\n  HACK: 3.0\nFLOAT32_PRECISION: high\n",
         "TEST:\n  EXPECTED_RESULTS: [['bbox', 'AP', 38.5, 0.2]]\n  AUG:\n    FLIP: false\n",
-        "DATALOADER:\n  REPEAT_THRESHOLD: 0.1\n",
         "INPUT:\n  CROP:\n    SIZE: [0.5, 0.5]\n",
         "SOLVER:\n  WEIGHT_DECAY_BIAS: null\n",
         "TEST:\n  PRECISE_BN:\n    ENABLED: true\n",  # no trainable BN: PreciseBN is a no-op
@@ -480,11 +479,6 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
         ),
         ("INPUT:\n  CROP:\n    ENABLED: true\n", "INPUT.CROP.ENABLED", "True"),
         ("TEST:\n  AUG:\n    ENABLED: true\n", "TEST.AUG.ENABLED", "True"),
-        (
-            "DATALOADER:\n  SAMPLER_TRAIN: RepeatFactorTrainingSampler\n",
-            "DATALOADER.SAMPLER_TRAIN",
-            "RepeatFactorTrainingSampler",
-        ),
         ("SOLVER:\n  REFERENCE_WORLD_SIZE: 8\n", "SOLVER.REFERENCE_WORLD_SIZE", "8"),
         (
             "MODEL:\n  RESNETS:\n    NORM: BN\nTEST:\n  PRECISE_BN:\n    ENABLED: true\n",
@@ -948,3 +942,32 @@ def test_cascade_needs_agnostic_boxes_and_the_roi_heads_iou():
     text = str(info.value)
     assert "config.model.roi_box_head.cls_agnostic_bbox_reg = False" in text
     assert "config.model.roi_box_cascade_head.ious" in text
+
+
+def test_repeat_factor_sampler_is_imported(tmp_path):
+    text = (
+        "DATALOADER:\n  SAMPLER_TRAIN: RepeatFactorTrainingSampler\n"
+        "  REPEAT_THRESHOLD: 0.001\n  REPEAT_SQRT: false\n"
+    )
+    config = cfg_lib.from_detectron2(_override(tmp_path, text))
+    assert config.dataloader.sampler_train == "RepeatFactorTrainingSampler"
+    assert config.dataloader.repeat_threshold == 0.001
+    assert config.dataloader.repeat_sqrt is False
+
+
+def test_other_samplers_are_rejected_by_name(tmp_path):
+    text = "DATALOADER:\n  SAMPLER_TRAIN: RandomSubsetTrainingSampler\n"
+    with pytest.raises(ValueError, match="DATALOADER.SAMPLER_TRAIN.*RandomSubset.*RepeatFactor"):
+        cfg_lib.from_detectron2(_override(tmp_path, text))
+
+
+def test_repeat_factor_sampler_needs_a_positive_threshold(tmp_path):
+    text = "DATALOADER:\n  SAMPLER_TRAIN: RepeatFactorTrainingSampler\n"  # threshold 0.0
+    with pytest.raises(ValueError, match="dataloader.repeat_threshold"):
+        cfg_lib.from_detectron2(_override(tmp_path, text))
+
+
+def test_train_samplers_match_the_loader():
+    from jax_rcnn.data import samplers
+
+    assert cfg_lib.TRAIN_SAMPLERS == samplers.SAMPLERS
