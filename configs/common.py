@@ -373,6 +373,9 @@ def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
             # `name`: a Detectron2 dataset name (`DATASETS.TRAIN` / `TEST`); a builtin one
             # (`coco_2017_train`, ...) gives the paths under $DETECTRON2_DATASETS when they are
             # empty (`jax_rcnn.data.builtin`).
+            # Annotation format of the json files: "coco", "lvis" (LVIS v0.5 / v1: images by
+            # coco_url, federated LVIS AP), or "auto" (a builtin `lvis_*` name: "lvis"; else "coco").
+            "format": "auto",
             "train": {"json": "", "images": "", "name": ""},
             "test": {"json": "", "images": "", "name": ""},
             "tfds_name": "coco/2017",
@@ -390,6 +393,8 @@ def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
                 "image_size_range": (),
                 "num_classes": 8,
                 "seed": 0,
+                # The long-tailed variant (LVIS json and LVIS AP; `shapes.ensure_shapes_dataset`).
+                "long_tail": False,
             },
             "class_names": (),  # filled from the dataset when empty
         }

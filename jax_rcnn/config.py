@@ -113,6 +113,7 @@ LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 CLIP_TYPES = ("value", "norm")
 DATA_SOURCES = ("coco", "shapes", "tfds")
+DATA_FORMATS = ("auto", "coco", "lvis")
 TRAIN_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler")  # == data.samplers.SAMPLERS
 FPN_LEVELS = ("res2", "res3", "res4", "res5")
 
@@ -1220,7 +1221,15 @@ _NO_EFFECT_UNLESS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ),
     *(
         (f"data.shapes.{key}", lambda c: c.data.source != "shapes", "data.source")
-        for key in ("num_train", "num_val", "image_size", "image_size_range", "num_classes", "seed")
+        for key in (
+            "num_train",
+            "num_val",
+            "image_size",
+            "image_size_range",
+            "num_classes",
+            "seed",
+            "long_tail",
+        )
     ),
     ("data.cache_dir", lambda c: c.data.source == "coco", "data.source"),
     ("input.buckets", lambda c: c.input.pad_mode != "buckets", "input.pad_mode"),
@@ -1573,6 +1582,7 @@ def _check_rest(c: _Checker, stride: int | None) -> None:
 
     # Data.
     c.one_of("data.source", DATA_SOURCES)
+    c.one_of("data.format", DATA_FORMATS)
     names = tuple(config.data.class_names)
     k = num_classes(config)
     c.require(
@@ -1592,6 +1602,7 @@ def _check_rest(c: _Checker, stride: int | None) -> None:
     rng = tuple(sh.image_size_range)
     ok = not rng or (len(rng) == 2 and all(_is_int(x) for x in rng) and 1 <= rng[0] <= rng[1])
     c.require(ok, "data.shapes.image_size_range", "must be () or (lo, hi) ints, 1 <= lo <= hi")
+    c.require(isinstance(sh.long_tail, bool), "data.shapes.long_tail", "must be a bool")
     _check_no_effect(c)
 
     # Solver.

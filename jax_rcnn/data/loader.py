@@ -68,7 +68,7 @@ import numpy as np
 
 from jax_rcnn.data import batching as B
 from jax_rcnn.data import transforms as T
-from jax_rcnn.data.coco import filter_for_training, load_coco_json
+from jax_rcnn.data.coco import filter_for_training, load_coco_json, load_lvis_json
 from jax_rcnn.data.samplers import sampler_id, train_order
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         split: "train" or "test".
 
     Returns:
-        `(records, meta)` as `load_coco_json` returns them, with `meta["json_file"]` the
-        split's COCO JSON (the evaluator's ground truth). Training records have crowd
+        `(records, meta)` as `load_coco_json` (or `load_lvis_json`) returns them, with
+        `meta["json_file"]` the split's JSON (the evaluator's ground truth) and
+        `meta["format"]` its annotation format ("coco" or "lvis"). Training records have crowd
         instances removed (and, if `filter_empty_annotations`, images without instances).
 
     Raises:
@@ -103,17 +104,20 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
     data = config.data
     if data.source == "coco":
         paths = coco_paths(config, split)
-        records, meta = load_coco_json(paths["json"], paths["images"], dataset_name=data.name)
-        meta = {**meta, "json_file": paths["json"]}
+        load = load_lvis_json if paths["format"] == "lvis" else load_coco_json
+        records, meta = load(paths["json"], paths["images"], dataset_name=data.name)
+        meta = {**meta, "json_file": paths["json"], "format": paths["format"]}
     elif data.source == "shapes":
         from jax_rcnn.data.shapes import config_paths
 
         paths = config_paths(config)
         which = "train" if split == "train" else "val"
-        records, meta = load_coco_json(
+        fmt = "lvis" if data.shapes.get("long_tail", False) else "coco"
+        load = load_lvis_json if fmt == "lvis" else load_coco_json
+        records, meta = load(
             paths[f"{which}_json"], paths[f"{which}_images"], dataset_name=f"shapes/{which}"
         )
-        meta = {**meta, "json_file": paths[f"{which}_json"]}
+        meta = {**meta, "json_file": paths[f"{which}_json"], "format": fmt}
     elif data.source == "tfds":
         from jax_rcnn.data.tfds_source import load_tfds_records
 
@@ -121,6 +125,7 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         records, meta = load_tfds_records(data.tfds_name, tfds_split, cache_dir=data.cache_dir)
     else:
         raise ValueError(f"config.data.source must be one of {SOURCES}, got {data.source!r}")
+    meta = {"format": "coco", **meta}
     if split == "train":
         records = filter_for_training(records, bool(config.dataloader.filter_empty_annotations))
     if not records:
@@ -129,8 +134,10 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
 
 
 def coco_paths(config, split: str) -> dict[str, str]:
-    """`{"json", "images"}` of a "coco" split: `config.data.<split>.json/.images`, or, when both
-    are empty, the paths of the Detectron2 builtin dataset `config.data.<split>.name`.
+    """`{"json", "images", "format"}` of a "coco" split: `config.data.<split>.json/.images`, or,
+    when both are empty, the paths of the Detectron2 builtin dataset `config.data.<split>.name`.
+    "format" is the annotation format ("coco" or "lvis"): `config.data.format`, or with
+    "auto" the builtin dataset's ("lvis" for `lvis_*` names), else "coco".
 
     Raises:
         ValueError: a path is empty and the name does not resolve (the message names the keys).
@@ -143,8 +150,10 @@ def coco_paths(config, split: str) -> dict[str, str]:
     key = f"config.data.{split}"
     paths = {"json": entry.json, "images": entry.images}
     origin = {f: f"{key}.{f}" for f in paths}
+    fmt = config.data.get("format", "auto")
     if not (paths["json"] or paths["images"]) and entry.name:
         paths = builtin.resolve(entry.name, key)
+        fmt = paths.pop("format") if fmt == "auto" else fmt
         origin = {
             f: f"{key}.{f} (Detectron2 dataset {entry.name!r} under ${builtin.ENV} = "
             f"{builtin.datasets_root()!r})"
@@ -159,7 +168,7 @@ def coco_paths(config, split: str) -> dict[str, str]:
             )
         if not os.path.exists(path):
             raise FileNotFoundError(f"{origin[field]}: {path!r} does not exist")
-    return paths
+    return {**paths, "format": "coco" if fmt == "auto" else fmt}
 
 
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:

@@ -165,3 +165,85 @@ def lvis_frequency_groups(categories: Sequence[Mapping[str, Any]]) -> dict[str, 
         g: np.array([i for i, c in enumerate(cats) if c.get("frequency") == g], np.int64)
         for g in _FREQUENCIES
     }
+
+
+LVIS_RESULTS_FILE_NAME = "lvis_instances_results.json"  # Detectron2's name
+
+
+class LVISEvaluator:
+    """Detectron2's `LVISEvaluator`: collects detections like `COCOEvaluator` (same `process`,
+    `results`, `extend`), evaluates them with LVIS's rules (`evaluate_predictions_on_lvis`).
+
+    Example:
+        >>> evaluator = LVISEvaluator("lvis_v1_val.json", output_dir=None)  # doctest: +SKIP
+        >>> evaluator.process(...)                                           # doctest: +SKIP
+        >>> evaluator.evaluate()["bbox"]["APr"]                              # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        gt_json: str,
+        *,
+        output_dir: str | None,
+        contiguous_to_dataset_id: Mapping[int, int] | None = None,
+        tasks: Sequence[str] = ("bbox", "segm"),
+        max_dets_per_image: int = LVIS_MAX_DETS,
+    ):
+        """Loads and checks the LVIS ground truth (arguments as `COCOEvaluator`'s).
+
+        Raises:
+            ValueError: the json lacks the LVIS fields (`check_lvis_ground_truth`).
+        """
+        import json
+
+        from jax_rcnn.evaluation.coco_evaluation import COCOEvaluator
+
+        self._collector = COCOEvaluator(
+            gt_json,
+            output_dir=None,
+            contiguous_to_dataset_id=contiguous_to_dataset_id,
+            tasks=tasks,
+        )
+        with open(gt_json, encoding="utf-8") as f:
+            self._gt = json.load(f)
+        check_lvis_ground_truth(self._gt, gt_json)
+        self._tasks, self._output_dir = tuple(tasks), output_dir
+        self._max_dets = int(max_dets_per_image)
+        self.process = self._collector.process
+        self.results = self._collector.results
+        self.extend = self._collector.extend
+        self.reset = self._collector.reset
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Writes `lvis_instances_results.json` and evaluates every task.
+
+        Returns:
+            `{task: {"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR@300",
+            ..., "num_images_evaluated", "num_images"}}` (percent).
+        """
+        records = self._collector.results()
+        results = [inst for record in records for inst in record["instances"]]
+        num_images = len(self._gt["images"])
+        if len(records) < num_images:
+            logger.error(
+                "%d of %d ground-truth images were never processed; these LVIS metrics are NOT "
+                "those of the model on the whole split.",
+                num_images - len(records),
+                num_images,
+            )
+        if self._output_dir:
+            import json
+
+            os.makedirs(self._output_dir, exist_ok=True)
+            path = os.path.join(self._output_dir, LVIS_RESULTS_FILE_NAME)
+            with open(path, "w") as f:
+                json.dump(results, f)
+        out = {}
+        for task in self._tasks:
+            metrics = evaluate_predictions_on_lvis(
+                self._gt, results, task, max_dets_per_image=self._max_dets
+            )
+            metrics["num_images_evaluated"] = len(records)
+            metrics["num_images"] = num_images
+            out[task] = metrics
+        return out
