@@ -581,6 +581,23 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.log_period = 1
 
 
+def lvis(config: ml_collections.ConfigDict, *, version: str) -> None:
+    """Detectron2's LVIS Mask R-CNN recipe (`LVIS{v0.5,v1}-InstanceSegmentation/*.yaml`) on an
+    R-CNN config: the LVIS classes, the repeat-factor sampler, 640..800 training sizes, 300
+    detections per image at score >= 1e-4, and the `lvis_<version>_{train,val}` datasets."""
+    if version not in ("v0.5", "v1"):
+        raise ValueError(f"LVIS version must be 'v0.5' or 'v1', got {version!r}")
+    config.model.roi_heads.num_classes = 1230 if version == "v0.5" else 1203
+    config.model.roi_heads.score_thresh_test = 0.0001
+    config.input.min_size_train = (640, 672, 704, 736, 768, 800)
+    config.test.detections_per_image = 300
+    config.dataloader.sampler_train = "RepeatFactorTrainingSampler"
+    config.dataloader.repeat_threshold = 0.001
+    config.data.name = f"lvis_{version}"
+    config.data.train.name = f"lvis_{version}_train"
+    config.data.test.name = f"lvis_{version}_val"
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Lock the config: a typo in an override is an error, never a silently new key."""
     config.lock()

@@ -971,3 +971,33 @@ def test_train_samplers_match_the_loader():
     from jax_rcnn.data import samplers
 
     assert cfg_lib.TRAIN_SAMPLERS == samplers.SAMPLERS
+
+
+@pytest.mark.parametrize(
+    "py, yml",
+    [
+        (
+            "configs/lvis_v0_5_mask_rcnn_R_50_FPN_1x.py",
+            "LVISv0.5-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+        ),
+        (
+            "configs/lvis_v1_mask_rcnn_R_50_FPN_1x.py",
+            "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+        ),
+    ],
+)
+def test_lvis_zoo_yaml_equals_our_config_file(py, yml):
+    ours = cfg_lib.to_flat_dict(cfg_lib.load_config(py))
+    d2 = cfg_lib.to_flat_dict(cfg_lib.from_detectron2(ZOO / yml))
+    assert set(ours) == set(d2)
+    diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
+    assert diff == {
+        "input.pad_mode": ("buckets", "size_divisibility"),
+        "input.auto_buckets": (False, True),
+        "input.mask_format": ("bitmask", "polygon"),
+        "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
+    }
+    assert d2["dataloader.sampler_train"] == "RepeatFactorTrainingSampler"
+    assert d2["dataloader.repeat_threshold"] == 0.001
+    assert d2["test.detections_per_image"] == 300
+    assert d2["data.test.name"].startswith("lvis_v")
