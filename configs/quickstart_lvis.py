@@ -5,7 +5,8 @@ Not a Detectron2 model-zoo config: `configs/quickstart.py` (same model, schedule
 `data.shapes.long_tail = True`: 6 shape classes, each a third as frequent as the one before in
 the 1500 training images (circle in ~1360 images, cross in ~20: LVIS frequency groups f f f f c
 r), validation classes uniform over 300 images so the rare classes' AP is measurable; LVIS json
-and LVIS AP (APr / APc / APf, `jax_rcnn.evaluation.lvis_evaluation`). 256..400 px images.
+and LVIS AP (APr / APc / APf, `jax_rcnn.evaluation.lvis_evaluation`). 128 x 160 images, as the
+quickstart.
 
 Variants:
 * (none): the baseline, Detectron2's default `TrainingSampler`;
@@ -39,15 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     sh = config.data.shapes
     sh.long_tail = True
     sh.num_classes = 6
-    sh.image_size_range = (256, 400)
     if not smoke:
         sh.num_train, sh.num_val = 1500, 300
     config.model.roi_heads.num_classes = 6
-    i = config.input
-    i.min_size_train, i.max_size_train = (256,), 400
-    i.min_size_test, i.max_size_test = 256, 400
-    i.buckets = ((256, 416), (416, 256))  # the largest shapes; auto_buckets picks the rest
-    i.auto_buckets = True
     if variant == "rfs":
         config.dataloader.sampler_train = "RepeatFactorTrainingSampler"
         config.dataloader.repeat_threshold = 0.1
