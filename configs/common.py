@@ -388,6 +388,9 @@ def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
             # `name`: a Detectron2 dataset name (`DATASETS.TRAIN` / `TEST`); a builtin one
             # (`coco_2017_train`, ...) gives the paths under $DETECTRON2_DATASETS when they are
             # empty (`jax_rcnn.data.builtin`).
+            # Annotation format of the json files: "coco", "lvis" (LVIS v0.5 / v1: images by
+            # coco_url, federated LVIS AP), or "auto" (a builtin `lvis_*` name: "lvis"; else "coco").
+            "format": "auto",
             "train": {"json": "", "images": "", "name": ""},
             "test": {"json": "", "images": "", "name": ""},
             "tfds_name": "coco/2017",
@@ -405,6 +408,8 @@ def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
                 "image_size_range": (),
                 "num_classes": 8,
                 "seed": 0,
+                # The long-tailed variant (LVIS json and LVIS AP; `shapes.ensure_shapes_dataset`).
+                "long_tail": False,
             },
             "class_names": (),  # filled from the dataset when empty
         }
@@ -418,6 +423,10 @@ def dataloader() -> ml_collections.ConfigDict:
             "num_workers": 4,
             "aspect_ratio_grouping": True,
             "filter_empty_annotations": True,
+            # "RepeatFactorTrainingSampler" repeats images of rare categories (LVIS recipe).
+            "sampler_train": "TrainingSampler",
+            "repeat_threshold": 0.0,
+            "repeat_sqrt": True,
         }
     )
 
@@ -585,6 +594,23 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.test.eval_period = 0
     config.test.ims_per_batch = 2
     config.log_period = 1
+
+
+def lvis(config: ml_collections.ConfigDict, *, version: str) -> None:
+    """Detectron2's LVIS Mask R-CNN recipe (`LVIS{v0.5,v1}-InstanceSegmentation/*.yaml`) on an
+    R-CNN config: the LVIS classes, the repeat-factor sampler, 640..800 training sizes, 300
+    detections per image at score >= 1e-4, and the `lvis_<version>_{train,val}` datasets."""
+    if version not in ("v0.5", "v1"):
+        raise ValueError(f"LVIS version must be 'v0.5' or 'v1', got {version!r}")
+    config.model.roi_heads.num_classes = 1230 if version == "v0.5" else 1203
+    config.model.roi_heads.score_thresh_test = 0.0001
+    config.input.min_size_train = (640, 672, 704, 736, 768, 800)
+    config.test.detections_per_image = 300
+    config.dataloader.sampler_train = "RepeatFactorTrainingSampler"
+    config.dataloader.repeat_threshold = 0.001
+    config.data.name = f"lvis_{version}"
+    config.data.train.name = f"lvis_{version}_train"
+    config.data.test.name = f"lvis_{version}_val"
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -114,6 +114,8 @@ LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 CLIP_TYPES = ("value", "norm")
 DATA_SOURCES = ("coco", "shapes", "tfds")
+DATA_FORMATS = ("auto", "coco", "lvis")
+TRAIN_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler")  # == data.samplers.SAMPLERS
 FPN_LEVELS = ("res2", "res3", "res4", "res5")
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +546,9 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "DATALOADER.NUM_WORKERS": ("dataloader.num_workers", _int),
     "DATALOADER.ASPECT_RATIO_GROUPING": ("dataloader.aspect_ratio_grouping", _bool),
     "DATALOADER.FILTER_EMPTY_ANNOTATIONS": ("dataloader.filter_empty_annotations", _bool),
+    "DATALOADER.SAMPLER_TRAIN": ("dataloader.sampler_train", _str),
+    "DATALOADER.REPEAT_THRESHOLD": ("dataloader.repeat_threshold", _float),
+    "DATALOADER.REPEAT_SQRT": ("dataloader.repeat_sqrt", _bool),
     "SOLVER.IMS_PER_BATCH": ("solver.ims_per_batch", _int),
     "SOLVER.BASE_LR": ("solver.base_lr", _float),
     "SOLVER.MOMENTUM": ("solver.momentum", _float),
@@ -656,7 +661,6 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
         "'MaskRCNNConvUpsampleHead' (when MODEL.MASK_ON)",
     ),
     "INPUT.CROP.ENABLED": (_one_of(False), "false (no random crop)"),
-    "DATALOADER.SAMPLER_TRAIN": (_one_of("TrainingSampler"), "'TrainingSampler'"),
     "SOLVER.REFERENCE_WORLD_SIZE": (_one_of(0), "0 (no automatic rescaling by GPU count)"),
     "TEST.AUG.ENABLED": (_one_of(False), "false (no test-time augmentation)"),
     "TEST.PRECISE_BN.ENABLED": (_precise_bn, "false, or no trainable BN/SyncBN in the model"),
@@ -678,8 +682,6 @@ _INERT: dict[str, str] = {
     "DATASETS.PROPOSAL_FILES_TEST": "MODEL.LOAD_PROPOSALS",
     "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN": "MODEL.LOAD_PROPOSALS",
     "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST": "MODEL.LOAD_PROPOSALS",
-    "DATALOADER.REPEAT_THRESHOLD": "RepeatFactorTrainingSampler (DATALOADER.SAMPLER_TRAIN)",
-    "DATALOADER.REPEAT_SQRT": "RepeatFactorTrainingSampler (DATALOADER.SAMPLER_TRAIN)",
     "SOLVER.NUM_DECAYS": "WarmupStepWithFixedGammaLR (SOLVER.LR_SCHEDULER_NAME)",
     "SOLVER.RESCALE_INTERVAL": "WarmupStepWithFixedGammaLR (SOLVER.LR_SCHEDULER_NAME)",
     "TEST.AUG.MIN_SIZES": "TEST.AUG.ENABLED",
@@ -1228,7 +1230,15 @@ _NO_EFFECT_UNLESS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ),
     *(
         (f"data.shapes.{key}", lambda c: c.data.source != "shapes", "data.source")
-        for key in ("num_train", "num_val", "image_size", "image_size_range", "num_classes", "seed")
+        for key in (
+            "num_train",
+            "num_val",
+            "image_size",
+            "image_size_range",
+            "num_classes",
+            "seed",
+            "long_tail",
+        )
     ),
     ("data.cache_dir", lambda c: c.data.source == "coco", "data.source"),
     ("input.buckets", lambda c: c.input.pad_mode != "buckets", "input.pad_mode"),
@@ -1592,6 +1602,7 @@ def _check_rest(c: _Checker, stride: int | None) -> None:
 
     # Data.
     c.one_of("data.source", DATA_SOURCES)
+    c.one_of("data.format", DATA_FORMATS)
     names = tuple(config.data.class_names)
     k = num_classes(config)
     c.require(
@@ -1600,11 +1611,18 @@ def _check_rest(c: _Checker, stride: int | None) -> None:
         f"has {len(names)} names, the model has {k} classes",
     )
     c.int_at_least("dataloader.num_workers", 0)
+    c.one_of("dataloader.sampler_train", TRAIN_SAMPLERS)
+    c.require(
+        isinstance(config.dataloader.repeat_sqrt, bool), "dataloader.repeat_sqrt", "must be a bool"
+    )
+    if config.dataloader.sampler_train == "RepeatFactorTrainingSampler":
+        c.number_in("dataloader.repeat_threshold", 0.0, float("inf"), open_low=True)
     sh = config.data.shapes
     c.one_of("data.shapes.num_classes", range(1, 9))
     rng = tuple(sh.image_size_range)
     ok = not rng or (len(rng) == 2 and all(_is_int(x) for x in rng) and 1 <= rng[0] <= rng[1])
     c.require(ok, "data.shapes.image_size_range", "must be () or (lo, hi) ints, 1 <= lo <= hi")
+    c.require(isinstance(sh.long_tail, bool), "data.shapes.long_tail", "must be a bool")
     _check_no_effect(c)
 
     # Solver.

@@ -6,10 +6,11 @@ Parity: `detectron2/data/datasets/builtin.py` (`register_all_coco`): a name such
 to the working directory), read when the dataset is loaded, as Detectron2 reads it when it
 registers its datasets.
 
-Only names of a task jax_rcnn trains and evaluates today (COCO instance detection /
-segmentation) resolve. The other builtin names (keypoints, panoptic, LVIS, the unannotated
-test splits) are errors that say why; any other name (a user-registered dataset) needs the paths
-in `config.data.<split>.json` / `.images`.
+Only names of a task jax_rcnn trains and evaluates today (COCO and LVIS instance detection /
+segmentation; `lvis_*` names mean `<root>/lvis/*.json` with the COCO images under
+`<root>/coco`, read as LVIS json and evaluated with LVIS AP) resolve. The other builtin names
+(keypoints, panoptic, the unannotated test splits) are errors that say why; any other name (a
+user-registered dataset) needs the paths in `config.data.<split>.json` / `.images`.
 """
 
 from __future__ import annotations
@@ -32,11 +33,23 @@ COCO_INSTANCES: dict[str, tuple[str, str]] = {
     "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
 }
 
+# name -> (image root, json file): Detectron2's `_PREDEFINED_SPLITS_LVIS` (read as LVIS json).
+LVIS_INSTANCES: dict[str, tuple[str, str]] = {
+    "lvis_v1_train": ("coco", "lvis/lvis_v1_train.json"),
+    "lvis_v1_val": ("coco", "lvis/lvis_v1_val.json"),
+    "lvis_v0.5_train": ("coco", "lvis/lvis_v0.5_train.json"),
+    "lvis_v0.5_val": ("coco", "lvis/lvis_v0.5_val.json"),
+    "lvis_v0.5_val_rand_100": ("coco", "lvis/lvis_v0.5_val_rand_100.json"),
+    "lvis_v0.5_train_cocofied": ("coco", "lvis/lvis_v0.5_train_cocofied.json"),
+    "lvis_v0.5_val_cocofied": ("coco", "lvis/lvis_v0.5_val_cocofied.json"),
+}
+
 # Builtin names jax_rcnn recognises but cannot use: (prefix or exact name, why).
 UNSUPPORTED: tuple[tuple[str, str], ...] = (
     ("coco_2017_test", "has no annotations (image info only): it cannot be trained or evaluated"),
     ("keypoints_coco_", "is a keypoint dataset; jax_rcnn has no keypoint head"),
-    ("lvis_", "is an LVIS dataset; jax_rcnn reads neither LVIS json nor its federated evaluation"),
+    ("lvis_v1_test", "has no annotations (image info only): it cannot be trained or evaluated"),
+    ("lvis_v0.5_test", "has no annotations (image info only): it cannot be trained or evaluated"),
     ("cityscapes_", "is a Cityscapes dataset; jax_rcnn reads COCO-format json only"),
     ("voc_", "is a Pascal VOC dataset; jax_rcnn reads COCO-format json only"),
     ("ade20k_", "is a semantic segmentation dataset; jax_rcnn has no semantic segmentation head"),
@@ -57,16 +70,22 @@ def resolve(name: str, key: str) -> dict[str, str]:
       key: the config key the paths are for ("config.data.test"), named in errors.
 
     Returns:
-      {"json": <root>/coco/annotations/...json, "images": <root>/coco/...}.
+      {"json": <root>/coco/annotations/...json, "images": <root>/coco/..., "format": "coco"}
+      ("format": "lvis" for the LVIS names).
 
     Raises:
       ValueError: `name` is a builtin name of an unsupported task, or not a builtin name (the
         message names `key.json` / `key.images`, which must then be set).
     """
-    if name in COCO_INSTANCES:
-        images, json_file = COCO_INSTANCES[name]
-        root = datasets_root()
-        return {"json": os.path.join(root, json_file), "images": os.path.join(root, images)}
+    for table, fmt in ((COCO_INSTANCES, "coco"), (LVIS_INSTANCES, "lvis")):
+        if name in table:
+            images, json_file = table[name]
+            root = datasets_root()
+            return {
+                "json": os.path.join(root, json_file),
+                "images": os.path.join(root, images),
+                "format": fmt,
+            }
     why = _PANOPTIC_WHY if "_panoptic" in name else None
     for prefix, reason in UNSUPPORTED:
         if why is None and name.startswith(prefix):
@@ -77,7 +96,8 @@ def resolve(name: str, key: str) -> dict[str, str]:
             "a COCO-format instances split instead"
         )
     raise ValueError(
-        f"{name!r} (for {key}) is not one of Detectron2's builtin COCO datasets "
-        f"({', '.join(sorted(COCO_INSTANCES))}); for your own dataset set {key}.json and "
+        f"{name!r} (for {key}) is not one of Detectron2's builtin COCO / LVIS datasets "
+        f"({', '.join(sorted({**COCO_INSTANCES, **LVIS_INSTANCES}))}); for your own dataset "
+        f"set {key}.json and "
         f"{key}.images (e.g. --{key}.json=path/to/{name}.json --{key}.images=path/to/images)"
     )

@@ -95,9 +95,10 @@ def load_coco_json(
             annotation whose image or category id is unknown, duplicate ids, or no images.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    name = dataset_name or json_file
-    data = _read_json(json_file)
+    return _load_dict(_read_json(json_file), json_file, image_root, dataset_name or json_file)
 
+
+def _load_dict(data: dict, json_file: str, image_root: str, name: str) -> tuple[list[dict], dict]:
     for i, c in enumerate(data["categories"]):
         _require(c, _CATEGORY_FIELDS, f"categories[{i}]", json_file)
     cats = sorted(data["categories"], key=lambda c: c["id"])
@@ -113,6 +114,11 @@ def load_coco_json(
 
     images = {}
     for i, img in enumerate(data["images"]):
+        if isinstance(img, dict) and "file_name" not in img and "coco_url" in img:
+            raise ValueError(
+                f"{json_file}: images[{i}] has 'coco_url' but no 'file_name': an LVIS json? "
+                "Set config.data.format = 'lvis' (or use a Detectron2 lvis_* dataset name)"
+            )
         _require(img, _IMAGE_FIELDS, f"images[{i}]", json_file)
         if img["id"] in images:
             raise ValueError(f"{json_file}: duplicate image id {img['id']} (images[{i}])")
@@ -244,3 +250,71 @@ def filter_for_training(records: list[dict], filter_empty: bool = True) -> list[
     if not out:
         raise ValueError("filter_for_training: no training images left after filtering")
     return out
+
+
+def load_lvis_json(
+    json_file: str | os.PathLike, image_root: str | os.PathLike, *, dataset_name: str | None = None
+) -> tuple[list[dict], dict]:
+    """Loads LVIS (v0.5 / v1) instance annotations as Detectron2-style records.
+
+    Parity: `detectron2/data/datasets/lvis.py:load_lvis_json`: an image's file is
+    `<image_root>/<the last two parts of its coco_url>` (`train2017/000000391895.jpg`; LVIS v1
+    images have no `file_name`); category ids become contiguous (LVIS ids are 1..K, so id - 1);
+    each record carries the image's `not_exhaustive_category_ids` and `neg_category_ids`
+    (LVIS category ids, as Detectron2 keeps them); class names are each category's first synonym.
+    Everything else is `load_coco_json`'s (validation, polygon checks, box clipping).
+
+    Deviation: Detectron2 joins `image_root + split folder` as strings (its builtin roots end
+    with "/"); this joins paths, the same for such roots.
+
+    Args:
+        json_file: LVIS json (`images` with `coco_url` or `file_name`, `categories`,
+            `annotations`).
+        image_root: the COCO image root (holding `train2017/`, `val2017/`).
+        dataset_name: only used in log messages.
+
+    Returns:
+        `(records, meta)` as `load_coco_json`, meta also with `"class_image_count"`: i64[K]
+        images per category (`image_count`, the federated loss's frequency; 0 where absent)
+        and `"frequency"`: the r/c/f label per class.
+
+    Raises:
+        FileNotFoundError / ValueError: as `load_coco_json`; also an image with neither
+            `coco_url` nor `file_name`, or whose `neg_category_ids` /
+            `not_exhaustive_category_ids` is not a list of known category ids.
+    """
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    name = dataset_name or json_file
+    data = _read_json(json_file)
+    cat_ids = set()
+    for i, c in enumerate(data["categories"]):
+        _require(c, _CATEGORY_FIELDS, f"categories[{i}]", json_file)
+        cat_ids.add(c["id"])
+    images = []
+    for i, img in enumerate(data["images"]):
+        where = f"images[{i}] (id {img.get('id', '?') if isinstance(img, dict) else '?'})"
+        if not isinstance(img, dict) or not ("coco_url" in img or "file_name" in img):
+            raise ValueError(f"{json_file}: {where} needs 'coco_url' or 'file_name'")
+        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+            ids = img.get(key, [])
+            if not isinstance(ids, list) or not set(ids) <= cat_ids:
+                raise ValueError(
+                    f"{json_file}: {where} field '{key}' must be a list of category ids, "
+                    f"got {ids!r}"
+                )
+        if "coco_url" in img:
+            img = {**img, "file_name": "/".join(str(img["coco_url"]).split("/")[-2:])}
+        images.append(img)
+    categories = [{**c, "name": (c.get("synonyms") or [c["name"]])[0]} for c in data["categories"]]
+    records, meta = _load_dict(
+        {**data, "images": images, "categories": categories}, json_file, image_root, name
+    )
+    by_id = {img["id"]: img for img in images}
+    for r in records:
+        img = by_id[r["image_id"]]
+        r["not_exhaustive_category_ids"] = list(img.get("not_exhaustive_category_ids", []))
+        r["neg_category_ids"] = list(img.get("neg_category_ids", []))
+    cats = sorted(categories, key=lambda c: c["id"])
+    meta["class_image_count"] = np.array([int(c.get("image_count", 0)) for c in cats], np.int64)
+    meta["frequency"] = [c.get("frequency", "") for c in cats]
+    return records, meta

@@ -11,7 +11,11 @@ of *all* N records: global position `p` is epoch `e = p // N` and record `perm_e
 `perm_e` a new seeded permutation per epoch (grain `shuffle(seed)`, repeated). Its example is
 `make_train_example(record, config, rng)` with `rng = default_rng([seed, e, record index])`, so
 an example (its augmentation included) is a pure function of (seed, epoch, record index): the
-same for any number of hosts or workers. The batches are planned from the records' sizes alone,
+same for any number of hosts or workers. With `dataloader.sampler_train =
+"RepeatFactorTrainingSampler"` the epochs are instead Detectron2's repeat-factor epochs
+(`samplers.RepeatFactorOrder`: rare-category images repeated, epochs of varying length) and the
+generator also takes the appearance number of a repeated record within its epoch, so each copy
+is augmented on its own. The batches are planned from the records' sizes alone,
 identically on every host: the first draw of `rng` (the multi-scale short edge) fixes the
 resized size and so the bucket (`train_padded_shape`); positions fall in stream order into
 per-group queues (the bucket; one queue when aspect-ratio grouping is off) and a queue that
@@ -35,6 +39,7 @@ every host::
 
     {"version": 2, "seed": int, "num_records": int,
      "ims_per_batch": int,                        # checked by set_state
+     "sampler": str,                              # checked by set_state (samplers.sampler_id)
      "batch": int,                                # global batches returned so far
      "position": int,                             # next global position the plan reads
      "queues": [[group, [position, ...]], ...]}   # planned positions waiting in each group
@@ -63,7 +68,8 @@ import numpy as np
 
 from jax_rcnn.data import batching as B
 from jax_rcnn.data import transforms as T
-from jax_rcnn.data.coco import filter_for_training, load_coco_json
+from jax_rcnn.data.coco import filter_for_training, load_coco_json, load_lvis_json
+from jax_rcnn.data.samplers import sampler_id, train_order
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +90,9 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         split: "train" or "test".
 
     Returns:
-        `(records, meta)` as `load_coco_json` returns them, with `meta["json_file"]` the
-        split's COCO JSON (the evaluator's ground truth). Training records have crowd
+        `(records, meta)` as `load_coco_json` (or `load_lvis_json`) returns them, with
+        `meta["json_file"]` the split's JSON (the evaluator's ground truth) and
+        `meta["format"]` its annotation format ("coco" or "lvis"). Training records have crowd
         instances removed (and, if `filter_empty_annotations`, images without instances).
 
     Raises:
@@ -97,17 +104,20 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
     data = config.data
     if data.source == "coco":
         paths = coco_paths(config, split)
-        records, meta = load_coco_json(paths["json"], paths["images"], dataset_name=data.name)
-        meta = {**meta, "json_file": paths["json"]}
+        load = load_lvis_json if paths["format"] == "lvis" else load_coco_json
+        records, meta = load(paths["json"], paths["images"], dataset_name=data.name)
+        meta = {**meta, "json_file": paths["json"], "format": paths["format"]}
     elif data.source == "shapes":
         from jax_rcnn.data.shapes import config_paths
 
         paths = config_paths(config)
         which = "train" if split == "train" else "val"
-        records, meta = load_coco_json(
+        fmt = "lvis" if data.shapes.get("long_tail", False) else "coco"
+        load = load_lvis_json if fmt == "lvis" else load_coco_json
+        records, meta = load(
             paths[f"{which}_json"], paths[f"{which}_images"], dataset_name=f"shapes/{which}"
         )
-        meta = {**meta, "json_file": paths[f"{which}_json"]}
+        meta = {**meta, "json_file": paths[f"{which}_json"], "format": fmt}
     elif data.source == "tfds":
         from jax_rcnn.data.tfds_source import load_tfds_records
 
@@ -115,6 +125,7 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         records, meta = load_tfds_records(data.tfds_name, tfds_split, cache_dir=data.cache_dir)
     else:
         raise ValueError(f"config.data.source must be one of {SOURCES}, got {data.source!r}")
+    meta = {"format": "coco", **meta}
     if split == "train":
         records = filter_for_training(records, bool(config.dataloader.filter_empty_annotations))
     if not records:
@@ -123,8 +134,10 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
 
 
 def coco_paths(config, split: str) -> dict[str, str]:
-    """`{"json", "images"}` of a "coco" split: `config.data.<split>.json/.images`, or, when both
-    are empty, the paths of the Detectron2 builtin dataset `config.data.<split>.name`.
+    """`{"json", "images", "format"}` of a "coco" split: `config.data.<split>.json/.images`, or,
+    when both are empty, the paths of the Detectron2 builtin dataset `config.data.<split>.name`.
+    "format" is the annotation format ("coco" or "lvis"): `config.data.format`, or with
+    "auto" the builtin dataset's ("lvis" for `lvis_*` names), else "coco".
 
     Raises:
         ValueError: a path is empty and the name does not resolve (the message names the keys).
@@ -137,8 +150,10 @@ def coco_paths(config, split: str) -> dict[str, str]:
     key = f"config.data.{split}"
     paths = {"json": entry.json, "images": entry.images}
     origin = {f: f"{key}.{f}" for f in paths}
+    fmt = config.data.get("format", "auto")
     if not (paths["json"] or paths["images"]) and entry.name:
         paths = builtin.resolve(entry.name, key)
+        fmt = paths.pop("format") if fmt == "auto" else fmt
         origin = {
             f: f"{key}.{f} (Detectron2 dataset {entry.name!r} under ${builtin.ENV} = "
             f"{builtin.datasets_root()!r})"
@@ -153,7 +168,7 @@ def coco_paths(config, split: str) -> dict[str, str]:
             )
         if not os.path.exists(path):
             raise FileNotFoundError(f"{origin[field]}: {path!r} does not exist")
-    return paths
+    return {**paths, "format": "coco" if fmt == "auto" else fmt}
 
 
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -219,22 +234,24 @@ class _Stream:
         self.config, self.seed, self.num_records = config, seed, len(records)
         self.grouping = bool(config.dataloader.aspect_ratio_grouping)
         self.sizes = np.array([(r["height"], r["width"]) for r in records], np.int64)
-        # A new seeded permutation per epoch (grain reseeds `shuffle` in each repetition).
-        self._order = grain.MapDataset.range(self.num_records).shuffle(seed=seed).repeat(None)
+        # TrainingSampler: a new seeded permutation per epoch; or RepeatFactorTrainingSampler.
+        self.order = train_order(config, records, seed)
 
-    def record(self, position: int) -> tuple[int, int]:
-        """(record index, epoch) of global position `position`."""
-        return int(self._order[position]), position // self.num_records
+    def record(self, position: int) -> tuple[int, int, int]:
+        """(record index, epoch, copy) of global position `position` (copy: the record's
+        appearance number within its epoch, 0 unless the sampler repeats records)."""
+        return self.order.record(position)
 
-    def rng(self, record_index: int, epoch: int) -> np.random.Generator:
-        """The example's generator: a pure function of (seed, epoch, record index)."""
-        return np.random.default_rng([self.seed, epoch, record_index])
+    def rng(self, record_index: int, epoch: int, copy: int = 0) -> np.random.Generator:
+        """The example's generator: a pure function of (seed, epoch, record index, copy)."""
+        key = [self.seed, epoch, record_index] + ([copy] if copy else [])
+        return np.random.default_rng(key)
 
     def layout(self, position: int) -> tuple[int, tuple[int, int]]:
         """(group, padded (H, W)) of the example at `position`, without reading its image."""
-        r, epoch = self.record(position)
+        r, epoch, copy = self.record(position)
         h, w = self.sizes[r]
-        bucket, shape = train_padded_shape(h, w, self.config, self.rng(r, epoch))
+        bucket, shape = train_padded_shape(h, w, self.config, self.rng(r, epoch, copy))
         return (bucket if self.grouping else _NO_GROUPING), shape
 
 
@@ -324,8 +341,8 @@ class _TrainExample:
         planned = self.plan.batch(index)
         position = planned.positions[self.shard_index * self.batch_size + i]
         stream = self.plan.stream
-        r, epoch = stream.record(position)
-        example = B.make_train_example(self.records[r], self.config, stream.rng(r, epoch))
+        r, epoch, copy = stream.record(position)
+        example = B.make_train_example(self.records[r], self.config, stream.rng(r, epoch, copy))
         h, w = example["image"].shape[:2]
         group = int(example["bucket"]) if stream.grouping else _NO_GROUPING
         if group != planned.group or h > planned.shape[0] or w > planned.shape[1]:
@@ -403,6 +420,7 @@ class TrainLoader:
             raise ValueError("TrainLoader: no training records")
         self.config, self.records, self.num_records = config, records, len(records)
         self._stream = _Stream(config, records, self.seed)
+        self.sampler = sampler_id(config)
         self._plan = _Plan(self._stream, self.ims_per_batch)
         self._frontier = self._plan.frontier()  # of the batches returned so far
         self._iterator = None
@@ -446,7 +464,7 @@ class TrainLoader:
     @property
     def epoch(self) -> int:
         """Epoch of the next global position the plan reads."""
-        return self._frontier["position"] // self.num_records
+        return self._stream.order.epoch(self._frontier["position"])
 
     def get_state(self) -> dict:
         """JSON-serialisable state, the same on every host (format in the module docstring)."""
@@ -456,6 +474,7 @@ class TrainLoader:
             "seed": self.seed,
             "num_records": self.num_records,
             "ims_per_batch": self.ims_per_batch,
+            "sampler": self.sampler,
             "batch": f["batch"],
             "position": f["position"],
             "queues": [[g, list(ps)] for g, ps in f["queues"]],
@@ -479,7 +498,8 @@ class TrainLoader:
                 else "unknown format"
             )
             raise ValueError(f"loader state version {version} != {STATE_VERSION}: {why}")
-        for key in ("seed", "num_records", "ims_per_batch"):
+        state = {"sampler": "TrainingSampler", **state}  # states before the sampler key
+        for key in ("seed", "num_records", "ims_per_batch", "sampler"):
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"loader state has {key}={state[key]} but this loader has "

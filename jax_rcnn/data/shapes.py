@@ -13,6 +13,9 @@ The dataset is written on first use as COCO JSON + PNG files under
 renamed, so an interrupted run leaves nothing half-made); a changed generator version or
 parameter set lands in a new directory. Files are identical for identical parameters.
 
+`long_tail=True` makes the long-tailed variant (LVIS json; training classes each a third as
+frequent as the one before; see `ensure_shapes_dataset`).
+
 Usage::
 
     paths = ensure_shapes_dataset(cache_dir)
@@ -128,6 +131,7 @@ def render_image(
     image_size: tuple[int, int],
     max_instances: int,
     num_classes: int = len(CLASS_NAMES),
+    class_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draws one image.
 
@@ -136,6 +140,7 @@ def render_image(
         image_size: (height, width).
         max_instances: most shapes placed before occlusion culling.
         num_classes: shapes are drawn from the first `num_classes` of `CLASS_NAMES`.
+        class_weights: f64[num_classes] class probabilities (None: uniform).
 
     Returns:
         `(image u8[h, w, 3] RGB, [(class index, visible bool[h, w] mask), ...])` in drawing
@@ -147,7 +152,10 @@ def render_image(
     max_r = min(h, w) / 4.0  # diameter up to half the short side
     shapes = []
     for _ in range(n):
-        cls = int(rng.integers(num_classes))
+        if class_weights is None:
+            cls = int(rng.integers(num_classes))
+        else:
+            cls = int(rng.choice(num_classes, p=class_weights))
         r = float(np.exp(rng.uniform(np.log(_MIN_SIZE / 2), np.log(max_r))))
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         mask = _shape_mask(CLASS_NAMES[cls], h, w, cx, cy, r, rng.uniform(0, 2 * np.pi), rng)
@@ -174,12 +182,28 @@ def render_image(
     return image, [(cls, visible) for cls, _, visible, *_ in kept]
 
 
-def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict) -> None:
+def long_tail_weights(num_classes: int) -> np.ndarray:
+    """f64[num_classes] class probabilities of the long-tailed training split: each class a
+    third as frequent as the one before (1, 1/3, 1/9, ..., normalised)."""
+    w = (1.0 / 3.0) ** np.arange(num_classes)
+    return w / w.sum()
+
+
+def _frequency(image_count: int, num_images: int) -> str:
+    """LVIS's frequency group, on this dataset's scale: "r" in < 2 % of the training images,
+    "c" in < 10 %, else "f" (LVIS: 1-10, 11-100, > 100 of ~100k images)."""
+    share = image_count / max(num_images, 1)
+    return "r" if share < 0.02 else "c" if share < 0.10 else "f"
+
+
+def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict) -> dict:
     img_dir = os.path.join(out_dir, split)
     os.makedirs(img_dir)
     images, annotations = [], []
     size_range = params.get("image_size_range")
     num_classes = params.get("num_classes", len(CLASS_NAMES))
+    long_tail = bool(params.get("long_tail"))
+    weights = long_tail_weights(num_classes) if long_tail and split == "train" else None
     for i in range(num):
         rng = np.random.default_rng([params["seed"], split_id, i])
         if size_range:
@@ -188,10 +212,16 @@ def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict
             h, w = (int(x) for x in size_rng.integers(size_range[0], size_range[1] + 1, 2))
         else:
             h, w = params["image_size"]
-        image, instances = render_image(rng, (h, w), params["max_instances"], num_classes)
+        image, instances = render_image(rng, (h, w), params["max_instances"], num_classes, weights)
         file_name = f"{i:06d}.png"
         Image.fromarray(image).save(os.path.join(img_dir, file_name), compress_level=1)
         images.append({"id": i + 1, "file_name": file_name, "height": h, "width": w})
+        if long_tail:  # LVIS fields: half the absent classes verified absent, all exhaustive
+            present = {cls + 1 for cls, _ in instances}
+            absent = [k for k in range(1, num_classes + 1) if k not in present]
+            neg_rng = np.random.default_rng([params["seed"], split_id, i, 2])
+            images[-1]["neg_category_ids"] = [k for k in absent if neg_rng.random() < 0.5]
+            images[-1]["not_exhaustive_category_ids"] = []
         for cls, visible in instances:
             rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
             ys, xs = np.nonzero(visible)
@@ -217,8 +247,29 @@ def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict
             for k, n in enumerate(CLASS_NAMES[:num_classes])
         ],
     }
-    with open(os.path.join(out_dir, f"{split}.json"), "w") as f:
-        json.dump(coco, f)
+    return coco
+
+
+def _lvis_categories(train: dict, num_classes: int) -> list[dict]:
+    """LVIS category entries (synonyms, frequency, image / instance counts) from the train split."""
+    images_of = {k + 1: set() for k in range(num_classes)}
+    instances = dict.fromkeys(images_of, 0)
+    for a in train["annotations"]:
+        images_of[a["category_id"]].add(a["image_id"])
+        instances[a["category_id"]] += 1
+    n = len(train["images"])
+    return [
+        {
+            "id": k + 1,
+            "name": CLASS_NAMES[k],
+            "synonyms": [CLASS_NAMES[k]],
+            "supercategory": "shape",
+            "image_count": len(images_of[k + 1]),
+            "instance_count": instances[k + 1],
+            "frequency": _frequency(len(images_of[k + 1]), n),
+        }
+        for k in range(num_classes)
+    ]
 
 
 def _paths(root: str) -> dict:
@@ -254,6 +305,7 @@ def ensure_shapes_dataset(
     max_instances: int = 12,
     image_size_range: tuple[int, int] | tuple[()] = (),
     num_classes: int = len(CLASS_NAMES),
+    long_tail: bool = False,
 ) -> dict:
     """Returns the paths of the shapes dataset, generating it on first use.
 
@@ -267,6 +319,12 @@ def ensure_shapes_dataset(
         image_size_range: (lo, hi): each image's height and width are drawn independently
             from [lo, hi] (variable sizes and aspect ratios); () = every image `image_size`.
         num_classes: instances are of the first `num_classes` of `CLASS_NAMES` (1..8).
+        long_tail: the long-tailed variant, written as LVIS json: training classes drawn with
+            `long_tail_weights` (each class a third as frequent as the one before), validation
+            classes uniform (so the rare classes' AP is measurable); categories carry LVIS's
+            `frequency` (r / c / f from training image counts, `_frequency`), `image_count`,
+            `synonyms`; images carry `neg_category_ids` (half the absent classes) and an empty
+            `not_exhaustive_category_ids` (the synthetic annotations are exhaustive).
 
     Raises:
         ValueError: `image_size_range` is not (lo, hi) with 1 <= lo <= hi, or `num_classes`
@@ -296,6 +354,8 @@ def ensure_shapes_dataset(
         raise ValueError(f"shapes num_classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
     if int(num_classes) != len(CLASS_NAMES):
         params["num_classes"] = int(num_classes)
+    if long_tail:
+        params["long_tail"] = True
     cache_dir = os.path.abspath(os.fspath(cache_dir or default_cache_dir()))
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     root = os.path.join(cache_dir, f"shapes_v{GENERATOR_VERSION}_{digest}")
@@ -308,8 +368,17 @@ def ensure_shapes_dataset(
     tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=cache_dir)
     try:
         logger.info("generating shapes dataset (%d train, %d val) in %s", num_train, num_val, root)
-        _write_split(tmp, "train", 0, params["num_train"], params)
-        _write_split(tmp, "val", 1, params["num_val"], params)
+        splits = {
+            "train": _write_split(tmp, "train", 0, params["num_train"], params),
+            "val": _write_split(tmp, "val", 1, params["num_val"], params),
+        }
+        if params.get("long_tail"):
+            categories = _lvis_categories(splits["train"], params.get("num_classes", 8))
+            for coco in splits.values():
+                coco["categories"] = categories
+        for split, coco in splits.items():
+            with open(os.path.join(tmp, f"{split}.json"), "w") as f:
+                json.dump(coco, f)
         with open(os.path.join(tmp, "stamp.json"), "w") as f:
             json.dump(params, f)
         try:
@@ -336,4 +405,5 @@ def config_paths(config) -> dict:
         seed=s.seed,
         image_size_range=tuple(s.image_size_range),
         num_classes=s.num_classes,
+        long_tail=bool(s.get("long_tail", False)),
     )

@@ -227,7 +227,8 @@ def evaluate(
       mesh: the data mesh (default `distributed.make_mesh()`: every device).
 
     Returns:
-      `{"bbox": {"AP": ..., "AP50": ..., ...}, "segm": {...}}` (AP in percent); for a
+      `{"bbox": {"AP": ..., "AP50": ..., ...}, "segm": {...}}` (AP in percent; LVIS data:
+      LVIS's metrics with `APr`, `APc`, `APf`, from `LVISEvaluator`); for a
       `ProposalNetwork`, `{"box_proposals": {"AR@100", "ARs@100", ..., "AR@1000", ...}}`
       (Detectron2's box-proposal recall, in percent; metrics.jsonl: `box_proposals/AR@100`).
     """
@@ -288,6 +289,15 @@ def evaluate(
     proposals_only = config.model.meta_architecture == "ProposalNetwork"
     if proposals_only:  # Detectron2's COCOEvaluator sees "proposals": box-proposal AR
         evaluator = ProposalEvaluator(_gt_json(config), output_dir=out_dir)
+    elif meta.get("format") == "lvis":  # Detectron2's LVISEvaluator (federated LVIS AP)
+        from jax_rcnn.evaluation.lvis_evaluation import LVISEvaluator
+
+        evaluator = LVISEvaluator(
+            _gt_json(config),
+            output_dir=out_dir,
+            contiguous_to_dataset_id=to_cat,
+            tasks=("bbox", "segm") if mask_on else ("bbox",),
+        )
     else:
         evaluator = COCOEvaluator(
             _gt_json(config),

@@ -416,7 +416,6 @@ def test_rcnn_keys_are_not_keys_of_a_retinanet_config():
         "MODEL:\n  DEVICE: cpu\nOUTPUT_DIR: /tmp/x\nCUDNN_BENCHMARK: true\nVIS_PERIOD: 5\n",
         "GLOBAL:\n  HACK: 3.0\nFLOAT32_PRECISION: high\n",
         "TEST:\n  EXPECTED_RESULTS: [['bbox', 'AP', 38.5, 0.2]]\n  AUG:\n    FLIP: false\n",
-        "DATALOADER:\n  REPEAT_THRESHOLD: 0.1\n",
         "INPUT:\n  CROP:\n    SIZE: [0.5, 0.5]\n",
         "SOLVER:\n  WEIGHT_DECAY_BIAS: null\n",
         "TEST:\n  PRECISE_BN:\n    ENABLED: true\n",  # no trainable BN: PreciseBN is a no-op
@@ -486,11 +485,6 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
         ),
         ("INPUT:\n  CROP:\n    ENABLED: true\n", "INPUT.CROP.ENABLED", "True"),
         ("TEST:\n  AUG:\n    ENABLED: true\n", "TEST.AUG.ENABLED", "True"),
-        (
-            "DATALOADER:\n  SAMPLER_TRAIN: RepeatFactorTrainingSampler\n",
-            "DATALOADER.SAMPLER_TRAIN",
-            "RepeatFactorTrainingSampler",
-        ),
         ("SOLVER:\n  REFERENCE_WORLD_SIZE: 8\n", "SOLVER.REFERENCE_WORLD_SIZE", "8"),
         (
             "MODEL:\n  RESNETS:\n    NORM: BN\nTEST:\n  PRECISE_BN:\n    ENABLED: true\n",
@@ -974,3 +968,62 @@ def test_box_regression_loss_types_are_imported_from_yaml(tmp_path):
     retina = f'_BASE_: "{base}"\nMODEL:\n  RETINANET:\n    BBOX_REG_LOSS_TYPE: diou\n'
     config = cfg_lib.from_detectron2(_write(tmp_path, retina, "r.yaml"))
     assert config.model.retinanet.bbox_reg_loss_type == "diou"
+
+
+def test_repeat_factor_sampler_is_imported(tmp_path):
+    text = (
+        "DATALOADER:\n  SAMPLER_TRAIN: RepeatFactorTrainingSampler\n"
+        "  REPEAT_THRESHOLD: 0.001\n  REPEAT_SQRT: false\n"
+    )
+    config = cfg_lib.from_detectron2(_override(tmp_path, text))
+    assert config.dataloader.sampler_train == "RepeatFactorTrainingSampler"
+    assert config.dataloader.repeat_threshold == 0.001
+    assert config.dataloader.repeat_sqrt is False
+
+
+def test_other_samplers_are_rejected_by_name(tmp_path):
+    text = "DATALOADER:\n  SAMPLER_TRAIN: RandomSubsetTrainingSampler\n"
+    with pytest.raises(ValueError, match="DATALOADER.SAMPLER_TRAIN.*RandomSubset.*RepeatFactor"):
+        cfg_lib.from_detectron2(_override(tmp_path, text))
+
+
+def test_repeat_factor_sampler_needs_a_positive_threshold(tmp_path):
+    text = "DATALOADER:\n  SAMPLER_TRAIN: RepeatFactorTrainingSampler\n"  # threshold 0.0
+    with pytest.raises(ValueError, match="dataloader.repeat_threshold"):
+        cfg_lib.from_detectron2(_override(tmp_path, text))
+
+
+def test_train_samplers_match_the_loader():
+    from jax_rcnn.data import samplers
+
+    assert cfg_lib.TRAIN_SAMPLERS == samplers.SAMPLERS
+
+
+@pytest.mark.parametrize(
+    "py, yml",
+    [
+        (
+            "configs/lvis_v0_5_mask_rcnn_R_50_FPN_1x.py",
+            "LVISv0.5-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+        ),
+        (
+            "configs/lvis_v1_mask_rcnn_R_50_FPN_1x.py",
+            "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+        ),
+    ],
+)
+def test_lvis_zoo_yaml_equals_our_config_file(py, yml):
+    ours = cfg_lib.to_flat_dict(cfg_lib.load_config(py))
+    d2 = cfg_lib.to_flat_dict(cfg_lib.from_detectron2(ZOO / yml))
+    assert set(ours) == set(d2)
+    diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
+    assert diff == {
+        "input.pad_mode": ("buckets", "size_divisibility"),
+        "input.auto_buckets": (False, True),
+        "input.mask_format": ("bitmask", "polygon"),
+        "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
+    }
+    assert d2["dataloader.sampler_train"] == "RepeatFactorTrainingSampler"
+    assert d2["dataloader.repeat_threshold"] == 0.001
+    assert d2["test.detections_per_image"] == 300
+    assert d2["data.test.name"].startswith("lvis_v")

@@ -16,6 +16,12 @@ def test_builtin_names_resolve_like_detectron2(monkeypatch, tmp_path):
     assert paths == {
         "json": str(tmp_path / "coco/annotations/instances_train2017.json"),
         "images": str(tmp_path / "coco/train2017"),
+        "format": "coco",
+    }
+    assert builtin.resolve("lvis_v1_val", "k") == {
+        "json": str(tmp_path / "lvis/lvis_v1_val.json"),
+        "images": str(tmp_path / "coco"),
+        "format": "lvis",
     }
     assert builtin.resolve("coco_2014_minival", "k")["json"].endswith(
         "coco/annotations/instances_minival2014.json"
@@ -34,7 +40,7 @@ def test_default_root_is_datasets_in_the_working_directory(monkeypatch):
     [
         ("keypoints_coco_2017_train", "keypoint"),
         ("coco_2017_train_panoptic_separated", "panoptic"),
-        ("lvis_v1_train", "LVIS"),
+        ("lvis_v1_test_dev", "no annotations"),
         ("coco_2017_test-dev", "no annotations"),
     ],
 )
