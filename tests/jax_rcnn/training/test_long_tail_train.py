@@ -23,7 +23,6 @@ def test_long_tail_quickstart_trains_with_rfs_and_fed_loss_and_evaluates_lvis_ap
         "--config=configs/quickstart_lvis.py:rfs_fed_loss_smoke",
         f"--workdir={tmp_path / 'w'}",
         f"--config.data.cache_dir={tmp_path / 'cache'}",
-        "--config.input.max_buckets=1",  # one train and one eval program
         "--config.model.roi_heads.score_thresh_test=0.0",  # an untrained model's detections
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
