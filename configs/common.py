@@ -173,6 +173,16 @@ def roi_box_head(fc_dim: int = 1024) -> ml_collections.ConfigDict:
             "bbox_reg_loss_weight": 1.0,
             "smooth_l1_beta": 0.0,
             "cls_agnostic_bbox_reg": False,
+            # Detectron2's long-tail (LVIS) classifier: sigmoid cross-entropy, optionally over the
+            # federated class subset (present classes + FED_LOSS_NUM_CLASSES drawn by
+            # image_count ** FED_LOSS_FREQ_WEIGHT_POWER); `jax_rcnn.long_tail`.
+            "use_sigmoid_ce": False,
+            "use_fed_loss": False,
+            "fed_loss_num_classes": 50,
+            "fed_loss_freq_weight_power": 0.5,
+            # jax_rcnn: each class's training image count for the federated loss; () = filled
+            # by train.py from the training data (LVIS `image_count`, else counted).
+            "fed_loss_image_counts": (),
             # jax_rcnn: swap points (`jax_rcnn.research`), a built-in name or "module:function".
             "cls_loss": "softmax_ce",
             "box_coder": "delta_xywh",

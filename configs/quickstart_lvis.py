@@ -13,19 +13,24 @@ Variants:
 * `:rfs`: `RepeatFactorTrainingSampler` with repeat threshold 0.1 (Detectron2's LVIS configs
   use 0.001 for LVIS's scale: there a rare class is in ~0.01 % of the images, here in ~1.4 %,
   so 0.1 gives the rare class about the same repeat factor, ~2.7);
-* `:smoke`, `:rfs_smoke`: 4 iterations on 16 images, for the tests.
+* `:fed_loss`: Detectron2's long-tail classifier: sigmoid cross-entropy over the federated class
+  subset (`ROI_BOX_HEAD.USE_SIGMOID_CE`, `USE_FED_LOSS`, weight power 0.5) with 4 classes per
+  step instead of 50 (with 6 classes, 50 would always be all of them, i.e. plain sigmoid CE);
+* `:rfs_fed_loss`: both;
+* `:smoke`, `:<variant>_smoke`: 4 iterations on 16 images, for the tests.
 
 Commands (from the repository root):
 
     python train.py --config configs/quickstart_lvis.py --workdir /tmp/qs_lvis
     python train.py --config configs/quickstart_lvis.py:rfs --workdir /tmp/qs_lvis_rfs
+    python train.py --config configs/quickstart_lvis.py:rfs_fed_loss --workdir /tmp/qs_lvis_fed
 """
 
 import ml_collections
 
 from configs import quickstart
 
-VARIANTS = ("rfs",)
+VARIANTS = ("rfs", "fed_loss", "rfs_fed_loss")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -43,8 +48,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if not smoke:
         sh.num_train, sh.num_val = 1500, 300
     config.model.roi_heads.num_classes = 6
-    if variant == "rfs":
+    if variant in ("rfs", "rfs_fed_loss"):
         config.dataloader.sampler_train = "RepeatFactorTrainingSampler"
         config.dataloader.repeat_threshold = 0.1
+    if variant in ("fed_loss", "rfs_fed_loss"):
+        bh = config.model.roi_box_head
+        bh.use_sigmoid_ce = True
+        bh.use_fed_loss = True
+        bh.fed_loss_num_classes = 4
     config.lock()
     return config

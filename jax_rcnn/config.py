@@ -510,6 +510,13 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT": ("model.roi_box_head.bbox_reg_loss_weight", _float),
     "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA": ("model.roi_box_head.smooth_l1_beta", _float),
     "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": ("model.roi_box_head.cls_agnostic_bbox_reg", _bool),
+    "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": ("model.roi_box_head.use_sigmoid_ce", _bool),
+    "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": ("model.roi_box_head.use_fed_loss", _bool),
+    "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES": ("model.roi_box_head.fed_loss_num_classes", _int),
+    "MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER": (
+        "model.roi_box_head.fed_loss_freq_weight_power",
+        _float,
+    ),
     "MODEL.ROI_MASK_HEAD.NUM_CONV": ("model.roi_mask_head.num_conv", _int),
     "MODEL.ROI_MASK_HEAD.CONV_DIM": ("model.roi_mask_head.conv_dim", _int),
     "MODEL.ROI_MASK_HEAD.NORM": ("model.roi_mask_head.norm", _str),
@@ -654,8 +661,6 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
         "'FastRCNNConvFCHead' (unless MODEL.ROI_HEADS.NAME is 'Res5ROIHeads')",
     ),
     "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES": (_one_of(False), "false"),
-    "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": (_one_of(False), "false (no federated loss)"),
-    "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": (_one_of(False), "false (softmax cross-entropy)"),
     "MODEL.ROI_MASK_HEAD.NAME": (
         _mask_head_name,
         "'MaskRCNNConvUpsampleHead' (when MODEL.MASK_ON)",
@@ -674,8 +679,6 @@ _INERT: dict[str, str] = {
     "MODEL.ANCHOR_GENERATOR.ANGLES": "rotated anchors (MODEL.ANCHOR_GENERATOR.NAME)",
     "MODEL.RESNETS.DEFORM_MODULATED": "deformable convs (MODEL.RESNETS.DEFORM_ON_PER_STAGE)",
     "MODEL.RESNETS.DEFORM_NUM_GROUPS": "deformable convs (MODEL.RESNETS.DEFORM_ON_PER_STAGE)",
-    "MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER": "MODEL.ROI_BOX_HEAD.USE_FED_LOSS",
-    "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES": "MODEL.ROI_BOX_HEAD.USE_FED_LOSS",
     "INPUT.CROP.TYPE": "INPUT.CROP.ENABLED",
     "INPUT.CROP.SIZE": "INPUT.CROP.ENABLED",
     "DATASETS.PROPOSAL_FILES_TRAIN": "MODEL.LOAD_PROPOSALS",
@@ -1349,6 +1352,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_rest(c, stride=stride)
 
 
+def _check_long_tail(c: _Checker) -> None:
+    """`use_sigmoid_ce` / `use_fed_loss` and their settings (Detectron2's asserts, as errors)."""
+    m = c.config.model
+    bh = m.roi_box_head
+    sigmoid, fed = bh.get("use_sigmoid_ce", False), bh.get("use_fed_loss", False)
+    c.require(isinstance(sigmoid, bool), "model.roi_box_head.use_sigmoid_ce", "must be a bool")
+    c.require(isinstance(fed, bool), "model.roi_box_head.use_fed_loss", "must be a bool")
+    if "use_fed_loss" not in bh:
+        return
+    c.require(
+        not fed or sigmoid,
+        "model.roi_box_head.use_fed_loss",
+        "needs use_sigmoid_ce = True (Detectron2: 'Please use sigmoid cross entropy loss with "
+        "federated loss')",
+    )
+    c.require(
+        not sigmoid or bh.get("cls_loss", "softmax_ce") == "softmax_ce",
+        "model.roi_box_head.cls_loss",
+        "use_sigmoid_ce replaces the classification loss; leave cls_loss 'softmax_ce'",
+    )
+    c.int_at_least("model.roi_box_head.fed_loss_num_classes", 1)
+    c.number_in("model.roi_box_head.fed_loss_freq_weight_power", 0, math.inf)
+    counts = tuple(bh.fed_loss_image_counts)
+    k = m.roi_heads.num_classes
+    ok = not counts or (len(counts) == k and all(_is_int(x) and x >= 0 for x in counts))
+    c.require(
+        ok,
+        "model.roi_box_head.fed_loss_image_counts",
+        f"must be () or {k} ints >= 0 (one per class)",
+    )
+
+
 def _check_research(c: _Checker) -> None:
     """Every swap-point key (`jax_rcnn.research.CONFIG_KEYS`) resolves to a function with the
     signature its stage calls: an unknown name, an import that fails or a wrong signature is
@@ -1501,6 +1536,7 @@ def _check_roi_heads(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     c.number_in("model.roi_box_head.smooth_l1_beta", 0, math.inf)
     c.number_in("model.roi_box_head.bbox_reg_loss_weight", 0, math.inf)
     c.pooler("model.roi_box_head")
+    _check_long_tail(c)
     c.int_at_least("model.roi_mask_head.num_conv", 0)
     c.int_at_least("model.roi_mask_head.conv_dim", 1)
     c.int_at_least("model.roi_mask_head.num_sampled_masks", 0)

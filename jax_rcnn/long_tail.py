@@ -80,6 +80,31 @@ def fed_loss_classes(
     return present[:k] | drawn
 
 
+def sigmoid_ce_per_roi(
+    logits: jax.Array, gt_classes: jax.Array, class_mask: jax.Array | None = None
+) -> jax.Array:
+    """Per-ROI sigmoid cross-entropy: the BCE of the K foreground columns, summed.
+
+    A `ClsLoss` (`jax_rcnn.research`): averaged over the ROIs it is Detectron2's
+    `sigmoid_cross_entropy_loss` (sum over ROIs and classes / N).
+
+    Args:
+        logits: f32[..., K + 1] class logits (background last).
+        gt_classes: i32[...] labels in [0, K].
+        class_mask: optional bool[K] federated subset; None = all classes.
+
+    Returns:
+        f32[...].
+    """
+    k = logits.shape[-1] - 1
+    target = jax.nn.one_hot(gt_classes, k + 1, dtype=logits.dtype)[..., :k]
+    x = logits[..., :k]
+    bce = jnp.maximum(x, 0) - x * target + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    if class_mask is not None:
+        bce = bce * class_mask.astype(logits.dtype)
+    return jnp.sum(bce, axis=-1)
+
+
 def sigmoid_ce_loss(
     logits: jax.Array,
     gt_classes: jax.Array,
@@ -98,15 +123,9 @@ def sigmoid_ce_loss(
         f32[] `sum(BCE * mask) / max(N_valid, 1)` (0 without valid ROIs, as Detectron2's empty
         case).
     """
-    k = logits.shape[-1] - 1
-    target = jax.nn.one_hot(gt_classes, k + 1, dtype=logits.dtype)[:, :k]
-    x = logits[:, :k]
-    bce = jnp.maximum(x, 0) - x * target + jnp.log1p(jnp.exp(-jnp.abs(x)))
-    weight = roi_valid[:, None].astype(logits.dtype)
-    if class_mask is not None:
-        weight = weight * class_mask[None, :].astype(logits.dtype)
+    per_roi = sigmoid_ce_per_roi(logits, gt_classes, class_mask)
     n = jnp.maximum(jnp.sum(roi_valid), 1).astype(logits.dtype)
-    return jnp.sum(bce * weight) / n
+    return jnp.sum(jnp.where(roi_valid, per_roi, 0.0)) / n
 
 
 def sigmoid_class_probs(logits: jax.Array) -> jax.Array:

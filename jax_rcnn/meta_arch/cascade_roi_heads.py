@@ -150,9 +150,10 @@ def label_boxes(
     return jax.tree.map(jax.lax.stop_gradient, out)
 
 
-def stage_losses(config, out: StageOutputs, rois: targets.ROITargets, stage: int):
+def stage_losses(config, out: StageOutputs, rois: targets.ROITargets, stage: int, key=None):
     """`FastRCNNOutputLayers.losses` of one stage: `{"loss_cls_stage{k}", "loss_box_reg_stage{k}"}`
-    (f32[]), CE and agnostic box loss (the stage's weights) over its valid ROIs."""
+    (f32[]), CE and agnostic box loss (the stage's weights) over its valid ROIs; `key` draws
+    the stage's federated-loss classes (`roi_box_head.use_fed_loss`)."""
     bh = config.model.roi_box_head
     losses = loss_ops.fast_rcnn_losses(
         out.cls_logits,
@@ -165,7 +166,7 @@ def stage_losses(config, out: StageOutputs, rois: targets.ROITargets, stage: int
         smooth_l1_beta=bh.smooth_l1_beta,
         bbox_reg_loss_weight=bh.bbox_reg_loss_weight,
         box_reg_loss=research.box_reg_loss(bh),
-        cls_loss=research.get(bh, "cls_loss", "softmax_ce"),
+        cls_loss=roi_heads.cls_loss_fn(config, rois.gt_classes, rois.valid, key),
     )
     return {f"{k}_stage{stage}": v for k, v in losses.items()}
 
@@ -208,7 +209,8 @@ def losses(
             )
             rois = jax.vmap(label)(boxes, valid, gt["gt_boxes"], gt["gt_classes"], gt["gt_valid"])
         stage_out = run_stage(config, nets, features, rois.proposal_boxes, k, backend, True)
-        out.update(stage_losses(config, stage_out, rois, k))
+        fed_key = jax.random.fold_in(jax.random.fold_in(key, 2), k)  # use_fed_loss only
+        out.update(stage_losses(config, stage_out, rois, k, fed_key))
         stage_rois.append(rois)
         stage_outs.append(stage_out)
     aux: dict[str, Any] = {"stage_rois": stage_rois, "stage_outputs": stage_outs}
@@ -253,7 +255,7 @@ def detect_boxes(
       `postprocess.Detections` with `config.test.detections_per_image` slots, resized frame.
     """
     outs = cascade_boxes(config, nets, features, props, image_sizes, backend)
-    probs = [jax.nn.softmax(o.cls_logits, axis=-1) for o in outs]
+    probs = [roi_heads.class_probs(config, o.cls_logits) for o in outs]
     scores = sum(probs[1:], probs[0]) * (1.0 / len(probs))
     rh = config.model.roi_heads
     return postprocess.fast_rcnn_inference(

@@ -95,7 +95,8 @@ def losses(
     m = config.model
     x = res5_features(config, nets, features, rois.proposal_boxes, backend)  # [B, R, 7, 7, C5]
     cls_logits, box_deltas = nets.box_head(x)
-    out = roi_heads.fast_rcnn_losses(config, cls_logits, box_deltas, rois)
+    fed_key = jax.random.fold_in(key, 2)  # federated-loss classes (`use_fed_loss`)
+    out = roi_heads.fast_rcnn_losses(config, cls_logits, box_deltas, rois, fed_key)
     if not m.mask_on:
         return out, {}
 

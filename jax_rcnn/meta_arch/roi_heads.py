@@ -18,9 +18,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jax_rcnn import long_tail, poolers, postprocess, proposals, research, targets
 from jax_rcnn import losses as loss_ops
-from jax_rcnn import poolers, postprocess, proposals, research, targets
 from jax_rcnn.meta_arch.common import Networks, feature_stride, run_on_first_slots
 
 
@@ -120,7 +121,7 @@ def candidate_losses(config, nets: Networks, features, boxes, classes, matched_i
     nets.set_mutable_state(state)
     cls_logits, box_deltas = jax.lax.stop_gradient((cls_logits, box_deltas))
     labels = jnp.clip(classes, 0, num_classes)
-    cls = research.get(bh, "cls_loss", "softmax_ce")(cls_logits, labels)
+    cls = cls_loss_fn(config)(cls_logits, labels)
     fg = (classes >= 0) & (classes < num_classes)
     if box_deltas.shape[-1] != 4:
         per_class = box_deltas.reshape(*box_deltas.shape[:-1], num_classes, 4)
@@ -139,14 +140,67 @@ def candidate_losses(config, nets: Networks, features, boxes, classes, matched_i
     return jnp.where(classes >= 0, cls + jnp.where(fg, reg, 0.0), 0.0)
 
 
-def box_losses(config, nets: Networks, features, rois: targets.ROITargets, backend: str):
-    """Box head on the sampled ROIs: `{"loss_cls", "loss_box_reg"}` (Fast R-CNN losses)."""
+def box_losses(config, nets: Networks, features, rois: targets.ROITargets, backend: str, key=None):
+    """Box head on the sampled ROIs: `{"loss_cls", "loss_box_reg"}` (Fast R-CNN losses);
+    `key` draws the federated-loss classes (`roi_box_head.use_fed_loss`)."""
     pooled = pool(config, features, rois.proposal_boxes, config.model.roi_box_head, backend)
     cls_logits, box_deltas = nets.box_head(pooled)
-    return fast_rcnn_losses(config, cls_logits, box_deltas, rois)
+    return fast_rcnn_losses(config, cls_logits, box_deltas, rois, key)
 
 
-def fast_rcnn_losses(config, cls_logits, box_deltas, rois: targets.ROITargets):
+def cls_loss_fn(config, gt_classes=None, roi_valid=None, key=None):
+    """The box head's per-ROI classification loss `(f32[..., K+1], i32[...]) -> f32[...]`.
+
+    `roi_box_head.use_sigmoid_ce`: Detectron2's sigmoid cross-entropy, restricted with
+    `use_fed_loss` to the federated class subset of `gt_classes` / `roi_valid` (`i32[B, R]`,
+    `bool[B, R]`, drawn with `key`; `jax_rcnn.long_tail`); otherwise `roi_box_head.cls_loss`.
+    """
+    bh = config.model.roi_box_head
+    if not bh.get("use_sigmoid_ce", False):
+        return research.get(bh, "cls_loss", "softmax_ce")
+    if not bh.get("use_fed_loss", False) or gt_classes is None:
+        return long_tail.sigmoid_ce_per_roi
+    weights = fed_loss_weights(config)
+    if key is None:
+        raise ValueError("roi_box_head.use_fed_loss draws classes: the loss needs a PRNG key")
+    mask = long_tail.fed_loss_classes(
+        key,
+        gt_classes.reshape(-1),
+        roi_valid.reshape(-1),
+        jnp.asarray(weights),
+        int(bh.fed_loss_num_classes),
+    )
+    return lambda logits, labels: long_tail.sigmoid_ce_per_roi(logits, labels, mask)
+
+
+def fed_loss_weights(config) -> np.ndarray:
+    """f32[K] federated-loss sampling weights from `roi_box_head.fed_loss_image_counts`
+    (filled from the training data by `train.py`; `long_tail.fed_loss_class_weights`).
+
+    Raises:
+      ValueError: the counts are missing or not one per class.
+    """
+    bh = config.model.roi_box_head
+    counts = tuple(bh.get("fed_loss_image_counts", ()))
+    k = config.model.roi_heads.num_classes
+    if len(counts) != k:
+        raise ValueError(
+            f"config.model.roi_box_head.fed_loss_image_counts has {len(counts)} entries, the "
+            f"model has {k} classes: the federated loss needs each class's training image count "
+            "(train.py fills it from the training data when empty)"
+        )
+    return long_tail.fed_loss_class_weights(np.array(counts), float(bh.fed_loss_freq_weight_power))
+
+
+def class_probs(config, cls_logits: jax.Array) -> jax.Array:
+    """`FastRCNNOutputLayers.predict_probs`: softmax, or sigmoid with
+    `roi_box_head.use_sigmoid_ce`; `f32[..., K+1]`, background last."""
+    if config.model.roi_box_head.get("use_sigmoid_ce", False):
+        return long_tail.sigmoid_class_probs(cls_logits)
+    return jax.nn.softmax(cls_logits, axis=-1)
+
+
+def fast_rcnn_losses(config, cls_logits, box_deltas, rois: targets.ROITargets, key=None):
     """`FastRCNNOutputLayers.losses` of the predictor outputs on the sampled ROIs.
 
     Args:
@@ -154,6 +208,7 @@ def fast_rcnn_losses(config, cls_logits, box_deltas, rois: targets.ROITargets):
       cls_logits: `f32[B, R, K+1]`.
       box_deltas: `f32[B, R, 4K]` (or `[B, R, 4]` class-agnostic).
       rois: `sample_rois` output, `[B, R]`.
+      key: PRNG key of the federated-loss draw (only with `roi_box_head.use_fed_loss`).
 
     Returns:
       `{"loss_cls": f32[], "loss_box_reg": f32[]}`.
@@ -170,7 +225,7 @@ def fast_rcnn_losses(config, cls_logits, box_deltas, rois: targets.ROITargets):
         smooth_l1_beta=bh.smooth_l1_beta,
         bbox_reg_loss_weight=bh.bbox_reg_loss_weight,
         box_reg_loss=research.box_reg_loss(bh),
-        cls_loss=research.get(bh, "cls_loss", "softmax_ce"),
+        cls_loss=cls_loss_fn(config, rois.gt_classes, rois.valid, key),
     )
 
 
@@ -198,7 +253,8 @@ def detect_boxes(
 def box_detections(
     config, cls_logits, box_deltas, props: proposals.Proposals, image_sizes, backend: str
 ) -> postprocess.Detections:
-    """`FastRCNNOutputLayers.inference`: softmax, per-class decoding, threshold, per-class NMS.
+    """`FastRCNNOutputLayers.inference`: softmax (sigmoid with `use_sigmoid_ce`), per-class
+    decoding, threshold, per-class NMS.
 
     Args:
       config: the jax_rcnn config.
@@ -215,7 +271,7 @@ def box_detections(
     box2box = research.box_coder(m.roi_box_head)
     return postprocess.fast_rcnn_inference(
         box2box.apply_deltas(box_deltas, props.boxes),
-        jax.nn.softmax(cls_logits, axis=-1),
+        class_probs(config, cls_logits),
         props.valid,
         image_sizes,
         score_thresh=m.roi_heads.score_thresh_test,
@@ -287,14 +343,15 @@ def losses(
       features: the feature dict.
       rois: `sample_rois` output, `[B, R]`, foreground first.
       gt: `gt_boxes`, `gt_classes`, `gt_valid`[, `gt_masks`] (see `rcnn.forward_train`).
-      key: the ROI-sampling key (the mask-ROI draw uses `fold_in(key, 1)`).
+      key: the ROI-sampling key (the mask-ROI draw uses `fold_in(key, 1)`, the federated-loss
+        classes `fold_in(key, 2)`).
       backend: kernel backend.
 
     Returns:
       `(losses {"loss_cls", "loss_box_reg"[, "loss_mask"]}, aux)`, aux as `mask_losses`
       (empty without masks).
     """
-    out = box_losses(config, nets, features, rois, backend)
+    out = box_losses(config, nets, features, rois, backend, jax.random.fold_in(key, 2))
     aux = {}
     if config.model.mask_on:
         mask_key = jax.random.fold_in(key, 1)

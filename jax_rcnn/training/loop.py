@@ -408,6 +408,44 @@ def _timed_evaluate(config, variables, workdir, **kwargs) -> dict[str, float]:
     }
 
 
+def _needs_fed_loss_counts(config) -> bool:
+    bh = config.model.get("roi_box_head")
+    return bool(bh is not None and bh.get("use_fed_loss", False) and not bh.fed_loss_image_counts)
+
+
+def with_fed_loss_counts(config, records, meta):
+    """A copy of `config` with `model.roi_box_head.fed_loss_image_counts` filled: each class's
+    training image count, the json's `image_count` (LVIS; Detectron2's `class_image_count`
+    metadata), else counted over `records` (logged).
+
+    Args:
+      config: the jax_rcnn config (`use_fed_loss`).
+      records: the training records (contiguous `category_id`s).
+      meta: their `dataset_records` meta (`class_image_count` for LVIS json).
+
+    Raises:
+      ValueError: the counts do not have one entry per class of the model.
+    """
+    k = config.model.roi_heads.num_classes
+    counts = meta.get("class_image_count")
+    if counts is None or not np.any(counts):
+        counts = np.zeros(k, np.int64)
+        for r in records:
+            for c in {a["category_id"] for a in r["annotations"]}:
+                if 0 <= c < k:
+                    counts[c] += 1
+        logger.info("federated loss: class image counts counted over %d images", len(records))
+    if len(counts) != k:
+        raise ValueError(
+            f"the federated loss needs one image count per class: the training data has "
+            f"{len(counts)} classes, config.model.roi_heads.num_classes = {k}"
+        )
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.model.roi_box_head.fed_loss_image_counts = tuple(int(x) for x in counts)
+    return config
+
+
 def _check_data_paths(config, splits) -> None:
     """COCO paths (or builtin dataset names) of `splits` exist: a clear error before anything
     compiles, and before hours of training when only the test split is wrong."""
@@ -578,6 +616,18 @@ def train(
       FloatingPointError: the loss became non-finite (the iteration is named).
     """
     _check_data_paths(config, ("train", "test") if final_eval else ("train",))
+    records = None
+    if _needs_fed_loss_counts(config):
+        if train_loader is not None:
+            raise ValueError(
+                "roi_box_head.use_fed_loss with a custom train_loader: set "
+                "config.model.roi_box_head.fed_loss_image_counts (one training image count per "
+                "class)"
+            )
+        from jax_rcnn.data.loader import dataset_records
+
+        records, meta = dataset_records(config, "train")
+        config = with_fed_loss_counts(config, records, meta)
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
     setup_compilation_cache(config)  # before anything compiles
@@ -616,7 +666,8 @@ def train(
     if train_loader is None:
         from jax_rcnn.data.loader import TrainLoader, dataset_records
 
-        records = dataset_records(config, "train")[0]
+        if records is None:
+            records = dataset_records(config, "train")[0]
         loader_config = training_config(config, records)
         if loader_config.input.pad_mode == "buckets":
             buckets = _used_buckets(loader_config, records)

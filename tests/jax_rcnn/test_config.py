@@ -469,11 +469,6 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
             "FastRCNNConvHead",
         ),
         (
-            "MODEL:\n  ROI_BOX_HEAD:\n    USE_FED_LOSS: true\n",
-            "MODEL.ROI_BOX_HEAD.USE_FED_LOSS",
-            "",
-        ),
-        (
             "MODEL:\n  MASK_ON: true\n  ROI_MASK_HEAD:\n    NAME: PointRendMaskHead\n",
             "MODEL.ROI_MASK_HEAD.NAME",
             "PointRendMaskHead",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,3 +83,105 @@ def test_weights_and_errors():
     np.testing.assert_allclose(LT.fed_loss_class_weights([4, 9, 0], 0.5), [2, 3, 0])
     with pytest.raises(ValueError, match="image_counts"):
         LT.fed_loss_class_weights([[1]], 0.5)
+
+
+# --- wired into the box head ------------------------------------------------------------------
+
+
+def _fed_config(counts=(5, 1, 0, 9)):
+    from jax_rcnn.config import load_config
+
+    config = load_config("configs/quickstart_lvis.py:fed_loss_smoke")
+    config.model.roi_heads.num_classes = len(counts)
+    config.model.roi_box_head.fed_loss_image_counts = tuple(counts)
+    config.model.roi_box_head.fed_loss_num_classes = 3
+    return config
+
+
+def test_box_head_loss_is_detectron2s_sigmoid_fed_loss():
+    from jax_rcnn.meta_arch import roi_heads
+
+    config = _fed_config()
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (2, 5, 5)).astype(np.float32)  # B=2, R=5, K+1=5
+    gt = np.array([[0, 4, 4, 3, 1], [4, 4, 0, 4, 4]], np.int32)
+    valid = np.array([[True] * 5, [True, True, True, False, False]])
+    key = jax.random.key(7)
+    fn = roi_heads.cls_loss_fn(config, jnp.asarray(gt), jnp.asarray(valid), key)
+    per_roi = fn(jnp.asarray(logits), jnp.asarray(gt))
+    got = float(jnp.sum(jnp.where(valid, per_roi, 0.0)) / valid.sum())
+    weights = jnp.asarray(LT.fed_loss_class_weights(np.array([5, 1, 0, 9]), 0.5))
+    mask = np.asarray(
+        LT.fed_loss_classes(key, jnp.asarray(gt.ravel()), jnp.asarray(valid.ravel()), weights, 3)
+    )
+    assert mask[0] and mask[1] and mask[3] and not mask[2]  # present: 0, 1, 3; class 2 weighs 0
+    want = _np_sigmoid_ce(logits.reshape(-1, 5), gt.ravel(), valid.ravel(), mask)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # Without the federated subset: plain sigmoid CE over all classes.
+    config.model.roi_box_head.use_fed_loss = False
+    plain = roi_heads.cls_loss_fn(config, jnp.asarray(gt), jnp.asarray(valid), key)
+    got = float(jnp.sum(jnp.where(valid, plain(jnp.asarray(logits), jnp.asarray(gt)), 0)) / 8)
+    np.testing.assert_allclose(
+        got, _np_sigmoid_ce(logits.reshape(-1, 5), gt.ravel(), valid.ravel()), rtol=1e-5
+    )
+
+
+def test_sigmoid_scores_at_inference_and_missing_counts():
+    from jax_rcnn.meta_arch import roi_heads
+
+    config = _fed_config()
+    logits = jnp.asarray([[0.3, -1.0, 2.0, 0.0, 5.0]])
+    np.testing.assert_allclose(
+        roi_heads.class_probs(config, logits), jax.nn.sigmoid(logits), rtol=1e-6
+    )
+    config.model.roi_box_head.use_sigmoid_ce = False
+    np.testing.assert_allclose(
+        roi_heads.class_probs(config, logits), jax.nn.softmax(logits), rtol=1e-6
+    )
+    config = _fed_config(counts=())
+    config.model.roi_heads.num_classes = 4
+    with pytest.raises(ValueError, match="fed_loss_image_counts has 0 entries.*4 classes"):
+        roi_heads.fed_loss_weights(config)
+
+
+def test_fed_loss_counts_from_lvis_meta_or_counted():
+    from jax_rcnn.training.loop import with_fed_loss_counts
+
+    config = _fed_config(counts=())
+    config.model.roi_heads.num_classes = 3
+    records = [
+        {"annotations": [{"category_id": 0}, {"category_id": 0}, {"category_id": 2}]},
+        {"annotations": [{"category_id": 2}]},
+    ]
+    out = with_fed_loss_counts(config, records, {"class_image_count": np.array([7, 0, 1])})
+    assert out.model.roi_box_head.fed_loss_image_counts == (7, 0, 1)
+    assert config.model.roi_box_head.fed_loss_image_counts == ()  # a copy
+    out = with_fed_loss_counts(config, records, {})
+    assert out.model.roi_box_head.fed_loss_image_counts == (1, 0, 2)
+    with pytest.raises(ValueError, match="one image count per class"):
+        with_fed_loss_counts(config, records, {"class_image_count": np.array([1, 2])})
+
+
+def test_config_rules_and_yaml_import(tmp_path):
+    from jax_rcnn import config as cfg_lib
+
+    config = _fed_config()
+    config.model.roi_box_head.use_sigmoid_ce = False
+    with pytest.raises(ValueError, match="use_fed_loss.*needs use_sigmoid_ce"):
+        cfg_lib.validate(config)
+    config = _fed_config()
+    config.model.roi_box_head.fed_loss_image_counts = (1, 2)
+    with pytest.raises(ValueError, match="fed_loss_image_counts.*must be \\(\\) or 4 ints"):
+        cfg_lib.validate(config)
+    base = (
+        pathlib.Path(__file__).resolve().parents[1] / "data/detectron2_configs/Base-RCNN-FPN.yaml"
+    )
+    yml = tmp_path / "fed.yaml"
+    yml.write_text(
+        f'_BASE_: "{base}"\nMODEL:\n  ROI_BOX_HEAD:\n    USE_SIGMOID_CE: true\n'
+        "    USE_FED_LOSS: true\n    FED_LOSS_NUM_CLASSES: 30\n"
+        "    FED_LOSS_FREQ_WEIGHT_POWER: 0.25\n"
+    )
+    bh = cfg_lib.from_detectron2(yml).model.roi_box_head
+    assert (bh.use_sigmoid_ce, bh.use_fed_loss) == (True, True)
+    assert (bh.fed_loss_num_classes, bh.fed_loss_freq_weight_power) == (30, 0.25)
