@@ -20,6 +20,7 @@ from configs import (
     mask_rcnn_R_50_DC5_1x,
     mask_rcnn_R_50_FPN_1x,
     mask_rcnn_R_50_FPN_3x,
+    panoptic_fpn_R_50_1x,
     retinanet_R_50_FPN_1x,
     rpn_R_50_C4_1x,
     rpn_R_50_FPN_1x,
@@ -50,6 +51,7 @@ ZOO = {
     "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml": mask_rcnn_R_50_C4_1x.get_config,
     "COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_1x.yaml": mask_rcnn_R_50_DC5_1x.get_config,
     "Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml": cascade_mask_rcnn_R_50_FPN_1x.get_config,
+    "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml": panoptic_fpn_R_50_1x.get_config,
 }
 
 
