@@ -26,20 +26,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from jax_rcnn.data.panoptic import id2rgb, rgb2id
+
 VOID = 0
 OFFSET = 256 * 256 * 256
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """panopticapi's `rgb2id`: `u8[H, W, 3]` -> `i64[H, W]` id = R + 256 G + 256^2 B."""
-    color = np.asarray(color).astype(np.int64)
-    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """panopticapi's `id2rgb`: `int[H, W]` -> `u8[H, W, 3]`."""
-    ids = np.asarray(ids).astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1).astype(np.uint8)
+__all__ = ["id2rgb", "rgb2id"]  # re-exported: panopticapi's PNG encoding
 
 
 @dataclasses.dataclass
