@@ -436,13 +436,16 @@ def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
             # The built-in synthetic dataset (`source = "shapes"`), generated on first use.
             # `image_size_range = (lo, hi)`: each image's height and width drawn in [lo, hi]
             # (variable sizes and aspect ratios) instead of the fixed `image_size`;
-            # `num_classes`: the first N of the 8 shape classes.
+            # `num_classes`: the first N of the 8 shape classes; `num_stuff_classes` > 0: the
+            # panoptic variant (backgrounds of sky / grass / water / wall regions, semantic and
+            # panoptic annotations; `jax_rcnn.data.shapes`).
             "shapes": {
                 "num_train": 1000,
                 "num_val": 200,
                 "image_size": (128, 160),
                 "image_size_range": (),
                 "num_classes": 8,
+                "num_stuff_classes": 0,
                 "seed": 0,
             },
             "class_names": (),  # filled from the dataset when empty
@@ -618,6 +621,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     if "sem_seg_head" in m:
         m.sem_seg_head.convs_dim = 32  # GN(32) needs a multiple of 32
         m.sem_seg_head.num_classes = 4
+        config.data.shapes.num_stuff_classes = 3
     config.test.detections_per_image = 20
     i = config.input
     i.min_size_train = (96, 128)

@@ -1261,7 +1261,15 @@ _NO_EFFECT_UNLESS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ),
     *(
         (f"data.shapes.{key}", lambda c: c.data.source != "shapes", "data.source")
-        for key in ("num_train", "num_val", "image_size", "image_size_range", "num_classes", "seed")
+        for key in (
+            "num_train",
+            "num_val",
+            "image_size",
+            "image_size_range",
+            "num_classes",
+            "num_stuff_classes",
+            "seed",
+        )
     ),
     ("data.cache_dir", lambda c: c.data.source == "coco", "data.source"),
     ("input.buckets", lambda c: c.input.pad_mode != "buckets", "input.pad_mode"),
@@ -1668,6 +1676,18 @@ def _check_rest(c: _Checker, stride: int | None) -> None:
     c.int_at_least("dataloader.num_workers", 0)
     sh = config.data.shapes
     c.one_of("data.shapes.num_classes", range(1, 9))
+    c.one_of("data.shapes.num_stuff_classes", range(0, 5))
+    if "sem_seg_head" in config.model and config.data.source == "shapes":
+        c.require(
+            sh.num_stuff_classes > 0,
+            "data.shapes.num_stuff_classes",
+            "must be > 0 for a model with a semantic head (the panoptic shapes variant)",
+        )
+        c.require(
+            config.model.sem_seg_head.num_classes == sh.num_stuff_classes + 1,
+            "model.sem_seg_head.num_classes",
+            "must be data.shapes.num_stuff_classes + 1 (0 = things)",
+        )
     rng = tuple(sh.image_size_range)
     ok = not rng or (len(rng) == 2 and all(_is_int(x) for x in rng) and 1 <= rng[0] <= rng[1])
     c.require(ok, "data.shapes.image_size_range", "must be () or (lo, hi) ints, 1 <= lo <= hi")

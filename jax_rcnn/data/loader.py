@@ -85,8 +85,10 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
 
     Returns:
         `(records, meta)` as `load_coco_json` returns them, with `meta["json_file"]` the
-        split's COCO JSON (the evaluator's ground truth). Training records have crowd
-        instances removed (and, if `filter_empty_annotations`, images without instances).
+        split's COCO JSON (the evaluator's ground truth); the panoptic shapes variant adds each
+        record's `sem_seg_file_name` and `meta["panoptic_json"]`, `meta["panoptic_png"]`.
+        Training records have crowd instances removed (and, if `filter_empty_annotations`,
+        images without instances).
 
     Raises:
         ValueError: unknown split or source, an empty path in the config, or no records.
@@ -108,6 +110,12 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
             paths[f"{which}_json"], paths[f"{which}_images"], dataset_name=f"shapes/{which}"
         )
         meta = {**meta, "json_file": paths[f"{which}_json"]}
+        if f"{which}_sem_seg" in paths:  # the panoptic variant: the panoptic_separated layout
+            from jax_rcnn.data.panoptic import attach_sem_seg
+
+            records = attach_sem_seg(records, paths[f"{which}_sem_seg"])
+            meta["panoptic_json"] = paths[f"{which}_panoptic_json"]
+            meta["panoptic_png"] = paths[f"{which}_panoptic_png"]
     elif data.source == "tfds":
         from jax_rcnn.data.tfds_source import load_tfds_records
 

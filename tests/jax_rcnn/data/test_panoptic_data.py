@@ -148,3 +148,32 @@ def test_category_both_thing_and_stuff_names_the_file(tmp_path):
     json_file, png_root = _panoptic_files(tmp_path, SEGMENTS, IDS, cats)
     with pytest.raises(ValueError, match=r"panoptic\.json: category 1 \(circle\) is marked both"):
         P.load_coco_panoptic_json(json_file, tmp_path, png_root)
+
+
+def test_builtin_panoptic_shapes_annotations_agree(tmp_path):
+    """The panoptic shapes variant: semantic PNG == its panoptic PNG's things-0/stuff map, every
+    instance of the instances JSON is exactly one thing segment, stuff from the 4 textures."""
+    import pycocotools.mask as mask_util
+
+    from jax_rcnn.data.shapes import STUFF_NAMES, ensure_shapes_dataset
+
+    paths = ensure_shapes_dataset(tmp_path, num_train=2, num_val=4, num_stuff_classes=4)
+    records, meta = P.load_coco_panoptic_json(
+        paths["val_panoptic_json"], paths["val_images"], paths["val_panoptic_png"]
+    )
+    assert meta["stuff_classes"] == ["things", *STUFF_NAMES]
+    instances, _ = load_coco_json(paths["val_json"], paths["val_images"])
+    for rec, inst in zip(records, instances, strict=True):
+        ids = P.read_panoptic_png(rec["pan_seg_file_name"], rec["segments_info"])
+        assert np.all(ids > 0)  # no void: every pixel is a thing or stuff
+        sem = P.read_semantic(
+            os.path.join(paths["val_sem_seg"], os.path.basename(rec["file_name"])),
+            rec["height"],
+            rec["width"],
+        )
+        np.testing.assert_array_equal(sem, P.panoptic_to_semantic(ids, rec["segments_info"]))
+        things = [s for s in rec["segments_info"] if s["isthing"]]
+        assert len(things) == len(inst["annotations"])
+        for s, a in zip(things, inst["annotations"], strict=True):
+            mask = mask_util.decode(a["segmentation"]).astype(bool)
+            np.testing.assert_array_equal(ids == s["id"], mask)
