@@ -253,4 +253,101 @@ def sem_seg_metrics(conf: np.ndarray, class_names: Sequence[str] = ()) -> dict[s
     for i, name in enumerate(names):
         res[f"IoU-{name}"] = 100 * iou[i]
         res[f"ACC-{name}"] = 100 * acc[i]
-    return res
+    return {k: float(v) for k, v in res.items()}
+
+
+class PanopticEvaluator:
+    """Detectron2's `COCOPanopticEvaluator` + `SemSegEvaluator` for per-image predictions.
+
+    Ground truth: a COCO panoptic JSON and its PNG folder (dataset category ids; `isthing` from
+    its categories), and optionally each image's semantic PNG (`panoptic_separated` labels:
+    things 0, stuff 1..S, ignored 255). Predictions: `panoptic_seg` + `segments_info` with
+    contiguous ids (things 0..T-1, stuff 1..S), as `jax_rcnn.panoptic` gives them; they are
+    mapped back to the dataset ids (Detectron2's `_convert_category_id`) before `pq_compute`'s
+    matching. Single process (no gathering across hosts).
+
+    Args:
+      panoptic_json: gt COCO panoptic JSON.
+      png_root: its PNG folder.
+      thing_contiguous_to_id: contiguous thing id -> dataset category id.
+      stuff_contiguous_to_id: semantic label (1..S) -> dataset category id.
+      num_sem_classes: K of the semantic metrics (S + 1); 0 = no semantic metrics.
+      sem_seg_files: image id -> semantic gt PNG (needed for the semantic metrics).
+      sem_class_names: names by semantic label (per-class IoU keys).
+    """
+
+    def __init__(
+        self,
+        panoptic_json: str | os.PathLike,
+        png_root: str | os.PathLike,
+        *,
+        thing_contiguous_to_id: Mapping[int, int],
+        stuff_contiguous_to_id: Mapping[int, int],
+        num_sem_classes: int = 0,
+        sem_seg_files: Mapping[int, str] | None = None,
+        sem_class_names: Sequence[str] = (),
+        ignore_label: int = 255,
+    ):
+        with open(panoptic_json) as f:
+            gt = json.load(f)
+        self._png_root = os.fspath(png_root)
+        self._gt = {int(a["image_id"]): a for a in gt["annotations"]}
+        self.categories = {int(c["id"]): c for c in gt["categories"]}
+        self._things = dict(thing_contiguous_to_id)
+        self._stuff = dict(stuff_contiguous_to_id)
+        self._num_sem = int(num_sem_classes)
+        self._sem_files = dict(sem_seg_files or {})
+        self._sem_names = tuple(sem_class_names)
+        self._ignore = int(ignore_label)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets every processed image."""
+        self.stat = PQStat()
+        self.conf = np.zeros((self._num_sem + 1,) * 2, np.int64)
+        self.num_images = 0
+
+    def process(
+        self,
+        image_id: int,
+        panoptic_seg: np.ndarray,
+        segments_info: Sequence[Mapping],
+        sem_seg_labels: np.ndarray | None = None,
+    ) -> None:
+        """Adds one image: `panoptic_seg i32[H0, W0]`, its `segments_info` (contiguous ids),
+        and optionally the semantic argmax `i32[H0, W0]`.
+
+        Raises:
+          KeyError: an image id without ground truth.
+        """
+        image_id = int(image_id)
+        if image_id not in self._gt:
+            raise KeyError(f"image id {image_id} has no panoptic ground truth")
+        ann = self._gt[image_id]
+        path = os.path.join(self._png_root, ann["file_name"])
+        gt_ids = rgb2id(np.asarray(Image.open(path).convert("RGB")))
+        pred_segments = [
+            {
+                "id": s["id"],
+                "category_id": (self._things if s["isthing"] else self._stuff)[
+                    int(s["category_id"])
+                ],
+            }
+            for s in segments_info
+        ]
+        pq_compute_single_image(
+            self.stat, gt_ids, ann["segments_info"], panoptic_seg, pred_segments,
+            self.categories, path,
+        )  # fmt: skip
+        if sem_seg_labels is not None and self._num_sem and image_id in self._sem_files:
+            sem = np.asarray(Image.open(self._sem_files[image_id]).convert("L"))
+            self.conf += sem_seg_confusion(sem_seg_labels, sem, self._num_sem, self._ignore)
+        self.num_images += 1
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """`{"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "PQ_st", ...}, "sem_seg": {"mIoU",
+        "fwIoU", "mACC", "pACC", "IoU-<name>", ...}}` in percent (`sem_seg` when measured)."""
+        out = {"panoptic_seg": pq_results(self.stat, self.categories)}
+        if self.conf[:-1, :-1].sum():
+            out["sem_seg"] = sem_seg_metrics(self.conf, self._sem_names)
+        return out

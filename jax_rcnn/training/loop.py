@@ -295,6 +295,7 @@ def evaluate(
             contiguous_to_dataset_id=to_cat,
             tasks=("bbox", "segm") if mask_on else ("bbox",),
         )
+    panoptic_eval = _panoptic_evaluator(config, records, meta, to_cat)
     by_id = {r["image_id"]: r for r in records}
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
     drawn = []
@@ -329,6 +330,8 @@ def evaluate(
             masks=masks,
             example_valid=batch["example_valid"],
         )
+        if panoptic_eval is not None:
+            _process_panoptic(panoptic_eval, config, batch, out, masks)
         for b in np.flatnonzero(batch["example_valid"]):
             if len(drawn) >= num_draw or workdir is None or not main_process:
                 break
@@ -359,6 +362,8 @@ def evaluate(
         visualize.grid(drawn).save(os.path.join(workdir, "predictions", name))
     t1 = time.perf_counter()
     results = evaluator.evaluate()
+    if panoptic_eval is not None:
+        results.update(panoptic_eval.evaluate())
     stats = compile_stats()
     logger.info(
         "evaluation of %d images: %.1f s (inference %.1f s over %d padded shapes, %s padding; "
@@ -376,6 +381,57 @@ def evaluate(
     for task, metrics in results.items():
         logger.info("%s: %s", task, {k: round(v, 3) for k, v in metrics.items() if "-" not in k})
     return results
+
+
+def _panoptic_evaluator(config, records, meta, to_cat):
+    """PQ and semantic metrics for a PanopticFPN whose test split has panoptic ground truth
+    (`meta["panoptic_json"]`); None otherwise or with several processes (not gathered)."""
+    if config.model.meta_architecture != "PanopticFPN" or "panoptic_json" not in meta:
+        return None
+    if jax.process_count() > 1:
+        logger.warning("PQ evaluation runs in single-process runs only; skipped")
+        return None
+    from jax_rcnn.data.panoptic import panoptic_meta
+    from jax_rcnn.evaluation.panoptic_evaluation import PanopticEvaluator
+
+    with open(meta["panoptic_json"]) as f:
+        pan = panoptic_meta(json.load(f)["categories"], meta["panoptic_json"])
+    return PanopticEvaluator(
+        meta["panoptic_json"],
+        meta["panoptic_png"],
+        thing_contiguous_to_id=to_cat,
+        stuff_contiguous_to_id={v: k for k, v in pan["stuff_dataset_id_to_contiguous_id"].items()},
+        num_sem_classes=config.model.sem_seg_head.num_classes,
+        sem_seg_files={r["image_id"]: r["sem_seg_file_name"] for r in records},
+        sem_class_names=pan["stuff_classes"],
+    )
+
+
+def _process_panoptic(evaluator, config, batch, out, masks) -> None:
+    """Per valid image: semantic post-processing, the combine step, then the evaluator."""
+    from jax_rcnn import panoptic, semantic
+
+    c = config.model.panoptic_fpn.combine
+    for b in np.flatnonzero(batch["example_valid"]):
+        h0, w0 = (int(v) for v in batch["original_size"][b])
+        sem = semantic.sem_seg_postprocess(
+            np.asarray(out["sem_seg_logits"][b], np.float32),
+            batch["image_size"][b],
+            (h0, w0),
+            config.model.sem_seg_head.common_stride,
+        )
+        labels = np.argmax(sem, axis=-1).astype(np.int32)
+        valid = np.asarray(out["valid"][b], bool)
+        seg, info = panoptic.combine_semantic_and_instances(
+            np.asarray(masks[b])[valid][:, :h0, :w0],
+            np.asarray(out["scores"][b])[valid],
+            np.asarray(out["classes"][b])[valid],
+            labels,
+            overlap_thresh=c.overlap_thresh,
+            stuff_area_thresh=c.stuff_area_limit,
+            instances_score_thresh=c.instances_confidence_thresh,
+        )
+        evaluator.process(int(batch["image_id"][b]), seg, info, labels)
 
 
 def _compile_scalars() -> dict[str, float]:
