@@ -144,3 +144,49 @@ def test_sem_seg_metrics_by_hand():
     conf = pe.sem_seg_confusion(np.array([0, 0]), np.array([0, 0]), 2, 255)
     res = pe.sem_seg_metrics(conf)
     assert res["mIoU"] == 100.0 and np.isnan(res["IoU-1"])
+
+
+def test_panoptic_evaluator_maps_contiguous_ids_and_adds_semantic_metrics(tmp_path):
+    """Predictions with contiguous ids (thing 0 -> 10, stuff 1 -> 20, 2 -> 30) give the same PQ
+    as the files; the semantic argmax against the gt semantic PNGs gives SemSegEvaluator's."""
+    folder = tmp_path / "gt"
+    folder.mkdir()
+    anns = []
+    sem_files = {}
+    for i, (ids, segs) in enumerate([(GT1, GT1_SEGMENTS), (GT2, GT2_SEGMENTS)]):
+        Image.fromarray(pe.id2rgb(ids)).save(folder / f"{i}.png")
+        anns.append({"image_id": i, "file_name": f"{i}.png", "segments_info": segs})
+        sem = np.where(ids == 3, 1, np.where(ids == 0, 255, 0)).astype(np.uint8)
+        Image.fromarray(sem).save(tmp_path / f"sem{i}.png")
+        sem_files[i] = str(tmp_path / f"sem{i}.png")
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"annotations": anns, "categories": list(CATEGORIES.values())}))
+    evaluator = pe.PanopticEvaluator(
+        gt,
+        folder,
+        thing_contiguous_to_id={0: 10},
+        stuff_contiguous_to_id={1: 20, 2: 30},
+        num_sem_classes=3,
+        sem_seg_files=sem_files,
+        sem_class_names=["things", "stuff", "never seen"],
+    )
+
+    def contiguous(segments):
+        return [
+            {"id": s["id"], "isthing": s["category_id"] == 10, "category_id": 0}
+            if s["category_id"] == 10
+            else {"id": s["id"], "isthing": False, "category_id": 1}
+            for s in segments
+        ]
+
+    evaluator.process(0, PRED1, contiguous(PRED1_SEGMENTS), np.zeros((4, 4), np.int32))
+    evaluator.process(1, PRED2, contiguous(PRED2_SEGMENTS), np.zeros((4, 4), np.int32))
+    results = evaluator.evaluate()
+    assert results["panoptic_seg"] == pytest.approx(EXPECTED)
+    # gt labels: image 1 has 12 "things" pixels, 2 "stuff", 2 ignored; image 2 12 things, 4
+    # ignored; predicting 0 everywhere: IoU things 24 / 26 (the 6 ignored pixels not counted),
+    # stuff 0, "never seen" has no gt pixel (NaN, not averaged).
+    assert results["sem_seg"]["IoU-things"] == pytest.approx(100 * 24 / 26)
+    assert results["sem_seg"]["IoU-stuff"] == 0.0
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100 * 24 / 26 / 2)
+    assert results["sem_seg"]["pACC"] == pytest.approx(100 * 24 / 26)
