@@ -1,6 +1,7 @@
 """jax_rcnn.modeling: the Flax modules that own parameters, one container per meta-architecture.
 
-A container (`GeneralizedRCNN`, `ProposalNetwork`, `RetinaNet`) holds only the networks, in
+A container (`GeneralizedRCNN`, `ProposalNetwork`, `RetinaNet`, `PanopticFPN`,
+`SemanticSegmentor`) holds only the networks, in
 Detectron2's module tree, so checkpoint names map one to one; the geometry between them
 (anchors, proposals, ROIAlign, sampling, losses, postprocessing) lives in `jax_rcnn/*.py` and is
 wired by `jax_rcnn.meta_arch`. `build_model(config)` builds the container that
@@ -29,6 +30,9 @@ Shapes (NHWC, f32 outputs):
   * C4 (`Res5ROIHeads`): `res5_head(pooled f32[..., 14, 14, C4])` -> f32[..., 7, 7, C5];
     `box_head` and `mask_head` then take that res5 output (spatial mean -> predictor; deconv
     -> 14x14 logits).
+  * PanopticFPN (GeneralizedRCNN's methods) and SemanticSegmentor (`features` only):
+    `sem_seg(features dict)` -> semantic logits f32[B, H/4, W/4, K] (`SemSegFPNHead`,
+    parameters under `sem_seg_head/p{l}_{i}` and `sem_seg_head/predictor`).
   * RetinaNet: `features(images)` -> {"p3", ..., "p7"}; `head(features dict)` ->
     (cls_logits per level f32[B, Hi*Wi*A, K], box_deltas per level f32[B, Hi*Wi*A, 4]).
 
