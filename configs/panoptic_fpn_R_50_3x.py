@@ -14,7 +14,13 @@ Commands (from the repository root):
     # tiny variant used by the tests
     python -c "from jax_rcnn.config import load_config; load_config('configs/panoptic_fpn_R_50_3x.py:smoke')"
 
-Training on COCO panoptic needs the panoptic data loader (issue 19, not yet in this config).
+    # train on COCO's panoptic_separated layout under $DETECTRON2_DATASETS (instances json +
+    # the semantic PNGs of Detectron2's datasets/prepare_panoptic_fpn.py; PQ from the panoptic
+    # json + PNGs)
+    python train.py --config configs/panoptic_fpn_R_50_3x.py \
+        --config.data.train.name=coco_2017_train_panoptic_separated \
+        --config.data.test.name=coco_2017_val_panoptic_separated \
+        --workdir work_dirs/panoptic_fpn_R_50_3x
 """
 
 import ml_collections

@@ -6,10 +6,13 @@ Parity: `detectron2/data/datasets/builtin.py` (`register_all_coco`): a name such
 to the working directory), read when the dataset is loaded, as Detectron2 reads it when it
 registers its datasets.
 
-Only names of a task jax_rcnn trains and evaluates today (COCO instance detection /
-segmentation) resolve. The other builtin names (keypoints, panoptic, LVIS, the unannotated
-test splits) are errors that say why; any other name (a user-registered dataset) needs the paths
-in `config.data.<split>.json` / `.images`.
+Only names of a task jax_rcnn trains and evaluates today resolve: COCO instance detection /
+segmentation, and Panoptic FPN's `coco_2017_{train,val,val_100}_panoptic_separated` (Detectron2's
+`register_coco_panoptic_separated`: the instances split, plus the semantic PNGs of
+`datasets/prepare_panoptic_fpn.py` in `coco/panoptic_stuff_<split>` and, for PQ, the panoptic
+JSON + PNGs). The other builtin names (keypoints, combined panoptic, stuff-only, LVIS, the
+unannotated test splits) are errors that say why; any other name (a user-registered dataset)
+needs the paths in `config.data.<split>.json` / `.images`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,27 @@ COCO_INSTANCES: dict[str, tuple[str, str]] = {
     "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
 }
 
+# `<instances name>_panoptic_separated` -> (panoptic PNG dir, panoptic json, semantic PNG dir)
+# (Detectron2's `_PREDEFINED_SPLITS_COCO_PANOPTIC`).
+COCO_PANOPTIC: dict[str, tuple[str, str, str]] = {
+    "coco_2017_train": (
+        "coco/panoptic_train2017",
+        "coco/annotations/panoptic_train2017.json",
+        "coco/panoptic_stuff_train2017",
+    ),
+    "coco_2017_val": (
+        "coco/panoptic_val2017",
+        "coco/annotations/panoptic_val2017.json",
+        "coco/panoptic_stuff_val2017",
+    ),
+    "coco_2017_val_100": (
+        "coco/panoptic_val2017_100",
+        "coco/annotations/panoptic_val2017_100.json",
+        "coco/panoptic_stuff_val2017_100",
+    ),
+}
+SEPARATED = "_panoptic_separated"
+
 # Builtin names jax_rcnn recognises but cannot use: (prefix or exact name, why).
 UNSUPPORTED: tuple[tuple[str, str], ...] = (
     ("coco_2017_test", "has no annotations (image info only): it cannot be trained or evaluated"),
@@ -41,7 +65,10 @@ UNSUPPORTED: tuple[tuple[str, str], ...] = (
     ("voc_", "is a Pascal VOC dataset; jax_rcnn reads COCO-format json only"),
     ("ade20k_", "is a semantic segmentation dataset; jax_rcnn has no semantic segmentation head"),
 )
-_PANOPTIC_WHY = "is a panoptic dataset; jax_rcnn has no semantic / panoptic segmentation head"
+_PANOPTIC_WHY = (
+    "is a combined panoptic / stuff-only dataset; Panoptic FPN trains on the "
+    "'<split>_panoptic_separated' names (instances json + semantic PNGs)"
+)
 
 
 def datasets_root() -> str:
@@ -57,7 +84,9 @@ def resolve(name: str, key: str) -> dict[str, str]:
       key: the config key the paths are for ("config.data.test"), named in errors.
 
     Returns:
-      {"json": <root>/coco/annotations/...json, "images": <root>/coco/...}.
+      {"json": <root>/coco/annotations/...json, "images": <root>/coco/...}; a
+      `*_panoptic_separated` name adds "sem_seg" (semantic PNG dir), "panoptic_json" and
+      "panoptic_png".
 
     Raises:
       ValueError: `name` is a builtin name of an unsupported task, or not a builtin name (the
@@ -67,6 +96,12 @@ def resolve(name: str, key: str) -> dict[str, str]:
         images, json_file = COCO_INSTANCES[name]
         root = datasets_root()
         return {"json": os.path.join(root, json_file), "images": os.path.join(root, images)}
+    base = name[: -len(SEPARATED)] if name.endswith(SEPARATED) else None
+    if base in COCO_PANOPTIC:
+        paths = resolve(base, key)
+        root = datasets_root()
+        png, pan_json, sem = (os.path.join(root, p) for p in COCO_PANOPTIC[base])
+        return {**paths, "sem_seg": sem, "panoptic_json": pan_json, "panoptic_png": png}
     why = _PANOPTIC_WHY if "_panoptic" in name else None
     for prefix, reason in UNSUPPORTED:
         if why is None and name.startswith(prefix):

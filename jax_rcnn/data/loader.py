@@ -101,6 +101,12 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         paths = coco_paths(config, split)
         records, meta = load_coco_json(paths["json"], paths["images"], dataset_name=data.name)
         meta = {**meta, "json_file": paths["json"]}
+        if "sem_seg" in paths:  # a Detectron2 `*_panoptic_separated` name
+            from jax_rcnn.data.panoptic import attach_sem_seg
+
+            records = attach_sem_seg(records, paths["sem_seg"])
+            meta["panoptic_json"] = paths["panoptic_json"]
+            meta["panoptic_png"] = paths["panoptic_png"]
     elif data.source == "shapes":
         from jax_rcnn.data.shapes import config_paths
 
