@@ -283,9 +283,9 @@ def test_gradients(train_setup, training_npz):
 
 
 # Relative L2 error allowed per gradient (default 1e-3). Measured: semantic head <= 8.6e-5, ROI
-# and RPN heads, FPN <= 7.5e-5; res3.0.conv1 4.5e-3 (float32 noise in every family, see
-# test_cascade_parity.py) and res5.2.conv3 2.9e-3 (the semantic loss's gradient sums over all
-# 486k pixels; not checked against a float64 run).
+# and RPN heads, FPN <= 7.5e-5; res3.0.conv1 4.5e-3 and res5.2.conv3 2.9e-3: float32 noise of
+# the reference itself there, since our float64 gradient is no closer to it (res5.2.conv3 3.1e-3,
+# res3.0.conv1 6.4e-3; our float32 vs float64: 1.2e-3 and 7.8e-3; one-off run, 2026-12-07).
 GRAD_RTOL = {
     "grad/backbone.bottom_up.res3.0.conv1.weight": 5e-3,
     "grad/backbone.bottom_up.res5.2.conv3.weight": 5e-3,
