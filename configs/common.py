@@ -350,7 +350,6 @@ def panoptic_fpn() -> ml_collections.ConfigDict:
         {
             "instance_loss_weight": 1.0,
             "combine": {
-                "enabled": True,
                 "overlap_thresh": 0.5,
                 "stuff_area_limit": 4096,
                 "instances_confidence_thresh": 0.5,

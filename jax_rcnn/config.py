@@ -537,7 +537,6 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
         "model.panoptic_fpn.instance_loss_weight",
         _float,
     ),
-    "MODEL.PANOPTIC_FPN.COMBINE.ENABLED": ("model.panoptic_fpn.combine.enabled", _bool),
     "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH": (
         "model.panoptic_fpn.combine.overlap_thresh",
         _float,
@@ -615,6 +614,7 @@ _NO_EFFECT: dict[str, str] = {
     "VIS_PERIOD": "TensorBoard visualisation period",
     "GLOBAL.HACK": "Detectron2's scratch value, read by no model",
     "TEST.EXPECTED_RESULTS": "Detectron2's regression-test thresholds",
+    "MODEL.PANOPTIC_FPN.COMBINE.ENABLED": "deprecated in Detectron2 and read by nothing there",
     "DATASETS.TRAIN": "registry name, recorded as config.data.name",
     "DATASETS.TEST": "registry name, recorded as config.data.name",
 }
