@@ -351,3 +351,33 @@ class PanopticEvaluator:
         if self.conf[:-1, :-1].sum():
             out["sem_seg"] = sem_seg_metrics(self.conf, self._sem_names)
         return out
+
+
+class SemSegEvaluator:
+    """Detectron2's `SemSegEvaluator` for per-image semantic argmaxes against gt PNGs (labels
+    0..K-1, `ignore_label` ignored). Single process.
+
+    Args:
+      num_classes: K.
+      class_names: names by label (per-class keys).
+      ignore_label: the gt label not counted (255).
+    """
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] = (), ignore_label: int = 255):
+        self._num = int(num_classes)
+        self._names = tuple(class_names)
+        self._ignore = int(ignore_label)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets every processed image."""
+        self.conf = np.zeros((self._num + 1,) * 2, np.int64)
+
+    def process(self, sem_seg_labels: np.ndarray, gt_png: str) -> None:
+        """Adds one image: its argmax `int[H0, W0]` and its gt PNG (read as "L")."""
+        gt = np.asarray(Image.open(gt_png).convert("L"))
+        self.conf += sem_seg_confusion(sem_seg_labels, gt, self._num, self._ignore)
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """`{"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC", ...}}` (percent)."""
+        return {"sem_seg": sem_seg_metrics(self.conf, self._names)}

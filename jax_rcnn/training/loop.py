@@ -286,8 +286,19 @@ def evaluate(
     main_process = jax.process_index() == 0
     out_dir = None if workdir is None or not main_process else os.path.join(workdir, "inference")
     proposals_only = config.model.meta_architecture == "ProposalNetwork"
+    semantic_only = config.model.meta_architecture == "SemanticSegmentor"
     if proposals_only:  # Detectron2's COCOEvaluator sees "proposals": box-proposal AR
         evaluator = ProposalEvaluator(_gt_json(config), output_dir=out_dir)
+    elif semantic_only:  # Detectron2's SemSegEvaluator alone
+        from jax_rcnn.evaluation.panoptic_evaluation import SemSegEvaluator
+
+        if any("sem_seg_file_name" not in r for r in records):
+            raise ValueError(
+                "a SemanticSegmentor needs semantic ground truth (sem_seg_file_name) for every "
+                "test image: the panoptic shapes (data.shapes.num_stuff_classes) or a "
+                "*_panoptic_separated dataset"
+            )
+        evaluator = SemSegEvaluator(config.model.sem_seg_head.num_classes)
     else:
         evaluator = COCOEvaluator(
             _gt_json(config),
@@ -295,7 +306,7 @@ def evaluate(
             contiguous_to_dataset_id=to_cat,
             tasks=("bbox", "segm") if mask_on else ("bbox",),
         )
-    panoptic_eval = _panoptic_evaluator(config, records, meta, to_cat)
+    panoptic_eval = None if semantic_only else _panoptic_evaluator(config, records, meta, to_cat)
     by_id = {r["image_id"]: r for r in records}
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
     drawn = []
@@ -312,6 +323,11 @@ def evaluate(
             canvas = _canvas(distributed.host_max(np.max(batch["original_size"], axis=0))[None])
             masks = paste(out["mask_probs"], out["boxes"], canvas)
         out, masks = distributed.to_host_local(mesh, (out, masks))
+        if semantic_only:
+            for b in np.flatnonzero(batch["example_valid"]):
+                record = by_id[int(batch["image_id"][b])]
+                evaluator.process(_sem_labels(config, batch, out, b), record["sem_seg_file_name"])
+            continue
         if proposals_only:
             evaluator.process(
                 batch["image_id"],
@@ -409,18 +425,12 @@ def _panoptic_evaluator(config, records, meta, to_cat):
 
 def _process_panoptic(evaluator, config, batch, out, masks) -> None:
     """Per valid image: semantic post-processing, the combine step, then the evaluator."""
-    from jax_rcnn import panoptic, semantic
+    from jax_rcnn import panoptic
 
     c = config.model.panoptic_fpn.combine
     for b in np.flatnonzero(batch["example_valid"]):
         h0, w0 = (int(v) for v in batch["original_size"][b])
-        sem = semantic.sem_seg_postprocess(
-            np.asarray(out["sem_seg_logits"][b], np.float32),
-            batch["image_size"][b],
-            (h0, w0),
-            config.model.sem_seg_head.common_stride,
-        )
-        labels = np.argmax(sem, axis=-1).astype(np.int32)
+        labels = _sem_labels(config, batch, out, b)
         valid = np.asarray(out["valid"][b], bool)
         seg, info = panoptic.combine_semantic_and_instances(
             np.asarray(masks[b])[valid][:, :h0, :w0],
@@ -432,6 +442,19 @@ def _process_panoptic(evaluator, config, batch, out, masks) -> None:
             instances_score_thresh=c.instances_confidence_thresh,
         )
         evaluator.process(int(batch["image_id"][b]), seg, info, labels)
+
+
+def _sem_labels(config, batch, out, b: int) -> np.ndarray:
+    """Image b's semantic argmax `i32[H0, W0]` (`sem_seg_postprocess` of its logits)."""
+    from jax_rcnn import semantic
+
+    sem = semantic.sem_seg_postprocess(
+        np.asarray(out["sem_seg_logits"][b], np.float32),
+        batch["image_size"][b],
+        batch["original_size"][b],
+        config.model.sem_seg_head.common_stride,
+    )
+    return np.argmax(sem, axis=-1).astype(np.int32)
 
 
 def _compile_scalars() -> dict[str, float]:

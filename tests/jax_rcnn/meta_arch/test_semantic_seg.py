@@ -81,3 +81,20 @@ def test_smoke_loss_and_postprocessed_outputs(smoke):
     assert result["sem_seg"].shape == (config.model.sem_seg_head.num_classes, 50, 80)
     np.testing.assert_array_equal(result["sem_seg_labels"], result["sem_seg"].argmax(0))
     assert "panoptic_seg" not in result
+
+
+def test_semantic_config_file_equals_the_zoo_yaml():
+    from jax_rcnn.config import load_config, to_flat_dict
+
+    ours = to_flat_dict(load_config("configs/semantic_R_50_FPN_1x.py"))
+    d2 = to_flat_dict(from_detectron2(ZOO / "Misc" / "semantic_R_50_FPN_1x.yaml"))
+    assert set(ours) == set(d2)
+    diff = {k for k in ours if ours[k] != d2[k]}
+    assert diff == {
+        "input.pad_mode",
+        "input.auto_buckets",
+        "data.train.name",
+        "data.test.name",
+        "input.mask_format",
+        "model.weights",
+    }
