@@ -353,6 +353,59 @@ def proposal_model(*, depth: int = 50, layout: str = "FPN") -> ml_collections.Co
     return config
 
 
+def sem_seg_head(num_classes: int = 54, loss_weight: float = 1.0) -> ml_collections.ConfigDict:
+    """`MODEL.SEM_SEG_HEAD.*` (`SemSegFPNHead`); panoptic: class 0 = "things", 1.. = stuff."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "SemSegFPNHead",
+            "in_features": ("p2", "p3", "p4", "p5"),
+            "ignore_value": 255,
+            "num_classes": num_classes,
+            "convs_dim": 128,
+            "common_stride": 4,
+            "norm": "GN",
+            "loss_weight": loss_weight,
+        }
+    )
+
+
+def panoptic_fpn() -> ml_collections.ConfigDict:
+    """`MODEL.PANOPTIC_FPN.*`: the instance-loss weight and the combine thresholds."""
+    return ml_collections.ConfigDict(
+        {
+            "instance_loss_weight": 1.0,
+            "combine": {
+                "overlap_thresh": 0.5,
+                "stuff_area_limit": 4096,
+                "instances_confidence_thresh": 0.5,
+            },
+        }
+    )
+
+
+def panoptic_model(*, depth: int = 50) -> ml_collections.ConfigDict:
+    """`MODEL.*` of `COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml`: Mask R-CNN FPN plus
+    `sem_seg_head` (54 classes, loss weight 0.5) and `panoptic_fpn`."""
+    m = model(mask_on=True, depth=depth)
+    m.meta_architecture = "PanopticFPN"
+    m.sem_seg_head = sem_seg_head(54, loss_weight=0.5)
+    m.panoptic_fpn = panoptic_fpn()
+    return m
+
+
+def semantic_model(*, depth: int = 50) -> ml_collections.ConfigDict:
+    """`MODEL.*` of `Misc/semantic_R_50_FPN_1x.yaml`: ResNet-FPN and `sem_seg_head` only.
+
+    No RPN or ROI-head keys: they do nothing in a SemanticSegmentor.
+    """
+    m = proposal_model(depth=depth)
+    for key in ("rpn", "anchor_generator"):
+        del m[key]
+    m.meta_architecture = "SemanticSegmentor"
+    m.sem_seg_head = sem_seg_head(54)
+    return m
+
+
 def input_config() -> ml_collections.ConfigDict:
     """`INPUT.*` plus jax_rcnn's static-shape padding policy."""
     return ml_collections.ConfigDict(
@@ -410,13 +463,16 @@ def data(dataset: str = "coco_2017") -> ml_collections.ConfigDict:
             # The built-in synthetic dataset (`source = "shapes"`), generated on first use.
             # `image_size_range = (lo, hi)`: each image's height and width drawn in [lo, hi]
             # (variable sizes and aspect ratios) instead of the fixed `image_size`;
-            # `num_classes`: the first N of the 8 shape classes.
+            # `num_classes`: the first N of the 8 shape classes; `num_stuff_classes` > 0: the
+            # panoptic variant (backgrounds of sky / grass / water / wall regions, semantic and
+            # panoptic annotations; `jax_rcnn.data.shapes`).
             "shapes": {
                 "num_train": 1000,
                 "num_val": 200,
                 "image_size": (128, 160),
                 "image_size_range": (),
                 "num_classes": 8,
+                "num_stuff_classes": 0,
                 "seed": 0,
                 # The long-tailed variant (LVIS json and LVIS AP; `shapes.ensure_shapes_dataset`).
                 "long_tail": False,
@@ -521,6 +577,15 @@ def base_config(
         if mask_on:
             raise ValueError("ProposalNetwork has no mask head (mask_on must be False)")
         model_config = proposal_model(depth=depth, layout=layout)
+    elif meta_architecture in ("PanopticFPN", "SemanticSegmentor"):
+        if layout != "FPN":
+            raise ValueError(f"{meta_architecture} needs an FPN (layout must be 'FPN')")
+        if meta_architecture == "PanopticFPN":
+            model_config = panoptic_model(depth=depth)
+        else:
+            if mask_on:
+                raise ValueError("SemanticSegmentor has no mask head (mask_on must be False)")
+            model_config = semantic_model(depth=depth)
     elif layout == "C4":
         model_config = c4_model(mask_on=mask_on, depth=depth)
     elif layout == "DC5":
@@ -542,6 +607,8 @@ def base_config(
     )
     if meta_architecture == "RetinaNet":
         config.solver.base_lr = 0.01  # Base-RetinaNet.yaml: half the R-CNN rate
+    if meta_architecture == "PanopticFPN":
+        config.dataloader.filter_empty_annotations = False  # Base-Panoptic-FPN.yaml
     if layout != "FPN":
         # A plain ResNet has size_divisibility 0: Detectron2 pads a batch only to its largest
         # image (pad_mode "size_divisibility"); buckets may then be any shape.
@@ -570,6 +637,8 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     if m.meta_architecture == "RetinaNet":
         m.retinanet.num_classes = 3
         m.retinanet.topk_candidates_test = 100
+    elif m.meta_architecture == "SemanticSegmentor":
+        pass  # no RPN, no ROI heads
     else:
         if m.meta_architecture != "ProposalNetwork":
             if "fc_dim" in m.roi_box_head:
@@ -582,6 +651,10 @@ def smoke(config: ml_collections.ConfigDict) -> None:
         m.rpn.pre_nms_topk_test = 100
         m.rpn.post_nms_topk_test = 50
         m.rpn.batch_size_per_image = 64
+    if "sem_seg_head" in m:
+        m.sem_seg_head.convs_dim = 32  # GN(32) needs a multiple of 32
+        m.sem_seg_head.num_classes = 4
+        config.data.shapes.num_stuff_classes = 3
     config.test.detections_per_image = 20
     i = config.input
     i.min_size_train = (96, 128)

@@ -100,7 +100,15 @@ POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool")  # == jax_rcnn.poolers.POOL
 # config may also name "module:function" (`jax_rcnn.research`).
 BBOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
 # == jax_rcnn.meta_arch.META_ARCHITECTURES
-META_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet", "ProposalNetwork")
+META_ARCHITECTURES = (
+    "GeneralizedRCNN",
+    "RetinaNet",
+    "ProposalNetwork",
+    "PanopticFPN",
+    "SemanticSegmentor",
+)
+# Meta-architectures built on GeneralizedRCNN's RPN and ROI heads.
+RCNN_META_ARCHITECTURES = ("GeneralizedRCNN", "PanopticFPN")
 # MODEL.BACKBONE.NAME -> the FPN's top block (== jax_rcnn.modeling.fpn.BACKBONES).
 BACKBONE_TOP_BLOCKS = {
     "build_resnet_fpn_backbone": "LastLevelMaxPool",
@@ -527,6 +535,30 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     ),
     "MODEL.ROI_MASK_HEAD.POOLER_TYPE": ("model.roi_mask_head.pooler_type", _str),
     "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": ("model.roi_mask_head.cls_agnostic_mask", _bool),
+    "MODEL.SEM_SEG_HEAD.NAME": ("model.sem_seg_head.name", _str),
+    "MODEL.SEM_SEG_HEAD.IN_FEATURES": ("model.sem_seg_head.in_features", _strs),
+    "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": ("model.sem_seg_head.ignore_value", _int),
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES": ("model.sem_seg_head.num_classes", _int),
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM": ("model.sem_seg_head.convs_dim", _int),
+    "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": ("model.sem_seg_head.common_stride", _int),
+    "MODEL.SEM_SEG_HEAD.NORM": ("model.sem_seg_head.norm", _str),
+    "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT": ("model.sem_seg_head.loss_weight", _float),
+    "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT": (
+        "model.panoptic_fpn.instance_loss_weight",
+        _float,
+    ),
+    "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH": (
+        "model.panoptic_fpn.combine.overlap_thresh",
+        _float,
+    ),
+    "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT": (
+        "model.panoptic_fpn.combine.stuff_area_limit",
+        _int,
+    ),
+    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH": (
+        "model.panoptic_fpn.combine.instances_confidence_thresh",
+        _float,
+    ),
     "MODEL.RETINANET.NUM_CLASSES": ("model.retinanet.num_classes", _int),
     "MODEL.RETINANET.IN_FEATURES": ("model.retinanet.in_features", _strs),
     "MODEL.RETINANET.NUM_CONVS": ("model.retinanet.num_convs", _int),
@@ -595,6 +627,7 @@ _NO_EFFECT: dict[str, str] = {
     "VIS_PERIOD": "TensorBoard visualisation period",
     "GLOBAL.HACK": "Detectron2's scratch value, read by no model",
     "TEST.EXPECTED_RESULTS": "Detectron2's regression-test thresholds",
+    "MODEL.PANOPTIC_FPN.COMBINE.ENABLED": "deprecated in Detectron2 and read by nothing there",
     "DATASETS.TRAIN": "registry name, recorded as config.data.name",
     "DATASETS.TEST": "registry name, recorded as config.data.name",
 }
@@ -615,7 +648,10 @@ def _precise_bn(v: Any, cfg: Mapping[str, Any]) -> bool:
 
 
 def _mask_on(v: Any, cfg: Mapping[str, Any]) -> bool:
-    return v is False or cfg["MODEL.META_ARCHITECTURE"] not in ("RetinaNet", "ProposalNetwork")
+    meta = cfg["MODEL.META_ARCHITECTURE"]
+    if meta == "PanopticFPN":  # the combine step needs the instance masks
+        return v is True
+    return v is False or meta not in ("RetinaNet", "ProposalNetwork", "SemanticSegmentor")
 
 
 def _mask_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
@@ -632,7 +668,13 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
     "MODEL.META_ARCHITECTURE": (_one_of(*META_ARCHITECTURES), f"one of {META_ARCHITECTURES}"),
     "MODEL.LOAD_PROPOSALS": (_one_of(False), "false (precomputed proposals are not supported)"),
     "MODEL.KEYPOINT_ON": (_one_of(False), "false (no keypoint head)"),
-    "MODEL.MASK_ON": (_mask_on, "false for RetinaNet and ProposalNetwork (no mask head)"),
+    "MODEL.MASK_ON": (
+        _mask_on,
+        "false for RetinaNet, ProposalNetwork and SemanticSegmentor (no mask head), true for "
+        "PanopticFPN",
+    ),
+    "MODEL.SEM_SEG_HEAD.NAME": (_one_of("SemSegFPNHead"), "'SemSegFPNHead'"),
+    "MODEL.SEM_SEG_HEAD.NORM": (_one_of(*NORMS), f"one of {NORMS}"),
     "MODEL.BACKBONE.NAME": (_one_of(*BACKBONE_NAMES), f"one of {BACKBONE_NAMES}"),
     "MODEL.RETINANET.NORM": (_one_of("", "GN"), "'' or 'GN' (per-level BN is not implemented)"),
     "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": (
@@ -673,8 +715,6 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
 
 # Keys (exact, or a group when ending in ".") used only by features `_RESTRICTED` keeps off.
 _INERT: dict[str, str] = {
-    "MODEL.SEM_SEG_HEAD.": "semantic / panoptic segmentation (MODEL.META_ARCHITECTURE)",
-    "MODEL.PANOPTIC_FPN.": "panoptic FPN (MODEL.META_ARCHITECTURE)",
     "MODEL.ROI_KEYPOINT_HEAD.": "keypoint head (MODEL.KEYPOINT_ON)",
     "MODEL.ANCHOR_GENERATOR.ANGLES": "rotated anchors (MODEL.ANCHOR_GENERATOR.NAME)",
     "MODEL.RESNETS.DEFORM_MODULATED": "deformable convs (MODEL.RESNETS.DEFORM_ON_PER_STAGE)",
@@ -708,6 +748,8 @@ _META_ARCH_GROUPS: dict[str, tuple[str, ...]] = {
     "GeneralizedRCNN": _RPN_GROUPS + _ROI_GROUPS,
     "RetinaNet": ("MODEL.RETINANET.",),
     "ProposalNetwork": _RPN_GROUPS,
+    "PanopticFPN": _RPN_GROUPS + _ROI_GROUPS + ("MODEL.SEM_SEG_HEAD.", "MODEL.PANOPTIC_FPN."),
+    "SemanticSegmentor": ("MODEL.SEM_SEG_HEAD.",),
 }
 
 
@@ -1050,7 +1092,7 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     config = _common().base_config(
         mask_on=bool(d2["MODEL.MASK_ON"]), meta_architecture=meta, layout=_d2_layout(d2)
     )
-    if meta == "GeneralizedRCNN" and d2["MODEL.ROI_HEADS.NAME"] == "CascadeROIHeads":
+    if meta in RCNN_META_ARCHITECTURES and d2["MODEL.ROI_HEADS.NAME"] == "CascadeROIHeads":
         _common().cascade(config.model)  # adds model.roi_box_cascade_head
     for key, (ours, convert) in _MAPPED.items():
         if _other_meta_arch_key(key, meta) or not _has_key(config, ours):
@@ -1239,6 +1281,7 @@ _NO_EFFECT_UNLESS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
             "image_size",
             "image_size_range",
             "num_classes",
+            "num_stuff_classes",
             "seed",
             "long_tail",
         )
@@ -1264,7 +1307,7 @@ def _check_no_effect(c: _Checker) -> None:
     (e.g. `data.train.json` with `data.source = "shapes"`): the user meant something else."""
     m = c.config.model
     # A mask_on other families reject is reported by their own check, naming the key.
-    mask_on = bool(m.mask_on) and m.meta_architecture == "GeneralizedRCNN"
+    mask_on = bool(m.mask_on) and m.meta_architecture in RCNN_META_ARCHITECTURES
     defaults = _Checker(
         _common().base_config(
             mask_on=mask_on, meta_architecture=m.meta_architecture, layout=layout(c.config)
@@ -1343,13 +1386,57 @@ def validate(config: ml_collections.ConfigDict) -> None:
         head_in = tuple(m.rpn.in_features)
         c.require(not m.mask_on, "model.mask_on", "ProposalNetwork has no mask head")
         _check_rpn(c, fpn_out)
+    elif m.meta_architecture == "SemanticSegmentor":
+        head_in = ()
+        c.require(not m.mask_on, "model.mask_on", "SemanticSegmentor has no mask head")
+        c.require(not plain, "model.backbone.name", "SemanticSegmentor needs an FPN backbone")
     else:
         head_in = tuple(m.rpn.in_features)
         _check_rpn(c, fpn_out)
         _check_roi_heads(c, fpn_out)
-    _check_anchors(c, head_in)
+        if m.meta_architecture == "PanopticFPN":
+            c.require(bool(m.mask_on), "model.mask_on", "PanopticFPN needs the mask head")
+            c.require(not plain, "model.backbone.name", "PanopticFPN needs an FPN backbone")
+            _check_panoptic(c)
+    if "sem_seg_head" in m:
+        _check_sem_seg_head(c, fpn_out)
+    if head_in:
+        _check_anchors(c, head_in)
     _check_research(c)
     _check_rest(c, stride=stride)
+
+
+def _check_sem_seg_head(c: _Checker, fpn_out: tuple[str, ...]) -> None:
+    """`MODEL.SEM_SEG_HEAD.*`: levels the FPN gives, at strides >= the common stride."""
+    h = c.config.model.sem_seg_head
+    c.one_of("model.sem_seg_head.name", ("SemSegFPNHead",))
+    feats = tuple(h.in_features)
+    ok = len(feats) > 0 and set(feats) <= set(fpn_out) and all(f.startswith("p") for f in feats)
+    c.require(ok, "model.sem_seg_head.in_features", f"must be a subset of FPN outputs {fpn_out}")
+    c.one_of("model.sem_seg_head.common_stride", (4, 8, 16, 32))
+    if ok and _is_int(h.common_stride):
+        c.require(
+            all(2 ** int(f[1:]) >= h.common_stride for f in feats),
+            "model.sem_seg_head.in_features",
+            f"every level's stride must be >= common_stride {h.common_stride}",
+        )
+    c.int_at_least("model.sem_seg_head.num_classes", 1)
+    c.int_at_least("model.sem_seg_head.convs_dim", 1)
+    c.one_of("model.sem_seg_head.norm", NORMS)
+    if h.norm == "GN" and _is_int(h.convs_dim):
+        c.require(
+            h.convs_dim % 32 == 0, "model.sem_seg_head.convs_dim", "GN needs a multiple of 32"
+        )
+    c.int_at_least("model.sem_seg_head.ignore_value", 0)
+    c.number_in("model.sem_seg_head.loss_weight", 0, math.inf)
+
+
+def _check_panoptic(c: _Checker) -> None:
+    """`MODEL.PANOPTIC_FPN.*`: loss weight and combine thresholds."""
+    c.number_in("model.panoptic_fpn.instance_loss_weight", 0, math.inf)
+    c.number_in("model.panoptic_fpn.combine.overlap_thresh", 0, 1)
+    c.int_at_least("model.panoptic_fpn.combine.stuff_area_limit", 0)
+    c.number_in("model.panoptic_fpn.combine.instances_confidence_thresh", 0, 1)
 
 
 def _check_long_tail(c: _Checker) -> None:
@@ -1655,6 +1742,18 @@ def _check_rest(c: _Checker, stride: int | None) -> None:
         c.number_in("dataloader.repeat_threshold", 0.0, float("inf"), open_low=True)
     sh = config.data.shapes
     c.one_of("data.shapes.num_classes", range(1, 9))
+    c.one_of("data.shapes.num_stuff_classes", range(0, 5))
+    if "sem_seg_head" in config.model and config.data.source == "shapes":
+        c.require(
+            sh.num_stuff_classes > 0,
+            "data.shapes.num_stuff_classes",
+            "must be > 0 for a model with a semantic head (the panoptic shapes variant)",
+        )
+        c.require(
+            config.model.sem_seg_head.num_classes == sh.num_stuff_classes + 1,
+            "model.sem_seg_head.num_classes",
+            "must be data.shapes.num_stuff_classes + 1 (0 = things)",
+        )
     rng = tuple(sh.image_size_range)
     ok = not rng or (len(rng) == 2 and all(_is_int(x) for x in rng) and 1 <= rng[0] <= rng[1])
     c.require(ok, "data.shapes.image_size_range", "must be () or (lo, hi) ints, 1 <= lo <= hi")
@@ -1711,6 +1810,8 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
         return int(m.retinanet.num_classes)
     if m.meta_architecture == "ProposalNetwork":
         return 1  # class-agnostic objectness
+    if m.meta_architecture == "SemanticSegmentor":
+        return int(m.sem_seg_head.num_classes)
     return int(m.roi_heads.num_classes)
 
 

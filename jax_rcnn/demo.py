@@ -8,7 +8,9 @@
 `--config` takes one of our Python configs (`path.py[:variant]`) or a Detectron2 YAML. Boxes,
 class names, scores and mask overlays of detections scoring at least `--score-thresh` are drawn;
 several inputs are tiled into one picture. An RPN-only model (`ProposalNetwork`) draws its first
-20 proposals, scored by the sigmoid of their objectness logits.
+20 proposals, scored by the sigmoid of their objectness logits. A `PanopticFPN` draws its panoptic
+segments (stuff labelled with `--stuff-names`) under the instances' boxes; a
+`SemanticSegmentor` its semantic labels.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from jax_rcnn import visualize
 from jax_rcnn.config import from_detectron2, load_config, num_classes
@@ -42,6 +45,24 @@ def class_names_for(config, override: str | None) -> tuple[str, ...]:
     return ()
 
 
+def _draw_segments(rgb: np.ndarray, out: dict, stuff_names) -> tuple[np.ndarray, dict]:
+    """The panoptic segments (PanopticFPN) or the semantic labels (SemanticSegmentor, one
+    segment per label) filled in; the instances' masks are then not drawn again."""
+    out = dict(out)
+    if "panoptic_seg" in out:
+        seg, info = out["panoptic_seg"], out["segments_info"]
+    else:
+        labels = out["sem_seg_labels"]
+        seg = labels + 1
+        info = [
+            {"id": int(c) + 1, "isthing": False, "category_id": int(c)} for c in np.unique(labels)
+        ]
+    out["segments_info"] = info
+    out.pop("masks", None)
+    picture = visualize.draw_panoptic(rgb, seg, info, stuff_names=stuff_names)
+    return np.asarray(picture), out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jax_rcnn.demo", description=__doc__)
     parser.add_argument("--config", required=True, help="configs/x.py[:variant] or a D2 YAML")
@@ -50,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="output picture (.png/.jpg)")
     parser.add_argument("--score-thresh", type=float, default=0.5)
     parser.add_argument("--class-names", default=None, help="comma-separated, by class id")
+    parser.add_argument(
+        "--stuff-names", default=None, help="semantic class names, comma-separated, by label"
+    )
     args = parser.parse_args(argv)
+    stuff_names = tuple(n.strip() for n in args.stuff_names.split(",")) if args.stuff_names else ()
 
     path = args.config.split(":")[0]
     config = from_detectron2(path) if path.endswith((".yaml", ".yml")) else load_config(args.config)
@@ -66,11 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["scores"] = 1.0 / (1.0 + np.exp(-logits))
             out["classes"] = np.zeros(len(logits), np.int32)
             names = ("proposal",)
+        rgb = image[..., ::-1]  # BGR -> RGB
+        if "sem_seg_labels" in out:  # PanopticFPN / SemanticSegmentor: segments underneath
+            rgb, out = _draw_segments(rgb, out, stuff_names)
+            print(f"{path_in}: {len(out['segments_info'])} segments")
+        if "scores" not in out:
+            pictures.append(Image.fromarray(rgb))
+            continue
         shown = int((out["scores"] >= args.score_thresh).sum())
         print(f"{path_in}: {len(out['scores'])} detections, {shown} drawn")
         pictures.append(
             visualize.draw_instances(
-                image[..., ::-1],  # BGR -> RGB
+                rgb,
                 out["boxes"],
                 out["classes"],
                 out["scores"],

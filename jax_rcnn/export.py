@@ -28,7 +28,9 @@ mismatch is an error listing the offending names.
   `f(variables {"params/backbone/...": array}, images u8[B, H, W, 3], image_sizes i32[B, 2],
   original_sizes i32[B, 2]) -> {"boxes", "scores", "classes", "valid"[, "mask_probs"]}`
   (without `mask_probs` for RetinaNet and Faster R-CNN; see `jax_rcnn.meta_arch.rcnn.inference`;
-  `{"proposal_boxes", "objectness_logits", "valid"}` for a `ProposalNetwork`).
+  `{"proposal_boxes", "objectness_logits", "valid"}` for a `ProposalNetwork`; PanopticFPN adds
+  `sem_seg_logits f32[B, H/4, W/4, K]`, a SemanticSegmentor has only that, and the loaded
+  predictor returns what `Predictor` returns, panoptic post-processing included).
   The parameters are an argument, not constants, so each module is small and every shape shares
   one copy of them;
 * `variables.npz`: those parameters, keys `collection/path/to/leaf`;
@@ -68,10 +70,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 import jax_rcnn
-from jax_rcnn import postprocess
+from jax_rcnn import panoptic, postprocess
 from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.data import batching
 from jax_rcnn.data import transforms as T
@@ -85,7 +88,7 @@ VARIABLES = "variables.npz"
 D2_CHECKPOINT = "model_final.pkl"
 FORMAT_NAME = "jax_rcnn.export"
 FORMAT_VERSION = 1
-OUTPUT_KEYS = ("boxes", "scores", "classes", "valid", "mask_probs")
+OUTPUT_KEYS = ("boxes", "scores", "classes", "valid", "mask_probs", "sem_seg_logits")
 PROPOSAL_OUTPUT_KEYS = ("proposal_boxes", "objectness_logits", "valid")  # ProposalNetwork
 EXPORT_KERNELS = "reference"
 
@@ -403,10 +406,10 @@ def export_jax(
     flat = {k: np.asarray(v) for k, v in flatten_variables(variables).items()}
     flat_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
     model = modeling.build_model(config)
-    mask_on = bool(config.model.mask_on)
     model_inference = meta_arch.get(config).inference
     proposals_only = config.model.meta_architecture == "ProposalNetwork"
     output_keys = PROPOSAL_OUTPUT_KEYS if proposals_only else OUTPUT_KEYS
+    traced_keys: list[str] = []  # the outputs this meta-architecture has, set when traced
 
     def inference(flat_variables, images, image_sizes, original_sizes):
         out = model_inference(
@@ -418,7 +421,8 @@ def export_jax(
             config=config,
             backend=EXPORT_KERNELS,
         )
-        return {k: out[k] for k in output_keys if k in out}
+        traced_keys[:] = [k for k in output_keys if k in out]
+        return {k: out[k] for k in traced_keys}
 
     b = int(batch_size)
     sizes = jax.ShapeDtypeStruct((b, 2), jnp.int32)
@@ -461,7 +465,7 @@ def export_jax(
             platforms=list(platforms),
             platform_errors=errors,
             kernels=EXPORT_KERNELS,
-            outputs=[k for k in output_keys if k != "mask_probs" or mask_on],
+            outputs=list(traced_keys),
             calling_convention_version=int(exp.calling_convention_version),
             num_parameters=int(sum(v.size for v in flat.values())),
         )
@@ -536,6 +540,8 @@ class ExportedPredictor:
                 format=manifest["input_format"],
             )
         )
+        # the post-processing keys (`model.sem_seg_head`, `model.panoptic_fpn.combine`)
+        self._config = ml_collections.ConfigDict(manifest["config"])
         with np.load(os.path.join(self.directory, VARIABLES)) as data:
             self.variables = {k: jax.device_put(data[k]) for k in data.files}
         self._run = {}
@@ -588,7 +594,13 @@ class ExportedPredictor:
                 out = jax.device_get(out)
                 for j, i in enumerate(chunk):
                     size = tuple(int(s) for s in batch["original_size"][j])
-                    results[i] = postprocess.instances_for_image(out, j, size)
+                    if "sem_seg_logits" in out:  # PanopticFPN, SemanticSegmentor
+                        resized = tuple(int(s) for s in batch["image_size"][j])
+                        results[i] = panoptic.panoptic_for_image(
+                            out, j, resized, size, self._config
+                        )
+                    else:
+                        results[i] = postprocess.instances_for_image(out, j, size)
         return results  # type: ignore[return-value]
 
 

@@ -11,7 +11,10 @@ Each output is a dict of NumPy arrays in original-image pixels:
 `boxes f32[D, 4]` xyxy, `scores f32[D]`, `classes i32[D]`, and `masks bool[D, H, W]` for mask
 models, sorted by descending score. A `ProposalNetwork` (RPN-only) gives Detectron2's proposal
 fields instead: `proposal_boxes f32[P, 4]` xyxy and `objectness_logits f32[P]` (raw logits),
-sorted by descending logit.
+sorted by descending logit. A `PanopticFPN` adds Detectron2's `sem_seg f32[K, H, W]` (semantic
+logits at the original size), `sem_seg_labels i32[H, W]` (their argmax), `panoptic_seg i32[H,
+W]` (0 = void, segment ids 1..) and `segments_info` (list of dicts, Detectron2's fields); a
+`SemanticSegmentor` gives `sem_seg` and `sem_seg_labels` only (`jax_rcnn.panoptic`).
 
 The test path is Detectron2's: ResizeShortestEdge(min_size_test, max_size_test) with Pillow's
 bilinear filter on uint8, normalisation inside the model, zero padding after normalisation, then
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_rcnn import config as config_lib
-from jax_rcnn import meta_arch, modeling, postprocess
+from jax_rcnn import meta_arch, modeling, panoptic, postprocess
 from jax_rcnn.checkpoint import detectron2 as d2_checkpoint
 from jax_rcnn.compile import jit as compile_jit
 from jax_rcnn.data import batching
@@ -104,7 +107,10 @@ class Predictor:
             )
             out = jax.device_get(out)
             for j, i in enumerate(idx):
-                results[i] = postprocess.instances_for_image(
-                    out, j, tuple(int(s) for s in batch["original_size"][j])
-                )
+                original = tuple(int(s) for s in batch["original_size"][j])
+                if "sem_seg_logits" in out:  # PanopticFPN, SemanticSegmentor
+                    size = tuple(int(s) for s in batch["image_size"][j])
+                    results[i] = panoptic.panoptic_for_image(out, j, size, original, self.config)
+                else:
+                    results[i] = postprocess.instances_for_image(out, j, original)
         return results  # type: ignore[return-value]

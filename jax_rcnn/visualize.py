@@ -1,4 +1,4 @@
-"""Drawing detections with PIL: boxes, class names, scores and mask overlays.
+"""Drawing detections with PIL: boxes, class names, scores, mask overlays, panoptic segments.
 
 Used by the training loop (a picture of predictions on a few validation images after each
 evaluation) and by `jax_rcnn.demo`. Host side: NumPy and PIL only.
@@ -81,6 +81,48 @@ def draw_instances(
         left, top, right, bottom = draw.textbbox((tx, ty), label, font=font)
         draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=color)
         draw.text((tx, ty), label, fill=(0, 0, 0), font=font)
+    return out
+
+
+def draw_panoptic(
+    image: np.ndarray,
+    panoptic_seg: np.ndarray,
+    segments_info: Sequence[dict],
+    *,
+    stuff_names: Sequence[str] = (),
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Draws a panoptic segmentation: every segment filled with its category's colour (things
+    and stuff from separate palettes), stuff names at their segments' centres.
+
+    Args:
+      image: u8[H, W, 3] RGB.
+      panoptic_seg: i32[H, W] segment ids (0 = void, left as is).
+      segments_info: Detectron2's list (`id`, `isthing`, `category_id`).
+      stuff_names: names by semantic label (0 = "things").
+      alpha: opacity of the fills.
+
+    Returns:
+      An RGB `PIL.Image` (draw the things' boxes on it with `draw_instances(masks=None)`).
+    """
+    canvas = np.asarray(image, np.uint8).astype(np.float32)
+    labels = []
+    for seg in segments_info:
+        m = np.asarray(panoptic_seg) == seg["id"]
+        if not m.any():
+            continue
+        c = int(seg["category_id"])
+        color = np.asarray(class_color(c if seg["isthing"] else 1000 + c), np.float32)
+        canvas[m] = canvas[m] * (1 - alpha) + color * alpha
+        if not seg["isthing"]:
+            ys, xs = np.nonzero(m)
+            name = stuff_names[c] if 0 <= c < len(stuff_names) else f"stuff {c}"
+            labels.append((float(xs.mean()), float(ys.mean()), name))
+    out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    for x, y, name in labels:
+        draw.text((x, y), name, fill=(255, 255, 255), font=font, anchor="mm")
     return out
 
 

@@ -18,6 +18,7 @@ path becomes a Detectron2 name by three rules:
 | path separator `/` | `.` |
 | block `res{s}_{i}` | `res{s}.{i}` |
 | cascade stage `box_head_{k}`, `box_predictor_{k}` | `box_head.{k}`, `box_predictor.{k}` |
+| semantic tower layer `sem_seg_head/p{l}_{i}` | `sem_seg_head.p{l}.{i}` |
 | `params` `kernel` / `bias` / BN-GN `scale` | `weight` / `bias` / `weight` |
 | `batch_stats` `mean` / `var` | `running_mean` / `running_var` |
 | `frozen` `weight`, `bias`, `running_mean`, `running_var` | same names |
@@ -62,7 +63,7 @@ _LEAF_TO_D2 = {
     (modeling.FROZEN, "running_mean"): "running_mean",
     (modeling.FROZEN, "running_var"): "running_var",
 }
-_BLOCK = re.compile(r"^(res\d|box_head|box_predictor)_(\d+)$")
+_BLOCK = re.compile(r"^(res\d|box_head|box_predictor|p\d)_(\d+)$")
 _IGNORED = re.compile(r"(^|\.)(num_batches_tracked|pixel_mean|pixel_std)$|anchor_generator\.")
 _MSRA_CLASSIFIER = re.compile(r"^(fc1000|pred)_[wb]$")
 FROZEN_BN_EPS = 1e-5
@@ -99,7 +100,8 @@ def _d2_name(collection: str, path: tuple[str, ...]) -> str:
 def _flat_input_chw(config) -> tuple[tuple[tuple[str, ...], ...], tuple[int, int, int] | None]:
     """Module paths whose dense kernel reads the flattened pooled map, and that map's (C,S,S)."""
     m = config.model
-    name = modeling.roi_heads_name(config) if m.meta_architecture == "GeneralizedRCNN" else ""
+    rcnn = m.meta_architecture in ("GeneralizedRCNN", "PanopticFPN")
+    name = modeling.roi_heads_name(config) if rcnn else ""
     if name not in ("StandardROIHeads", "CascadeROIHeads"):
         return (), None  # no fully connected layer on pooled features (C4: a spatial mean)
     bh = m.roi_box_head
@@ -257,6 +259,12 @@ def describe_config(config) -> str:
             f"fpn.out_channels={m.fpn.out_channels}, num_classes={m.retinanet.num_classes}, "
             f"num_convs={m.retinanet.num_convs}"
         )
+    if m.meta_architecture == "SemanticSegmentor":
+        return (
+            f"SemanticSegmentor R{r.depth}-FPN (norm={r.norm!r}, stem={r.stem_out_channels}, "
+            f"res2_out={r.res2_out_channels}, width_per_group={r.width_per_group}), "
+            f"fpn.out_channels={m.fpn.out_channels}, {_describe_sem_seg_head(m)}"
+        )
     kind = {"FPN": "FPN", "C4": "C4 (Res5ROIHeads)", "DC5": "DC5"}[cfg_layout(config)]
     if m.meta_architecture == "ProposalNetwork":
         kind = kind.split(" ")[0]  # no ROI heads
@@ -271,9 +279,17 @@ def describe_config(config) -> str:
     if m.meta_architecture == "ProposalNetwork":
         return f"ProposalNetwork (RPN only, no roi_heads.*) {backbone.rstrip(', ')}"
     box = f", box fc_dim={m.roi_box_head.fc_dim}" if "fc_dim" in m.roi_box_head else ""
-    return f"{backbone}num_classes={m.roi_heads.num_classes}{box}, mask_on={m.mask_on}" + (
+    text = f"{backbone}num_classes={m.roi_heads.num_classes}{box}, mask_on={m.mask_on}" + (
         f" (mask conv_dim={m.roi_mask_head.conv_dim})" if m.mask_on else ""
     )
+    if m.meta_architecture == "PanopticFPN":
+        text = f"PanopticFPN {text}, {_describe_sem_seg_head(m)}"
+    return text
+
+
+def _describe_sem_seg_head(m) -> str:
+    h = m.sem_seg_head
+    return f"sem_seg_head num_classes={h.num_classes}, convs_dim={h.convs_dim}, norm={h.norm!r}"
 
 
 def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:

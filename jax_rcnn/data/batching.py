@@ -45,6 +45,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import pycocotools.mask as mask_util
 
+from jax_rcnn.data import panoptic
 from jax_rcnn.data import transforms as T
 from jax_rcnn.data.coco import BOX_MODE_XYWH_ABS, BOX_MODE_XYXY_ABS
 
@@ -189,7 +190,9 @@ def make_train_example(record: dict, config, rng: np.random.Generator) -> dict:
           gt_masks: u8[G, M, M] soft box-relative masks, 255 = fully inside (only when
             `config.model.mask_on`; see the module docstring);
           gt_num_dropped: i32 scalar, instances removed as empty after the transforms;
-          gt_num_overflow: i32 scalar, instances beyond `max_gt` that were discarded.
+          gt_num_overflow: i32 scalar, instances beyond `max_gt` that were discarded;
+          sem_seg: u8[H, W] semantic targets (resized NEAREST, flipped, padded with 255), only
+            for a record with `sem_seg_file_name` or `pan_seg_file_name` (`data/panoptic.py`).
         G = config.input.max_gt, M = config.input.gt_mask_size.
     """
     cfg = config.input
@@ -274,7 +277,29 @@ def make_train_example(record: dict, config, rng: np.random.Generator) -> dict:
         for j, i in enumerate(idx):
             masks[j] = np.rint(255.0 * T.roi_align_mask(full_masks[i], boxes[i], m))
         example["gt_masks"] = masks
+    sem = _semantic_gt(record)
+    if sem is not None:
+        example["sem_seg"] = panoptic.pad_semantic(
+            panoptic.semantic_target(sem, nh, nw, flip), padded
+        )
     return example
+
+
+def _semantic_gt(record: dict) -> np.ndarray | None:
+    """The record's semantic map `u8[height, width]` (things 0, stuff 1.., void 255): its
+    `sem_seg_file_name` PNG, or derived from its panoptic PNG; None without either."""
+    h, w = record["height"], record["width"]
+    if "sem_seg_file_name" in record:
+        return panoptic.read_semantic(record["sem_seg_file_name"], h, w)
+    if "pan_seg_file_name" in record:
+        ids = panoptic.read_panoptic_png(record["pan_seg_file_name"], record["segments_info"])
+        if ids.shape != (h, w):
+            raise ValueError(
+                f"{record['pan_seg_file_name']}: panoptic PNG is {ids.shape[0]}x{ids.shape[1]} "
+                f"(HxW) but its image is {h}x{w}"
+            )
+        return panoptic.panoptic_to_semantic(ids, record["segments_info"])
+    return None
 
 
 def make_test_example(record_or_image: dict | np.ndarray, config) -> dict:
@@ -345,10 +370,14 @@ def collate(examples: Sequence[dict], batch_size: int | None = None) -> dict:
     wmax = max(e["image"].shape[1] for e in examples)
     batch = {}
     for k in keys:
-        vals = [
-            pad_image(e[k], (hmax, wmax)) if k == "image" else np.asarray(e[k]) for e in examples
-        ]
-        stacked = np.zeros((b,) + vals[0].shape, vals[0].dtype)
+        if k == "image":
+            vals = [pad_image(e[k], (hmax, wmax)) for e in examples]
+        elif k == "sem_seg":  # ignored label in the padding, as the images' zero padding
+            vals = [panoptic.pad_semantic(e[k], (hmax, wmax)) for e in examples]
+        else:
+            vals = [np.asarray(e[k]) for e in examples]
+        fill = panoptic.IGNORE_VALUE if k == "sem_seg" else 0
+        stacked = np.full((b,) + vals[0].shape, fill, vals[0].dtype)
         stacked[: len(vals)] = np.stack(vals)
         batch[k] = stacked
     if b > len(examples):

@@ -6,11 +6,15 @@ Parity: `detectron2/data/datasets/builtin.py` (`register_all_coco`): a name such
 to the working directory), read when the dataset is loaded, as Detectron2 reads it when it
 registers its datasets.
 
-Only names of a task jax_rcnn trains and evaluates today (COCO and LVIS instance detection /
-segmentation; `lvis_*` names mean `<root>/lvis/*.json` with the COCO images under
-`<root>/coco`, read as LVIS json and evaluated with LVIS AP) resolve. The other builtin names
-(keypoints, panoptic, the unannotated test splits) are errors that say why; any other name (a
-user-registered dataset) needs the paths in `config.data.<split>.json` / `.images`.
+Only names of a task jax_rcnn trains and evaluates today resolve: COCO and LVIS instance
+detection / segmentation (`lvis_*` names mean `<root>/lvis/*.json` with the COCO images under
+`<root>/coco`, read as LVIS json and evaluated with LVIS AP), and Panoptic FPN's
+`coco_2017_{train,val,val_100}_panoptic_separated` (Detectron2's
+`register_coco_panoptic_separated`: the instances split, plus the semantic PNGs of
+`datasets/prepare_panoptic_fpn.py` in `coco/panoptic_stuff_<split>` and, for PQ, the panoptic
+JSON + PNGs). The other builtin names (keypoints, combined panoptic, stuff-only, the unannotated
+test splits) are errors that say why; any other name (a user-registered dataset) needs the paths
+in `config.data.<split>.json` / `.images`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,27 @@ LVIS_INSTANCES: dict[str, tuple[str, str]] = {
     "lvis_v0.5_val_cocofied": ("coco", "lvis/lvis_v0.5_val_cocofied.json"),
 }
 
+# `<instances name>_panoptic_separated` -> (panoptic PNG dir, panoptic json, semantic PNG dir)
+# (Detectron2's `_PREDEFINED_SPLITS_COCO_PANOPTIC`).
+COCO_PANOPTIC: dict[str, tuple[str, str, str]] = {
+    "coco_2017_train": (
+        "coco/panoptic_train2017",
+        "coco/annotations/panoptic_train2017.json",
+        "coco/panoptic_stuff_train2017",
+    ),
+    "coco_2017_val": (
+        "coco/panoptic_val2017",
+        "coco/annotations/panoptic_val2017.json",
+        "coco/panoptic_stuff_val2017",
+    ),
+    "coco_2017_val_100": (
+        "coco/panoptic_val2017_100",
+        "coco/annotations/panoptic_val2017_100.json",
+        "coco/panoptic_stuff_val2017_100",
+    ),
+}
+SEPARATED = "_panoptic_separated"
+
 # Builtin names jax_rcnn recognises but cannot use: (prefix or exact name, why).
 UNSUPPORTED: tuple[tuple[str, str], ...] = (
     ("coco_2017_test", "has no annotations (image info only): it cannot be trained or evaluated"),
@@ -54,7 +79,10 @@ UNSUPPORTED: tuple[tuple[str, str], ...] = (
     ("voc_", "is a Pascal VOC dataset; jax_rcnn reads COCO-format json only"),
     ("ade20k_", "is a semantic segmentation dataset; jax_rcnn has no semantic segmentation head"),
 )
-_PANOPTIC_WHY = "is a panoptic dataset; jax_rcnn has no semantic / panoptic segmentation head"
+_PANOPTIC_WHY = (
+    "is a combined panoptic / stuff-only dataset; Panoptic FPN trains on the "
+    "'<split>_panoptic_separated' names (instances json + semantic PNGs)"
+)
 
 
 def datasets_root() -> str:
@@ -71,7 +99,8 @@ def resolve(name: str, key: str) -> dict[str, str]:
 
     Returns:
       {"json": <root>/coco/annotations/...json, "images": <root>/coco/..., "format": "coco"}
-      ("format": "lvis" for the LVIS names).
+      ("format": "lvis" for the LVIS names); a `*_panoptic_separated` name adds "sem_seg"
+      (semantic PNG dir), "panoptic_json" and "panoptic_png".
 
     Raises:
       ValueError: `name` is a builtin name of an unsupported task, or not a builtin name (the
@@ -86,6 +115,12 @@ def resolve(name: str, key: str) -> dict[str, str]:
                 "images": os.path.join(root, images),
                 "format": fmt,
             }
+    base = name[: -len(SEPARATED)] if name.endswith(SEPARATED) else None
+    if base in COCO_PANOPTIC:
+        paths = resolve(base, key)
+        root = datasets_root()
+        png, pan_json, sem = (os.path.join(root, p) for p in COCO_PANOPTIC[base])
+        return {**paths, "sem_seg": sem, "panoptic_json": pan_json, "panoptic_png": png}
     why = _PANOPTIC_WHY if "_panoptic" in name else None
     for prefix, reason in UNSUPPORTED:
         if why is None and name.startswith(prefix):

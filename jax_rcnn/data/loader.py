@@ -92,8 +92,10 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
     Returns:
         `(records, meta)` as `load_coco_json` (or `load_lvis_json`) returns them, with
         `meta["json_file"]` the split's JSON (the evaluator's ground truth) and
-        `meta["format"]` its annotation format ("coco" or "lvis"). Training records have crowd
-        instances removed (and, if `filter_empty_annotations`, images without instances).
+        `meta["format"]` its annotation format ("coco" or "lvis"); the panoptic shapes variant
+        adds each record's `sem_seg_file_name` and `meta["panoptic_json"]`,
+        `meta["panoptic_png"]`. Training records have crowd instances removed (and, if
+        `filter_empty_annotations`, images without instances).
 
     Raises:
         ValueError: unknown split or source, an empty path in the config, or no records.
@@ -107,6 +109,12 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         load = load_lvis_json if paths["format"] == "lvis" else load_coco_json
         records, meta = load(paths["json"], paths["images"], dataset_name=data.name)
         meta = {**meta, "json_file": paths["json"], "format": paths["format"]}
+        if "sem_seg" in paths:  # a Detectron2 `*_panoptic_separated` name
+            from jax_rcnn.data.panoptic import attach_sem_seg
+
+            records = attach_sem_seg(records, paths["sem_seg"])
+            meta["panoptic_json"] = paths["panoptic_json"]
+            meta["panoptic_png"] = paths["panoptic_png"]
     elif data.source == "shapes":
         from jax_rcnn.data.shapes import config_paths
 
@@ -118,6 +126,12 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
             paths[f"{which}_json"], paths[f"{which}_images"], dataset_name=f"shapes/{which}"
         )
         meta = {**meta, "json_file": paths[f"{which}_json"], "format": fmt}
+        if f"{which}_sem_seg" in paths:  # the panoptic variant: the panoptic_separated layout
+            from jax_rcnn.data.panoptic import attach_sem_seg
+
+            records = attach_sem_seg(records, paths[f"{which}_sem_seg"])
+            meta["panoptic_json"] = paths[f"{which}_panoptic_json"]
+            meta["panoptic_png"] = paths[f"{which}_panoptic_png"]
     elif data.source == "tfds":
         from jax_rcnn.data.tfds_source import load_tfds_records
 

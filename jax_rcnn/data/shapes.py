@@ -38,6 +38,8 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "ring", "cross", "ellipse", "hexagon")
+# The panoptic variant's stuff classes (semantic labels 1..S; 0 = "things"), each a texture.
+STUFF_NAMES = ("sky", "grass", "water", "wall")
 GENERATOR_VERSION = 1
 
 _EMPTY_IMAGE_PROB = 0.06
@@ -126,12 +128,58 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return bg
 
 
+def _stuff_texture(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
+    """f32[h, w, 3]: a stuff class's texture with a jittered colour."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    jitter = rng.uniform(-25, 25, 3)
+    if kind == "sky":  # smooth vertical gradient, little noise
+        base = np.array([120, 170, 235]) + jitter
+        tex = base + (yy / max(h, 1) * 40)[..., None] + rng.normal(0, 2, (h, w, 3))
+    elif kind == "grass":  # green, strong vertical streak noise
+        base = np.array([60, 150, 50]) + jitter
+        streaks = np.repeat(rng.normal(0, 25, (1, w)), h, axis=0)
+        tex = base + streaks[..., None] + rng.normal(0, 12, (h, w, 3))
+    elif kind == "water":  # blue with horizontal waves
+        base = np.array([30, 80, 160]) + jitter
+        period = rng.uniform(5, 10)
+        waves = 30 * np.sin(2 * np.pi * (yy + 3 * np.sin(xx / 7)) / period)
+        tex = base + waves[..., None] + rng.normal(0, 5, (h, w, 3))
+    else:  # wall: bricks, mortar lines every 8 rows / 16 columns (offset every other row)
+        base = np.array([150, 80, 60]) + jitter
+        row = (yy // 8).astype(int)
+        mortar = (yy % 8 < 1) | ((xx + 8 * (row % 2)) % 16 < 1)
+        tex = np.where(mortar[..., None], 210.0, base) + rng.normal(0, 6, (h, w, 3))
+    return tex.astype(np.float32)
+
+
+def stuff_background(
+    rng: np.random.Generator, h: int, w: int, num_stuff: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A background of 2-3 stuff regions: a wavy horizontal boundary, sometimes a vertical one.
+
+    Returns:
+      `(f32[h, w, 3] image, u8[h, w] semantic labels 1..num_stuff)`.
+    """
+    yy, xx = np.mgrid[0:h, 0:w]
+    kinds = rng.permutation(num_stuff)[: min(3, num_stuff)] + 1
+    cut = rng.uniform(0.25, 0.75) * h + rng.uniform(2, 8) * np.sin(xx / rng.uniform(8, 30))
+    labels = np.where(yy < cut, kinds[0], kinds[min(1, len(kinds) - 1)]).astype(np.uint8)
+    if len(kinds) > 2 and rng.random() < 0.5:
+        labels[(xx > rng.uniform(0.3, 0.7) * w) & (yy >= cut)] = kinds[2]
+    image = np.zeros((h, w, 3), np.float32)
+    for k in np.unique(labels):
+        m = labels == k
+        image[m] = _stuff_texture(rng, STUFF_NAMES[int(k) - 1], h, w)[m]
+    return image, labels
+
+
 def render_image(
     rng: np.random.Generator,
     image_size: tuple[int, int],
     max_instances: int,
     num_classes: int = len(CLASS_NAMES),
     class_weights: np.ndarray | None = None,
+    background: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draws one image.
 
@@ -141,13 +189,15 @@ def render_image(
         max_instances: most shapes placed before occlusion culling.
         num_classes: shapes are drawn from the first `num_classes` of `CLASS_NAMES`.
         class_weights: f64[num_classes] class probabilities (None: uniform).
+        background: f32[h, w, 3] to draw on (the panoptic variant's stuff); default a random
+            textured background.
 
     Returns:
         `(image u8[h, w, 3] RGB, [(class index, visible bool[h, w] mask), ...])` in drawing
         order (later instances on top).
     """
     h, w = image_size
-    img = _background(rng, h, w)
+    img = _background(rng, h, w) if background is None else background.copy()
     n = 0 if rng.random() < _EMPTY_IMAGE_PROB else int(rng.integers(1, max_instances + 1))
     max_r = min(h, w) / 4.0  # diameter up to half the short side
     shapes = []
@@ -204,6 +254,11 @@ def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict
     num_classes = params.get("num_classes", len(CLASS_NAMES))
     long_tail = bool(params.get("long_tail"))
     weights = long_tail_weights(num_classes) if long_tail and split == "train" else None
+    num_stuff = params.get("num_stuff_classes", 0)
+    panoptic_annotations = []
+    if num_stuff:
+        os.makedirs(os.path.join(out_dir, f"{split}_sem"))
+        os.makedirs(os.path.join(out_dir, f"{split}_panoptic"))
     for i in range(num):
         rng = np.random.default_rng([params["seed"], split_id, i])
         if size_range:
@@ -212,9 +267,23 @@ def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict
             h, w = (int(x) for x in size_rng.integers(size_range[0], size_range[1] + 1, 2))
         else:
             h, w = params["image_size"]
-        image, instances = render_image(rng, (h, w), params["max_instances"], num_classes, weights)
+        background = stuff = None
+        if num_stuff:
+            background, stuff = stuff_background(rng, h, w, num_stuff)
+        image, instances = render_image(
+            rng,
+            (h, w),
+            params["max_instances"],
+            num_classes,
+            class_weights=weights,
+            background=background,
+        )
         file_name = f"{i:06d}.png"
         Image.fromarray(image).save(os.path.join(img_dir, file_name), compress_level=1)
+        if num_stuff:
+            panoptic_annotations.append(
+                _write_panoptic(out_dir, split, i + 1, file_name, stuff, instances, num_classes)
+            )
         images.append({"id": i + 1, "file_name": file_name, "height": h, "width": w})
         if long_tail:  # LVIS fields: half the absent classes verified absent, all exhaustive
             present = {cls + 1 for cls, _ in instances}
@@ -247,6 +316,19 @@ def _write_split(out_dir: str, split: str, split_id: int, num: int, params: dict
             for k, n in enumerate(CLASS_NAMES[:num_classes])
         ],
     }
+    if num_stuff:
+        stuff_cats = [
+            {"id": num_classes + k + 1, "name": n, "isthing": 0, "supercategory": "stuff"}
+            for k, n in enumerate(STUFF_NAMES[:num_stuff])
+        ]
+        panoptic = {
+            "info": coco["info"],
+            "images": images,
+            "annotations": panoptic_annotations,
+            "categories": [{**c, "isthing": 1} for c in coco["categories"]] + stuff_cats,
+        }
+        with open(os.path.join(out_dir, f"{split}_panoptic.json"), "w") as f:
+            json.dump(panoptic, f)
     return coco
 
 
@@ -272,13 +354,50 @@ def _lvis_categories(train: dict, num_classes: int) -> list[dict]:
     ]
 
 
-def _paths(root: str) -> dict:
-    return {
+def _write_panoptic(out_dir, split, image_id, file_name, stuff, instances, num_classes) -> dict:
+    """Writes one image's semantic PNG (things 0, stuff 1..S; Detectron2's
+    `panoptic_separated`) and panoptic PNG (segment ids, panopticapi's RGB encoding); returns
+    its panoptic annotation (stuff category id = `num_classes` + label)."""
+    semantic = stuff.copy()
+    ids = np.zeros(stuff.shape, np.int64)
+    segments = []
+    for k, (cls, visible) in enumerate(instances):
+        semantic[visible] = 0
+        ids[visible] = k + 1
+        segments.append({"id": k + 1, "category_id": cls + 1, "iscrowd": 0, "mask": visible})
+    for label in np.unique(stuff):
+        m = (stuff == label) & (semantic != 0)
+        if m.any():
+            seg_id = len(segments) + 1
+            ids[m] = seg_id
+            segments.append(
+                {"id": seg_id, "category_id": num_classes + int(label), "iscrowd": 0, "mask": m}
+            )
+    Image.fromarray(semantic).save(os.path.join(out_dir, f"{split}_sem", file_name))
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(os.path.join(out_dir, f"{split}_panoptic", file_name))
+    info = []
+    for s in segments:
+        ys, xs = np.nonzero(s.pop("mask"))
+        x0, y0 = int(xs.min()), int(ys.min())
+        box = [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]
+        info.append({**s, "area": len(ys), "bbox": box})
+    return {"image_id": image_id, "file_name": file_name, "segments_info": info}
+
+
+def _paths(root: str, panoptic: bool = False) -> dict:
+    paths = {
         "train_json": os.path.join(root, "train.json"),
         "train_images": os.path.join(root, "train"),
         "val_json": os.path.join(root, "val.json"),
         "val_images": os.path.join(root, "val"),
     }
+    if panoptic:
+        for split in ("train", "val"):
+            paths[f"{split}_sem_seg"] = os.path.join(root, f"{split}_sem")
+            paths[f"{split}_panoptic_json"] = os.path.join(root, f"{split}_panoptic.json")
+            paths[f"{split}_panoptic_png"] = os.path.join(root, f"{split}_panoptic")
+    return paths
 
 
 def _is_complete(root: str, params: dict) -> bool:
@@ -288,7 +407,7 @@ def _is_complete(root: str, params: dict) -> bool:
                 return False
     except (OSError, ValueError):
         return False
-    p = _paths(root)
+    p = _paths(root, bool(params.get("num_stuff_classes")))
     return all(os.path.exists(v) for v in p.values()) and (
         len(os.listdir(p["train_images"])) == params["num_train"]
         and len(os.listdir(p["val_images"])) == params["num_val"]
@@ -306,6 +425,7 @@ def ensure_shapes_dataset(
     image_size_range: tuple[int, int] | tuple[()] = (),
     num_classes: int = len(CLASS_NAMES),
     long_tail: bool = False,
+    num_stuff_classes: int = 0,
 ) -> dict:
     """Returns the paths of the shapes dataset, generating it on first use.
 
@@ -325,13 +445,18 @@ def ensure_shapes_dataset(
             `frequency` (r / c / f from training image counts, `_frequency`), `image_count`,
             `synonyms`; images carry `neg_category_ids` (half the absent classes) and an empty
             `not_exhaustive_category_ids` (the synthetic annotations are exhaustive).
+        num_stuff_classes: 0, or the panoptic variant (1..4): backgrounds made of regions of the
+            first `num_stuff_classes` of `STUFF_NAMES`, each with its texture, plus semantic
+            PNGs (things 0, stuff 1..S) and COCO panoptic JSON + PNGs for each split.
 
     Raises:
         ValueError: `image_size_range` is not (lo, hi) with 1 <= lo <= hi, or `num_classes`
             is not in 1..8.
 
     Returns:
-        dict with `train_json`, `train_images`, `val_json`, `val_images` (absolute paths).
+        dict with `train_json`, `train_images`, `val_json`, `val_images` (absolute paths);
+        the panoptic variant adds `{split}_sem_seg`, `{split}_panoptic_json`,
+        `{split}_panoptic_png` for split in train, val.
     """
     params = {
         "version": GENERATOR_VERSION,
@@ -356,11 +481,20 @@ def ensure_shapes_dataset(
         params["num_classes"] = int(num_classes)
     if long_tail:
         params["long_tail"] = True
+    if not 0 <= int(num_stuff_classes) <= len(STUFF_NAMES):
+        raise ValueError(
+            f"shapes num_stuff_classes must be in 0..{len(STUFF_NAMES)}, got {num_stuff_classes}"
+        )
+    if int(num_stuff_classes):
+        params["num_stuff_classes"] = int(num_stuff_classes)
+    if long_tail and int(num_stuff_classes):
+        raise ValueError("the shapes long_tail and num_stuff_classes variants do not combine")
     cache_dir = os.path.abspath(os.fspath(cache_dir or default_cache_dir()))
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     root = os.path.join(cache_dir, f"shapes_v{GENERATOR_VERSION}_{digest}")
+    panoptic = bool(params.get("num_stuff_classes"))
     if _is_complete(root, params):
-        return _paths(root)
+        return _paths(root, panoptic)
     if os.path.exists(root):
         logger.warning("shapes dataset at %s is incomplete or stale; regenerating", root)
         shutil.rmtree(root)
@@ -390,7 +524,7 @@ def ensure_shapes_dataset(
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
-    return _paths(root)
+    return _paths(root, panoptic)
 
 
 def config_paths(config) -> dict:
@@ -406,4 +540,5 @@ def config_paths(config) -> dict:
         image_size_range=tuple(s.image_size_range),
         num_classes=s.num_classes,
         long_tail=bool(s.get("long_tail", False)),
+        num_stuff_classes=s.get("num_stuff_classes", 0),
     )

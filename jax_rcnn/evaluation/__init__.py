@@ -1,5 +1,5 @@
 """jax_rcnn.evaluation: host-side COCO evaluation (NumPy + pycocotools, no JAX): box and mask AP,
-box-proposal AR."""
+box-proposal AR, panoptic PQ / SQ / RQ and semantic mIoU / fwIoU / accuracies."""
 
 from jax_rcnn.evaluation.coco_evaluation import (
     COCOEvaluator,
@@ -11,10 +11,19 @@ from jax_rcnn.evaluation.coco_evaluation import (
     instances_to_coco_json,
     load_coco,
 )
+from jax_rcnn.evaluation.panoptic_evaluation import (
+    PQStat,
+    pq_compute,
+    pq_compute_single_image,
+    pq_results,
+    sem_seg_confusion,
+    sem_seg_metrics,
+)
 from jax_rcnn.evaluation.proposal_evaluation import ProposalEvaluator, evaluate_box_proposals
 
 __all__ = [
     "COCOEvaluator",
+    "PQStat",
     "ProposalEvaluator",
     "derive_coco_results",
     "encode_masks",
@@ -24,4 +33,9 @@ __all__ = [
     "evaluate_results_file",
     "instances_to_coco_json",
     "load_coco",
+    "pq_compute",
+    "pq_compute_single_image",
+    "pq_results",
+    "sem_seg_confusion",
+    "sem_seg_metrics",
 ]

@@ -13,6 +13,8 @@ The folder reads like the model zoo:
 | `rcnn.py` | Faster / Mask R-CNN (`GeneralizedRCNN`; ROI heads by `model.roi_heads.name`) |
 | `retinanet.py` | RetinaNet |
 | `proposal_network.py` | RPN-only proposal models (`ProposalNetwork`) |
+| `panoptic_fpn.py` | Panoptic FPN (`PanopticFPN`: Mask R-CNN + semantic head) |
+| `semantic_seg.py` | semantic segmentation (`SemanticSegmentor`: FPN + semantic head) |
 
 A stage is a pure function `(config, nets, features, inputs[, gt, key]) -> outputs[, losses]`;
 the networks (Flax modules, parameters) live in `jax_rcnn.modeling`. Each meta-architecture
@@ -35,12 +37,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from jax_rcnn.meta_arch import proposal_network, rcnn, retinanet
+from jax_rcnn.meta_arch import panoptic_fpn, proposal_network, rcnn, retinanet, semantic_seg
 
 META_ARCHITECTURES: dict[str, ModuleType] = {
     "GeneralizedRCNN": rcnn,
     "RetinaNet": retinanet,
     "ProposalNetwork": proposal_network,
+    "PanopticFPN": panoptic_fpn,
+    "SemanticSegmentor": semantic_seg,
 }
 
 

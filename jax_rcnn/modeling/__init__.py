@@ -1,6 +1,7 @@
 """jax_rcnn.modeling: the Flax modules that own parameters, one container per meta-architecture.
 
-A container (`GeneralizedRCNN`, `ProposalNetwork`, `RetinaNet`) holds only the networks, in
+A container (`GeneralizedRCNN`, `ProposalNetwork`, `RetinaNet`, `PanopticFPN`,
+`SemanticSegmentor`) holds only the networks, in
 Detectron2's module tree, so checkpoint names map one to one; the geometry between them
 (anchors, proposals, ROIAlign, sampling, losses, postprocessing) lives in `jax_rcnn/*.py` and is
 wired by `jax_rcnn.meta_arch`. `build_model(config)` builds the container that
@@ -29,6 +30,9 @@ Shapes (NHWC, f32 outputs):
   * C4 (`Res5ROIHeads`): `res5_head(pooled f32[..., 14, 14, C4])` -> f32[..., 7, 7, C5];
     `box_head` and `mask_head` then take that res5 output (spatial mean -> predictor; deconv
     -> 14x14 logits).
+  * PanopticFPN (GeneralizedRCNN's methods) and SemanticSegmentor (`features` only):
+    `sem_seg(features dict)` -> semantic logits f32[B, H/4, W/4, K] (`SemSegFPNHead`,
+    parameters under `sem_seg_head/p{l}_{i}` and `sem_seg_head/predictor`).
   * RetinaNet: `features(images)` -> {"p3", ..., "p7"}; `head(features dict)` ->
     (cls_logits per level f32[B, Hi*Wi*A, K], box_deltas per level f32[B, Hi*Wi*A, 4]).
 
@@ -65,16 +69,20 @@ from jax_rcnn.modeling.resnet import (
     frozen_param_mask,
 )
 from jax_rcnn.modeling.retinanet_head import RetinaNetHead
+from jax_rcnn.modeling.sem_seg_head import SemSegFPNHead
 
 __all__ = [
     "FROZEN",
     "GeneralizedRCNN",
     "NETWORKS",
+    "PanopticFPN",
     "ProposalNetwork",
     "RPN",
     "CascadeROIHeads",
     "Res5ROIHeads",
     "RetinaNet",
+    "SemSegFPNHead",
+    "SemanticSegmentor",
     "StandardROIHeads",
     "abstract_variables",
     "build_backbone",
@@ -289,6 +297,52 @@ class GeneralizedRCNN(nn.Module):
         out = dict(features=feats, rpn_logits=logits, rpn_deltas=deltas)
         out.update(self.roi_heads.initialize(c, images.dtype))
         return out
+
+
+class PanopticFPN(GeneralizedRCNN):
+    """The parameterised networks of Detectron2's `PanopticFPN`: Mask R-CNN (`GeneralizedRCNN`)
+    plus `sem_seg_head` (`SemSegFPNHead`) on the same FPN levels.
+
+    Attributes:
+      sem_seg_head: the semantic head.
+    """
+
+    sem_seg_head: SemSegFPNHead | None = None
+
+    def sem_seg(self, features: dict[str, jax.Array]) -> jax.Array:
+        """FPN dict -> semantic logits f32[B, H/s, W/s, K] at the common stride s."""
+        return self.sem_seg_head(features)
+
+    def __call__(self, images: jax.Array) -> dict[str, Any]:
+        """Runs every network once; used by `init` (see `GeneralizedRCNN.__call__`)."""
+        out = super().__call__(images)
+        out["sem_seg_logits"] = self.sem_seg(out["features"])
+        return out
+
+
+class SemanticSegmentor(nn.Module):
+    """The parameterised networks of Detectron2's `SemanticSegmentor` (backbone + sem head).
+
+    Attributes:
+      backbone: ResNet-FPN.
+      sem_seg_head: `SemSegFPNHead`.
+    """
+
+    backbone: nn.Module
+    sem_seg_head: SemSegFPNHead
+
+    def features(self, images: jax.Array) -> dict[str, jax.Array]:
+        """images f32[B, H, W, 3] -> {"p2": f32[B, H/4, W/4, C], ..., "p6": ...}."""
+        return self.backbone(images)
+
+    def sem_seg(self, features: dict[str, jax.Array]) -> jax.Array:
+        """FPN dict -> semantic logits f32[B, H/s, W/s, K] at the common stride s."""
+        return self.sem_seg_head(features)
+
+    def __call__(self, images: jax.Array) -> dict[str, Any]:
+        """Runs every network once; used by `init`."""
+        feats = self.features(images)
+        return dict(features=feats, sem_seg_logits=self.sem_seg(feats))
 
 
 def num_cell_anchors(config) -> int:
@@ -520,6 +574,40 @@ def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCN
     )
 
 
+def build_sem_seg_head(config, *, train: bool, dtype: Any) -> SemSegFPNHead:
+    """Detectron2's `SemSegFPNHead` for `config.model.sem_seg_head`."""
+    h = config.model.sem_seg_head
+    return SemSegFPNHead(
+        num_classes=h.num_classes,
+        conv_dims=h.convs_dim,
+        common_stride=h.common_stride,
+        norm=h.norm,
+        in_features=tuple(h.in_features),
+        train=train,
+        dtype=dtype,
+    )
+
+
+def build_panoptic_fpn(config, *, train: bool, dtype: Any) -> PanopticFPN:
+    """`PanopticFPN` networks: `build_generalized_rcnn`'s plus the semantic head."""
+    rcnn = build_generalized_rcnn(config, train=train, dtype=dtype)
+    return PanopticFPN(
+        backbone=rcnn.backbone,
+        proposal_generator=rcnn.proposal_generator,
+        roi_heads=rcnn.roi_heads,
+        roi_in_feature=rcnn.roi_in_feature,
+        sem_seg_head=build_sem_seg_head(config, train=train, dtype=dtype),
+    )
+
+
+def build_semantic_segmentor(config, *, train: bool, dtype: Any) -> SemanticSegmentor:
+    """`SemanticSegmentor` networks: ResNet-FPN and the semantic head."""
+    return SemanticSegmentor(
+        backbone=build_backbone(config, train=train, dtype=dtype),
+        sem_seg_head=build_sem_seg_head(config, train=train, dtype=dtype),
+    )
+
+
 def roi_heads_name(config) -> str:
     """`MODEL.ROI_HEADS.NAME`: "StandardROIHeads" (default), "Res5ROIHeads" (C4) or
     "CascadeROIHeads"."""
@@ -531,6 +619,8 @@ NETWORKS = {
     "GeneralizedRCNN": build_generalized_rcnn,
     "RetinaNet": build_retinanet,
     "ProposalNetwork": build_proposal_network,
+    "PanopticFPN": build_panoptic_fpn,
+    "SemanticSegmentor": build_semantic_segmentor,
 }
 
 

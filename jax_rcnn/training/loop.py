@@ -287,6 +287,7 @@ def evaluate(
     main_process = jax.process_index() == 0
     out_dir = None if workdir is None or not main_process else os.path.join(workdir, "inference")
     proposals_only = config.model.meta_architecture == "ProposalNetwork"
+    semantic_only = config.model.meta_architecture == "SemanticSegmentor"
     if proposals_only:  # Detectron2's COCOEvaluator sees "proposals": box-proposal AR
         evaluator = ProposalEvaluator(_gt_json(config), output_dir=out_dir)
     elif meta.get("format") == "lvis":  # Detectron2's LVISEvaluator (federated LVIS AP)
@@ -298,6 +299,16 @@ def evaluate(
             contiguous_to_dataset_id=to_cat,
             tasks=("bbox", "segm") if mask_on else ("bbox",),
         )
+    elif semantic_only:  # Detectron2's SemSegEvaluator alone
+        from jax_rcnn.evaluation.panoptic_evaluation import SemSegEvaluator
+
+        if any("sem_seg_file_name" not in r for r in records):
+            raise ValueError(
+                "a SemanticSegmentor needs semantic ground truth (sem_seg_file_name) for every "
+                "test image: the panoptic shapes (data.shapes.num_stuff_classes) or a "
+                "*_panoptic_separated dataset"
+            )
+        evaluator = SemSegEvaluator(config.model.sem_seg_head.num_classes)
     else:
         evaluator = COCOEvaluator(
             _gt_json(config),
@@ -305,6 +316,7 @@ def evaluate(
             contiguous_to_dataset_id=to_cat,
             tasks=("bbox", "segm") if mask_on else ("bbox",),
         )
+    panoptic_eval = None if semantic_only else _panoptic_evaluator(config, records, meta, to_cat)
     by_id = {r["image_id"]: r for r in records}
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
     drawn = []
@@ -321,6 +333,11 @@ def evaluate(
             canvas = _canvas(distributed.host_max(np.max(batch["original_size"], axis=0))[None])
             masks = paste(out["mask_probs"], out["boxes"], canvas)
         out, masks = distributed.to_host_local(mesh, (out, masks))
+        if semantic_only:
+            for b in np.flatnonzero(batch["example_valid"]):
+                record = by_id[int(batch["image_id"][b])]
+                evaluator.process(_sem_labels(config, batch, out, b), record["sem_seg_file_name"])
+            continue
         if proposals_only:
             evaluator.process(
                 batch["image_id"],
@@ -339,6 +356,8 @@ def evaluate(
             masks=masks,
             example_valid=batch["example_valid"],
         )
+        if panoptic_eval is not None:
+            _process_panoptic(panoptic_eval, config, batch, out, masks)
         for b in np.flatnonzero(batch["example_valid"]):
             if len(drawn) >= num_draw or workdir is None or not main_process:
                 break
@@ -369,6 +388,8 @@ def evaluate(
         visualize.grid(drawn).save(os.path.join(workdir, "predictions", name))
     t1 = time.perf_counter()
     results = evaluator.evaluate()
+    if panoptic_eval is not None:
+        results.update(panoptic_eval.evaluate())
     stats = compile_stats()
     logger.info(
         "evaluation of %d images: %.1f s (inference %.1f s over %d padded shapes, %s padding; "
@@ -386,6 +407,64 @@ def evaluate(
     for task, metrics in results.items():
         logger.info("%s: %s", task, {k: round(v, 3) for k, v in metrics.items() if "-" not in k})
     return results
+
+
+def _panoptic_evaluator(config, records, meta, to_cat):
+    """PQ and semantic metrics for a PanopticFPN whose test split has panoptic ground truth
+    (`meta["panoptic_json"]`); None otherwise or with several processes (not gathered)."""
+    if config.model.meta_architecture != "PanopticFPN" or "panoptic_json" not in meta:
+        return None
+    if jax.process_count() > 1:
+        logger.warning("PQ evaluation runs in single-process runs only; skipped")
+        return None
+    from jax_rcnn.data.panoptic import panoptic_meta
+    from jax_rcnn.evaluation.panoptic_evaluation import PanopticEvaluator
+
+    with open(meta["panoptic_json"]) as f:
+        pan = panoptic_meta(json.load(f)["categories"], meta["panoptic_json"])
+    return PanopticEvaluator(
+        meta["panoptic_json"],
+        meta["panoptic_png"],
+        thing_contiguous_to_id=to_cat,
+        stuff_contiguous_to_id={v: k for k, v in pan["stuff_dataset_id_to_contiguous_id"].items()},
+        num_sem_classes=config.model.sem_seg_head.num_classes,
+        sem_seg_files={r["image_id"]: r["sem_seg_file_name"] for r in records},
+        sem_class_names=pan["stuff_classes"],
+    )
+
+
+def _process_panoptic(evaluator, config, batch, out, masks) -> None:
+    """Per valid image: semantic post-processing, the combine step, then the evaluator."""
+    from jax_rcnn import panoptic
+
+    c = config.model.panoptic_fpn.combine
+    for b in np.flatnonzero(batch["example_valid"]):
+        h0, w0 = (int(v) for v in batch["original_size"][b])
+        labels = _sem_labels(config, batch, out, b)
+        valid = np.asarray(out["valid"][b], bool)
+        seg, info = panoptic.combine_semantic_and_instances(
+            np.asarray(masks[b])[valid][:, :h0, :w0],
+            np.asarray(out["scores"][b])[valid],
+            np.asarray(out["classes"][b])[valid],
+            labels,
+            overlap_thresh=c.overlap_thresh,
+            stuff_area_thresh=c.stuff_area_limit,
+            instances_score_thresh=c.instances_confidence_thresh,
+        )
+        evaluator.process(int(batch["image_id"][b]), seg, info, labels)
+
+
+def _sem_labels(config, batch, out, b: int) -> np.ndarray:
+    """Image b's semantic argmax `i32[H0, W0]` (`sem_seg_postprocess` of its logits)."""
+    from jax_rcnn import semantic
+
+    sem = semantic.sem_seg_postprocess(
+        np.asarray(out["sem_seg_logits"][b], np.float32),
+        batch["image_size"][b],
+        batch["original_size"][b],
+        config.model.sem_seg_head.common_stride,
+    )
+    return np.argmax(sem, axis=-1).astype(np.int32)
 
 
 def _compile_scalars() -> dict[str, float]:

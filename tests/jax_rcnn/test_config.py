@@ -145,9 +145,15 @@ def test_mapped_keys_exist_in_the_schema():
     cascade = cfg_lib._common().base_config(mask_on=True)
     cfg_lib._common().cascade(cascade.model)
     cascade = cfg_lib.to_flat_dict(cascade)
+    panoptic = cfg_lib.to_flat_dict(cfg_lib._common().base_config(meta_architecture="PanopticFPN"))
     for d2_key, ours in cfg_lib.D2_TO_JAX_RCNN.items():
         schema = retina if d2_key.startswith("MODEL.RETINANET.") else base
         schema = cascade if d2_key.startswith("MODEL.ROI_BOX_CASCADE_HEAD.") else schema
+        schema = (
+            panoptic
+            if d2_key.startswith(("MODEL.SEM_SEG_HEAD.", "MODEL.PANOPTIC_FPN."))
+            else schema
+        )
         assert ours in schema, f"{d2_key} -> {ours} is not a key of configs/common.py"
 
 
@@ -253,6 +259,8 @@ def test_model_zoo_yaml(name, mask_on, depth, steps, max_iter):
         ("configs/retinanet_R_50_FPN_3x.py", "COCO-Detection/retinanet_R_50_FPN_3x.yaml"),
         ("configs/rpn_R_50_FPN_1x.py", "COCO-Detection/rpn_R_50_FPN_1x.yaml"),
         ("configs/rpn_R_50_C4_1x.py", "COCO-Detection/rpn_R_50_C4_1x.yaml"),
+        ("configs/panoptic_fpn_R_50_1x.py", "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"),
+        ("configs/panoptic_fpn_R_50_3x.py", "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml"),
     ],
 )
 def test_model_zoo_yaml_equals_our_config_file(py, yml):
@@ -261,11 +269,12 @@ def test_model_zoo_yaml_equals_our_config_file(py, yml):
     d2 = cfg_lib.to_flat_dict(cfg_lib.from_detectron2(ZOO / yml))
     assert set(ours) == set(d2)
     diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
+    suffix = "_panoptic_separated" if "Panoptic" in yml else ""
     assert diff == {
         "input.pad_mode": ("buckets", "size_divisibility"),
         "input.auto_buckets": (False, True),
-        "data.train.name": ("", "coco_2017_train"),
-        "data.test.name": ("", "coco_2017_val"),
+        "data.train.name": ("", f"coco_2017_train{suffix}"),
+        "data.test.name": ("", f"coco_2017_val{suffix}"),
         "input.mask_format": ("bitmask", "polygon"),
         "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
     }
@@ -432,9 +441,15 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
     "text, key, value",
     [
         (
-            "MODEL:\n  META_ARCHITECTURE: SemanticSegmentor\n",
-            "MODEL.META_ARCHITECTURE",
-            "SemanticSegmentor",
+            "MODEL:\n  META_ARCHITECTURE: PanopticFPN\n  MASK_ON: false\n",
+            "MODEL.MASK_ON",
+            "False",
+        ),
+        (
+            "MODEL:\n  META_ARCHITECTURE: PanopticFPN\n  MASK_ON: true\n  SEM_SEG_HEAD:\n"
+            "    NAME: OtherHead\n",
+            "MODEL.SEM_SEG_HEAD.NAME",
+            "OtherHead",
         ),
         (
             "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  RETINANET:\n    NORM: BN\n",
@@ -620,11 +635,12 @@ def test_c4_dc5_zoo_yamls_equal_our_config_files(yml, arch, mask_on, sched):
     d2 = cfg_lib.to_flat_dict(config)
     assert set(ours) == set(d2)
     diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
+    suffix = "_panoptic_separated" if "Panoptic" in yml else ""
     assert diff == {
         "input.pad_mode": ("buckets", "size_divisibility"),
         "input.auto_buckets": (False, True),
-        "data.train.name": ("", "coco_2017_train"),
-        "data.test.name": ("", "coco_2017_val"),
+        "data.train.name": ("", f"coco_2017_train{suffix}"),
+        "data.test.name": ("", f"coco_2017_val{suffix}"),
         "input.mask_format": ("bitmask", "polygon"),
         "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
     }
@@ -889,11 +905,12 @@ def test_cascade_zoo_yamls_equal_our_config_files(sched):
     d2 = cfg_lib.to_flat_dict(config)
     assert set(ours) == set(d2)
     diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
+    suffix = "_panoptic_separated" if "Panoptic" in yml else ""
     assert diff == {
         "input.pad_mode": ("buckets", "size_divisibility"),
         "input.auto_buckets": (False, True),
-        "data.train.name": ("", "coco_2017_train"),
-        "data.test.name": ("", "coco_2017_val"),
+        "data.train.name": ("", f"coco_2017_train{suffix}"),
+        "data.test.name": ("", f"coco_2017_val{suffix}"),
         "input.mask_format": ("bitmask", "polygon"),
         "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
     }

@@ -14,7 +14,15 @@ from jax_rcnn.config import load_config
 SMOKE = "configs/mask_rcnn_R_50_FPN_1x.py:smoke"
 
 
-@pytest.mark.parametrize("spec", [SMOKE, "configs/rpn_R_50_FPN_1x.py:smoke"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SMOKE,
+        "configs/rpn_R_50_FPN_1x.py:smoke",
+        # ~35 s of CPU: a second R-CNN compile plus the semantic head
+        pytest.param("configs/panoptic_fpn_R_50_1x.py:smoke", marks=pytest.mark.slow),
+    ],
+)
 def test_demo_draws_a_picture(tmp_path, capsys, spec):
     cfg = load_config(spec)
     variables = modeling.init_variables(modeling.build_model(cfg), jax.random.key(0))
@@ -29,7 +37,9 @@ def test_demo_draws_a_picture(tmp_path, capsys, spec):
     assert demo.main([*args, "--output", str(out), "--score-thresh", "0.0"]) == 0
     picture = Image.open(out)
     assert picture.size[0] > 120 and picture.mode == "RGB"  # two photos tiled
-    assert "detections" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "detections" in printed
+    assert ("segments" in printed) == ("panoptic" in spec)
 
 
 def test_class_names():

@@ -21,6 +21,7 @@ from configs import (
     mask_rcnn_R_50_DC5_1x,
     mask_rcnn_R_50_FPN_1x,
     mask_rcnn_R_50_FPN_3x,
+    panoptic_fpn_R_50_1x,
     retinanet_R_50_FPN_1x,
     rpn_R_50_C4_1x,
     rpn_R_50_FPN_1x,
@@ -54,6 +55,7 @@ ZOO = {
     "LVISv0.5-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml": (
         lvis_v0_5_mask_rcnn_R_50_FPN_1x.get_config
     ),
+    "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml": panoptic_fpn_R_50_1x.get_config,
 }
 
 

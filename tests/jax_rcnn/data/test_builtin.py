@@ -39,8 +39,9 @@ def test_default_root_is_datasets_in_the_working_directory(monkeypatch):
     ("name", "why"),
     [
         ("keypoints_coco_2017_train", "keypoint"),
-        ("coco_2017_train_panoptic_separated", "panoptic"),
         ("lvis_v1_test_dev", "no annotations"),
+        ("coco_2017_train_panoptic", "panoptic_separated"),
+        ("coco_2017_val_panoptic_stuffonly", "panoptic_separated"),
         ("coco_2017_test-dev", "no annotations"),
     ],
 )
@@ -83,3 +84,32 @@ def test_builtin_name_loads_records_from_the_standard_layout(monkeypatch, tmp_pa
     config.data.test.json = str(tmp_path / "other.json")
     with pytest.raises(FileNotFoundError, match=r"config\.data\.test\.json"):
         dataset_records(config, "test")
+
+
+def test_panoptic_separated_names_resolve_like_detectron2(monkeypatch, tmp_path):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    paths = builtin.resolve("coco_2017_val_panoptic_separated", "config.data.test")
+    assert paths == {
+        "json": str(tmp_path / "coco/annotations/instances_val2017.json"),
+        "images": str(tmp_path / "coco/val2017"),
+        "sem_seg": str(tmp_path / "coco/panoptic_stuff_val2017"),
+        "panoptic_json": str(tmp_path / "coco/annotations/panoptic_val2017.json"),
+        "panoptic_png": str(tmp_path / "coco/panoptic_val2017"),
+        "format": "coco",
+    }
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for d in ("val2017", "panoptic_stuff_val2017", "panoptic_val2017"):
+        (root / d).mkdir()
+    gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 6}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (root / "annotations/instances_val2017.json").write_text(json.dumps(gt))
+    (root / "annotations/panoptic_val2017.json").write_text("{}")
+    config = load_config("configs/panoptic_fpn_R_50_1x.py")
+    config.data.test.name = "coco_2017_val_panoptic_separated"
+    records, meta = dataset_records(config, "test")
+    assert records[0]["sem_seg_file_name"] == str(root / "panoptic_stuff_val2017" / "a.png")
+    assert meta["panoptic_json"] == paths["panoptic_json"]
