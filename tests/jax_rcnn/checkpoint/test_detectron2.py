@@ -16,6 +16,7 @@ from configs import (
     faster_rcnn_R_50_C4_1x,
     faster_rcnn_R_50_DC5_1x,
     faster_rcnn_R_50_FPN_1x,
+    keypoint_rcnn_R_50_FPN_1x,
     mask_rcnn_R_50_C4_1x,
     mask_rcnn_R_50_DC5_1x,
     mask_rcnn_R_50_FPN_1x,
@@ -50,6 +51,7 @@ ZOO = {
     "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml": mask_rcnn_R_50_C4_1x.get_config,
     "COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_1x.yaml": mask_rcnn_R_50_DC5_1x.get_config,
     "Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml": cascade_mask_rcnn_R_50_FPN_1x.get_config,
+    "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml": keypoint_rcnn_R_50_FPN_1x.get_config,
 }
 
 
