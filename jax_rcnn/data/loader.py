@@ -63,7 +63,11 @@ import numpy as np
 
 from jax_rcnn.data import batching as B
 from jax_rcnn.data import transforms as T
-from jax_rcnn.data.coco import filter_for_training, load_coco_json
+from jax_rcnn.data.coco import (
+    filter_for_training,
+    filter_images_with_few_keypoints,
+    load_coco_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +90,8 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
     Returns:
         `(records, meta)` as `load_coco_json` returns them, with `meta["json_file"]` the
         split's COCO JSON (the evaluator's ground truth). Training records have crowd
-        instances removed (and, if `filter_empty_annotations`, images without instances).
+        instances removed (and, if `filter_empty_annotations`, images without instances; for
+        keypoint models, images with fewer than `min_keypoints_per_image` visible keypoints).
 
     Raises:
         ValueError: unknown split or source, an empty path in the config, or no records.
@@ -117,6 +122,15 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         raise ValueError(f"config.data.source must be one of {SOURCES}, got {data.source!r}")
     if split == "train":
         records = filter_for_training(records, bool(config.dataloader.filter_empty_annotations))
+        if config.model.get("keypoint_on", False):
+            if "keypoint_names" not in meta:
+                raise ValueError(
+                    f"config.model.keypoint_on is True but the {data.source!r} training data "
+                    f"{meta.get('json_file', '')} has no keypoint category ('keypoints' names)"
+                )
+            min_kps = int(config.model.roi_keypoint_head.min_keypoints_per_image)
+            if min_kps > 0:
+                records = filter_images_with_few_keypoints(records, min_kps)
     if not records:
         raise ValueError(f"config.data.source={data.source!r}: the {split} split has no images")
     return records, meta
