@@ -21,9 +21,10 @@ length must be 3 K (K = the category's `keypoints` names) and v in {0, 1, 2}, el
 names the file and the annotation id. Metadata: `keypoint_names` (the category's `keypoints`),
 `keypoint_flip_map` (the category's `keypoint_flip_map` pairs when given -- a jax_rcnn
 extension --, COCO's `COCO_PERSON_KEYPOINT_FLIP_MAP` for COCO's names, else every
-`left_*` / `right_*` pair), `keypoint_skeleton` (the category's 1-based `skeleton` pairs) and
-`keypoint_hflip_indices` (`keypoint_hflip_indices`); each record of a keypoint dataset carries
-the flip indices too, so the training mapper can flip without the metadata.
+`left_*` / `right_*` pair), `keypoint_skeleton` (the category's 1-based `skeleton` pairs;
+COCO's for COCO's names when absent or empty) and `keypoint_hflip_indices` (from
+`keypoint_hflip_indices`); each record of a keypoint dataset carries the flip indices too, so
+the training mapper can flip without the metadata.
 
 Record layout (one dict per image)::
 
@@ -148,7 +149,9 @@ def _keypoint_meta(cats: list[dict], json_file: str) -> dict:
             )
     given = with_kps[0].get("keypoint_flip_map")
     flip_map = tuple(tuple(p) for p in given) if given is not None else _default_flip_map(names)
-    skeleton = tuple(tuple(int(i) for i in p) for p in with_kps[0].get("skeleton", ()))
+    skeleton = tuple(tuple(int(i) for i in p) for p in with_kps[0].get("skeleton") or ())
+    if not skeleton and names == COCO_PERSON_KEYPOINT_NAMES:
+        skeleton = COCO_PERSON_SKELETON
     return {
         "keypoint_names": names,
         "keypoint_flip_map": flip_map,
