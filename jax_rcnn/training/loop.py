@@ -198,6 +198,12 @@ def _canvas(sizes: np.ndarray, multiple: int = 128) -> tuple[int, int]:
     return int(-(-h // multiple) * multiple), int(-(-w // multiple) * multiple)
 
 
+def _without_heatmaps(out: dict) -> dict:
+    """Inference outputs less the keypoint heatmap logits (`f32[B, D, K, 56, 56]`, ~21 MB per
+    image), which evaluation does not read."""
+    return {k: v for k, v in out.items() if k != "keypoint_heatmaps"}
+
+
 def evaluate(
     config,
     variables: dict[str, Any],
@@ -252,7 +258,7 @@ def evaluate(
     variables = distributed.replicate(mesh, variables)
     inference = meta_arch.get(config).inference
     infer = compile_jit(
-        lambda v, im, sz, osz: inference(model, v, im, sz, osz, config=config),
+        lambda v, im, sz, osz: _without_heatmaps(inference(model, v, im, sz, osz, config=config)),
         in_shardings=(repl, data, data, data),
         out_shardings=data,
     )
@@ -289,11 +295,14 @@ def evaluate(
     if proposals_only:  # Detectron2's COCOEvaluator sees "proposals": box-proposal AR
         evaluator = ProposalEvaluator(_gt_json(config), output_dir=out_dir)
     else:
+        keypoint_on = bool(config.model.get("keypoint_on", False))
+        tasks = ("bbox",) + (("segm",) if mask_on else ()) + (("keypoints",) if keypoint_on else ())
         evaluator = COCOEvaluator(
             _gt_json(config),
             output_dir=out_dir,
             contiguous_to_dataset_id=to_cat,
-            tasks=("bbox", "segm") if mask_on else ("bbox",),
+            tasks=tasks,
+            kpt_oks_sigmas=tuple(config.test.get("keypoint_oks_sigmas", ())),
         )
     by_id = {r["image_id"]: r for r in records}
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
@@ -328,6 +337,7 @@ def evaluate(
             out["valid"],
             masks=masks,
             example_valid=batch["example_valid"],
+            keypoints=out.get("keypoints"),
         )
         for b in np.flatnonzero(batch["example_valid"]):
             if len(drawn) >= num_draw or workdir is None or not main_process:
