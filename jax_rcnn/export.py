@@ -26,8 +26,9 @@ mismatch is an error listing the offending names.
   `--batch`, lowered for every
   `--platforms` at once (one module runs on CPU and on CUDA). Signature:
   `f(variables {"params/backbone/...": array}, images u8[B, H, W, 3], image_sizes i32[B, 2],
-  original_sizes i32[B, 2]) -> {"boxes", "scores", "classes", "valid"[, "mask_probs"]}`
-  (without `mask_probs` for RetinaNet and Faster R-CNN; see `jax_rcnn.meta_arch.rcnn.inference`;
+  original_sizes i32[B, 2]) -> {"boxes", "scores", "classes", "valid"[, "mask_probs"][,
+  "keypoints"]}` (`mask_probs` for mask models, `keypoints f32[B, D, K, 3]` for keypoint models;
+  see `jax_rcnn.meta_arch.rcnn.inference`;
   `{"proposal_boxes", "objectness_logits", "valid"}` for a `ProposalNetwork`).
   The parameters are an argument, not constants, so each module is small and every shape shares
   one copy of them;
@@ -85,7 +86,7 @@ VARIABLES = "variables.npz"
 D2_CHECKPOINT = "model_final.pkl"
 FORMAT_NAME = "jax_rcnn.export"
 FORMAT_VERSION = 1
-OUTPUT_KEYS = ("boxes", "scores", "classes", "valid", "mask_probs")
+OUTPUT_KEYS = ("boxes", "scores", "classes", "valid", "mask_probs", "keypoints")
 PROPOSAL_OUTPUT_KEYS = ("proposal_boxes", "objectness_logits", "valid")  # ProposalNetwork
 EXPORT_KERNELS = "reference"
 
@@ -461,7 +462,12 @@ def export_jax(
             platforms=list(platforms),
             platform_errors=errors,
             kernels=EXPORT_KERNELS,
-            outputs=[k for k in output_keys if k != "mask_probs" or mask_on],
+            outputs=[
+                k
+                for k in output_keys
+                if (k != "mask_probs" or mask_on)
+                and (k != "keypoints" or config.model.get("keypoint_on", False))
+            ],
             calling_convention_version=int(exp.calling_convention_version),
             num_parameters=int(sum(v.size for v in flat.values())),
         )
