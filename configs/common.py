@@ -299,6 +299,16 @@ def roi_keypoint_head() -> ml_collections.ConfigDict:
     )
 
 
+def people_data(config: ml_collections.ConfigDict) -> None:
+    """jax_rcnn: the built-in keypoint dataset (`jax_rcnn.data.people`: stick figures with COCO's
+    17 person keypoints, generated on first use) as `config.data`."""
+    config.data.source = "people"
+    config.data.name = "people"
+    config.data.people = ml_collections.ConfigDict(
+        {"num_train": 1000, "num_val": 200, "image_size": (128, 160), "max_people": 4, "seed": 0}
+    )
+
+
 def keypoint(config: ml_collections.ConfigDict) -> None:
     """Turns an FPN R-CNN config into `COCO-Keypoints/Base-Keypoint-RCNN-FPN.yaml`'s model:
     `model.keypoint_on`, `model.roi_keypoint_head` (`MODEL.ROI_KEYPOINT_HEAD`), one class

@@ -112,7 +112,7 @@ ROI_HEADS_NAMES = ("StandardROIHeads", "Res5ROIHeads", "CascadeROIHeads")
 LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 CLIP_TYPES = ("value", "norm")
-DATA_SOURCES = ("coco", "shapes", "tfds")
+DATA_SOURCES = ("coco", "shapes", "tfds", "people")
 FPN_LEVELS = ("res2", "res3", "res4", "res5")
 
 # ---------------------------------------------------------------------------------------------
@@ -1652,6 +1652,12 @@ def _check_rest(c: _Checker, stride: int | None) -> None:
     rng = tuple(sh.image_size_range)
     ok = not rng or (len(rng) == 2 and all(_is_int(x) for x in rng) and 1 <= rng[0] <= rng[1])
     c.require(ok, "data.shapes.image_size_range", "must be () or (lo, hi) ints, 1 <= lo <= hi")
+    if config.data.source == "people":
+        c.require(
+            "people" in config.data,
+            "data.source",
+            "'people' needs the config.data.people keys (configs.common.people_data(config))",
+        )
     _check_no_effect(c)
 
     # Solver.

@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2
 SPLITS = ("train", "test")
-SOURCES = ("coco", "shapes", "tfds")
+SOURCES = ("coco", "shapes", "tfds", "people")
 _NO_GROUPING = -1  # queue key when aspect-ratio grouping is off
 _ENDLESS = sys.maxsize  # length of the host-slot MapDataset: the training stream never ends
 _PLAN_WINDOW = 8  # planned global batches a reader process keeps for random access
@@ -111,6 +111,15 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         which = "train" if split == "train" else "val"
         records, meta = load_coco_json(
             paths[f"{which}_json"], paths[f"{which}_images"], dataset_name=f"shapes/{which}"
+        )
+        meta = {**meta, "json_file": paths[f"{which}_json"]}
+    elif data.source == "people":
+        from jax_rcnn.data.people import config_paths as people_paths
+
+        paths = people_paths(config)
+        which = "train" if split == "train" else "val"
+        records, meta = load_coco_json(
+            paths[f"{which}_json"], paths[f"{which}_images"], dataset_name=f"people/{which}"
         )
         meta = {**meta, "json_file": paths[f"{which}_json"]}
     elif data.source == "tfds":

@@ -166,7 +166,11 @@ def instances_to_coco_json(
     if rles is not None and len(rles) != num:
         raise ValueError(f"{num} boxes but {len(rles)} masks")
     if keypoints is not None:
-        keypoints = np.array(keypoints, np.float32).reshape(num, -1, 3)
+        keypoints = np.array(keypoints, np.float32)
+        if keypoints.ndim != 3 or keypoints.shape[0] != num or keypoints.shape[2] != 3:
+            raise ValueError(
+                f"{num} boxes but keypoints of shape {keypoints.shape} (not [N, K, 3])"
+            )
         keypoints[:, :, :2] -= np.float32(0.5)
     results = []
     for k in range(num):

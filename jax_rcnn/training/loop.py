@@ -189,6 +189,10 @@ def _gt_json(config) -> str:
         from jax_rcnn.data.shapes import config_paths
 
         return config_paths(config)["val_json"]
+    if d.source == "people":
+        from jax_rcnn.data.people import config_paths as people_paths
+
+        return people_paths(config)["val_json"]
     raise NotImplementedError(f"COCO evaluation needs a gt json; config.data.source={d.source!r}")
 
 

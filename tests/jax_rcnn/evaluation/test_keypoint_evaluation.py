@@ -69,3 +69,14 @@ def test_oks_sigmas_must_match_the_keypoint_count(gt_as_predictions):
     np.testing.assert_allclose(results[0]["keypoints"][:2], kps[0, 0, 0, :2] - 0.5)
     with pytest.raises(ValueError, match="different keypoint counts"):
         evaluate_coco_results(load_coco(GT), results, ("keypoints",), kpt_oks_sigmas=(0.1,) * 5)
+
+
+def test_an_image_without_detections(tmp_path):
+    """Zero valid detections: no results, keypoint AP 0 (not a reshape error)."""
+    evaluator = COCOEvaluator(GT, output_dir=None, tasks=("bbox", "keypoints"))
+    z = np.zeros((1, 5), bool)
+    evaluator.process(
+        np.array([1]), np.zeros((1, 5, 4)), np.zeros((1, 5)), np.zeros((1, 5), np.int32), z,
+        keypoints=np.zeros((1, 5, 17, 3)),
+    )  # fmt: skip
+    assert evaluator.evaluate()["keypoints"]["AP"] == 0.0
