@@ -389,10 +389,8 @@ class ConvTranspose2d(nn.Module):
         # of a 128-ROI backward pass).
         b, h, w, _ = x.shape
         ho, wo = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
-        if ho % s or wo % s:
-            raise ValueError(f"ConvTranspose2d k={k} s={s} p={p}: output {ho} not a multiple of s")
         z = jnp.einsum("bhwc,ijco->bhwijo", x.astype(self.dtype), kernel.astype(self.dtype))
-        hp, wp = ho // s, wo // s
+        hp, wp = -(-ho // s), -(-wo // s)  # phase grids; the interleaved grid is cropped
         phases = [[None] * s for _ in range(s)]
         for di in range(k):
             a, qi = (di - p) % s, (di - p - (di - p) % s) // s
@@ -400,9 +398,11 @@ class ConvTranspose2d(nn.Module):
                 c, qj = (dj - p) % s, (dj - p - (dj - p) % s) // s
                 t = _shift(z[:, :, :, di, dj], qi, qj, hp, wp)
                 phases[a][c] = t if phases[a][c] is None else phases[a][c] + t
+        empty = jnp.zeros((b, hp, wp, z.shape[-1]), z.dtype)  # a phase no tap reaches (k < s)
+        phases = [[empty if t is None else t for t in row] for row in phases]
         rows = [jnp.stack(phases[a], axis=3) for a in range(s)]  # [B, hp, wp, s(c), O]
         y = jnp.stack(rows, axis=2)  # [B, hp, s(a), wp, s(c), O]
-        return y.reshape(b, ho, wo, -1)
+        return y.reshape(b, hp * s, wp * s, -1)[:, :ho, :wo]
 
 
 def _shift(z: jax.Array, qi: int, qj: int, hp: int, wp: int) -> jax.Array:
