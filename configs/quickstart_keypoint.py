@@ -13,14 +13,20 @@ following `configs/quickstart.py` (whose notes say why):
   weights); FPN p2..p4 + p5 (max-pool), width 64, BN; box head 2 x fc 256;
 * anchors 16, 32, 64, 128 px on p2..p5 (figures are 40 to 120 px tall);
 * box and keypoint ROIs pooled from p2 only; box ROIAlign with a fixed 2 x 2 sampling grid;
-* keypoint head `conv_dims` 4 x 64 (Detectron2: 8 x 512), the rest as Detectron2 (14x14 pool,
-  56x56 heatmaps, loss normalised by the visible keypoints, flip augmentation with COCO's flip
-  map);
+* keypoint head `conv_dims` 4 x 32 (Detectron2: 8 x 512; the convs on up to 128 ROIs per
+  batch dominate the step: 4 x 64 cost ~2.6 s of a loaded-CPU backward pass for 128 ROIs), the
+  rest as Detectron2 (14x14 pool, 56x56 heatmaps, loss normalised by the visible keypoints, flip
+  augmentation with COCO's flip map);
 * 4 images per batch, base LR 0.06, 1500 iterations, 100 warm-up, LR x0.1 at 1200 and 1400;
   512/256 proposals, 128 ROIs per image, at most 8 instances.
 
-Not yet measured here: the whole-command time and the keypoint AP of this schedule (issue 18
-asks for keypoint AP >= 50 on the people val split within 15 minutes on the 2-core CPU).
+Not yet measured: the whole-command time and the keypoint AP of this schedule (issue 18 asks
+for keypoint AP >= 50 on the people val split within 15 minutes on the 2-core CPU). Sanity run
+(2026-12-07, with `conv_dims` 4 x 64, on the 2-core CPU shared with two other trainings, load
+average ~6): 1.9 s per iteration at the start, 3.1-3.6 s once the RPN finds the figures;
+`loss_keypoint` 8.01 (iteration 19) -> 7.31 (39) -> 6.83 (79) -> 6.09 (119), stopped at 8
+minutes, so no AP. At that speed 1500 iterations would not fit 15 minutes; the timing on a
+quiet machine decides the schedule.
 
 Commands (from the repository root):
 
@@ -58,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.roi_heads.batch_size_per_image = 128
     m.roi_box_head.fc_dim = 256
     m.roi_box_head.pooler_sampling_ratio = 2
-    m.roi_keypoint_head.conv_dims = (64,) * 4
+    m.roi_keypoint_head.conv_dims = (32,) * 4
 
     i = config.input
     i.min_size_train = (128,)
