@@ -330,7 +330,8 @@ class Conv2d(nn.Module):
 
 
 class ConvTranspose2d(nn.Module):
-    """`torch.nn.ConvTranspose2d` (the mask head's 2x2 stride-2 upsampling).
+    """`torch.nn.ConvTranspose2d` (the mask head's 2x2 stride-2 upsampling, the keypoint head's
+    4x4 stride-2 `score_lowres`).
 
     The kernel is stored as `[kh, kw, in, out]` holding exactly PyTorch's `(in, out, kh, kw)`
     weight transposed (no spatial flip), so that
