@@ -307,6 +307,47 @@ def cascade(m: ml_collections.ConfigDict) -> None:
     )
 
 
+def roi_keypoint_head() -> ml_collections.ConfigDict:
+    """`MODEL.ROI_KEYPOINT_HEAD` (KRCNNConvDeconvUpsampleHead) and its ROIAlignV2 pooler."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "KRCNNConvDeconvUpsampleHead",
+            "pooler_resolution": 14,
+            "pooler_sampling_ratio": 0,
+            "pooler_type": "ROIAlignV2",
+            "conv_dims": (512,) * 8,
+            "num_keypoints": 17,
+            "min_keypoints_per_image": 1,
+            "normalize_loss_by_visible_keypoints": True,
+            "loss_weight": 1.0,
+        }
+    )
+
+
+def people_data(config: ml_collections.ConfigDict) -> None:
+    """jax_rcnn: the built-in keypoint dataset (`jax_rcnn.data.people`: stick figures with COCO's
+    17 person keypoints, generated on first use) as `config.data`."""
+    config.data.source = "people"
+    config.data.name = "people"
+    config.data.people = ml_collections.ConfigDict(
+        {"num_train": 1000, "num_val": 200, "image_size": (128, 160), "max_people": 4, "seed": 0}
+    )
+
+
+def keypoint(config: ml_collections.ConfigDict) -> None:
+    """Turns an FPN R-CNN config into `COCO-Keypoints/Base-Keypoint-RCNN-FPN.yaml`'s model:
+    `model.keypoint_on`, `model.roi_keypoint_head` (`MODEL.ROI_KEYPOINT_HEAD`), one class
+    (person), box smooth-L1 beta 0.5, 1500 training proposals per image, and
+    `test.keypoint_oks_sigmas` (`TEST.KEYPOINT_OKS_SIGMAS`; empty = pycocotools' COCO sigmas)."""
+    m = config.model
+    m.keypoint_on = True
+    m.roi_keypoint_head = roi_keypoint_head()
+    m.roi_heads.num_classes = 1
+    m.roi_box_head.smooth_l1_beta = 0.5
+    m.rpn.post_nms_topk_train = 1500
+    config.test.keypoint_oks_sigmas = ()
+
+
 def retinanet_model(*, depth: int = 50, num_classes: int = 80) -> ml_collections.ConfigDict:
     """`MODEL.*` of `Base-RetinaNet.yaml`: ResNet res3-res5, FPN p3-p5 + P6/P7 from C5, head.
 

@@ -121,7 +121,7 @@ ROI_HEADS_NAMES = ("StandardROIHeads", "Res5ROIHeads", "CascadeROIHeads")
 LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 WARMUP_METHODS = ("linear", "constant")
 CLIP_TYPES = ("value", "norm")
-DATA_SOURCES = ("coco", "shapes", "tfds")
+DATA_SOURCES = ("coco", "shapes", "tfds", "people")
 DATA_FORMATS = ("auto", "coco", "lvis")
 TRAIN_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler")  # == data.samplers.SAMPLERS
 FPN_LEVELS = ("res2", "res3", "res4", "res5")
@@ -559,6 +559,29 @@ _MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
         "model.panoptic_fpn.combine.instances_confidence_thresh",
         _float,
     ),
+    "MODEL.KEYPOINT_ON": ("model.keypoint_on", _bool),
+    "MODEL.ROI_KEYPOINT_HEAD.NAME": ("model.roi_keypoint_head.name", _str),
+    "MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION": (
+        "model.roi_keypoint_head.pooler_resolution",
+        _int,
+    ),
+    "MODEL.ROI_KEYPOINT_HEAD.POOLER_SAMPLING_RATIO": (
+        "model.roi_keypoint_head.pooler_sampling_ratio",
+        _int,
+    ),
+    "MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE": ("model.roi_keypoint_head.pooler_type", _str),
+    "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS": ("model.roi_keypoint_head.conv_dims", _ints),
+    "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS": ("model.roi_keypoint_head.num_keypoints", _int),
+    "MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE": (
+        "model.roi_keypoint_head.min_keypoints_per_image",
+        _int,
+    ),
+    "MODEL.ROI_KEYPOINT_HEAD.NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS": (
+        "model.roi_keypoint_head.normalize_loss_by_visible_keypoints",
+        _bool,
+    ),
+    "MODEL.ROI_KEYPOINT_HEAD.LOSS_WEIGHT": ("model.roi_keypoint_head.loss_weight", _float),
+    "TEST.KEYPOINT_OKS_SIGMAS": ("test.keypoint_oks_sigmas", _floats),
     "MODEL.RETINANET.NUM_CLASSES": ("model.retinanet.num_classes", _int),
     "MODEL.RETINANET.IN_FEATURES": ("model.retinanet.in_features", _strs),
     "MODEL.RETINANET.NUM_CONVS": ("model.retinanet.num_convs", _int),
@@ -658,6 +681,17 @@ def _mask_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
     return not cfg["MODEL.MASK_ON"] or v == "MaskRCNNConvUpsampleHead"
 
 
+def _keypoint_on(v: Any, cfg: Mapping[str, Any]) -> bool:
+    return v is False or (
+        cfg["MODEL.META_ARCHITECTURE"] == "GeneralizedRCNN"
+        and cfg["MODEL.ROI_HEADS.NAME"] == "StandardROIHeads"
+    )
+
+
+def _keypoint_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
+    return not cfg["MODEL.KEYPOINT_ON"] or v == "KRCNNConvDeconvUpsampleHead"
+
+
 def _box_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
     # Res5ROIHeads has no box head: res5 is the head (C4 configs leave the name "").
     return cfg["MODEL.ROI_HEADS.NAME"] == "Res5ROIHeads" or v == "FastRCNNConvFCHead"
@@ -667,7 +701,14 @@ def _box_head_name(v: Any, cfg: Mapping[str, Any]) -> bool:
 _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
     "MODEL.META_ARCHITECTURE": (_one_of(*META_ARCHITECTURES), f"one of {META_ARCHITECTURES}"),
     "MODEL.LOAD_PROPOSALS": (_one_of(False), "false (precomputed proposals are not supported)"),
-    "MODEL.KEYPOINT_ON": (_one_of(False), "false (no keypoint head)"),
+    "MODEL.KEYPOINT_ON": (
+        _keypoint_on,
+        "false unless MODEL.META_ARCHITECTURE is 'GeneralizedRCNN' with StandardROIHeads",
+    ),
+    "MODEL.ROI_KEYPOINT_HEAD.NAME": (
+        _keypoint_head_name,
+        "'KRCNNConvDeconvUpsampleHead' (when MODEL.KEYPOINT_ON)",
+    ),
     "MODEL.MASK_ON": (
         _mask_on,
         "false for RetinaNet, ProposalNetwork and SemanticSegmentor (no mask head), true for "
@@ -715,7 +756,6 @@ _RESTRICTED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
 
 # Keys (exact, or a group when ending in ".") used only by features `_RESTRICTED` keeps off.
 _INERT: dict[str, str] = {
-    "MODEL.ROI_KEYPOINT_HEAD.": "keypoint head (MODEL.KEYPOINT_ON)",
     "MODEL.ANCHOR_GENERATOR.ANGLES": "rotated anchors (MODEL.ANCHOR_GENERATOR.NAME)",
     "MODEL.RESNETS.DEFORM_MODULATED": "deformable convs (MODEL.RESNETS.DEFORM_ON_PER_STAGE)",
     "MODEL.RESNETS.DEFORM_NUM_GROUPS": "deformable convs (MODEL.RESNETS.DEFORM_ON_PER_STAGE)",
@@ -731,7 +771,6 @@ _INERT: dict[str, str] = {
     "TEST.AUG.MAX_SIZE": "TEST.AUG.ENABLED",
     "TEST.AUG.FLIP": "TEST.AUG.ENABLED",
     "TEST.PRECISE_BN.NUM_ITER": "TEST.PRECISE_BN.ENABLED",
-    "TEST.KEYPOINT_OKS_SIGMAS": "keypoint evaluation (MODEL.KEYPOINT_ON)",
 }
 
 # Key groups that only some meta-architectures read: under another one Detectron2 ignores
@@ -743,6 +782,7 @@ _ROI_GROUPS = (
     "MODEL.ROI_BOX_HEAD.",
     "MODEL.ROI_BOX_CASCADE_HEAD.",
     "MODEL.ROI_MASK_HEAD.",
+    "MODEL.ROI_KEYPOINT_HEAD.",
 )
 _META_ARCH_GROUPS: dict[str, tuple[str, ...]] = {
     "GeneralizedRCNN": _RPN_GROUPS + _ROI_GROUPS,
@@ -1094,6 +1134,8 @@ def from_detectron2(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     )
     if meta in RCNN_META_ARCHITECTURES and d2["MODEL.ROI_HEADS.NAME"] == "CascadeROIHeads":
         _common().cascade(config.model)  # adds model.roi_box_cascade_head
+    if meta == "GeneralizedRCNN" and d2["MODEL.KEYPOINT_ON"]:
+        _common().keypoint(config)  # adds model.roi_keypoint_head, test.keypoint_oks_sigmas
     for key, (ours, convert) in _MAPPED.items():
         if _other_meta_arch_key(key, meta) or not _has_key(config, ours):
             continue  # a key this layout does not read (C4: FPN, box-head layers, ...)
@@ -1650,6 +1692,31 @@ def _check_roi_heads(c: _Checker, fpn_out: tuple[str, ...]) -> None:
     c.pooler("model.roi_mask_head")
     if m.roi_heads.get("name") == "CascadeROIHeads":
         _check_cascade(c)
+    if m.get("keypoint_on", False):
+        _check_keypoint(c)
+
+
+def _check_keypoint(c: _Checker) -> None:
+    """`MODEL.ROI_KEYPOINT_HEAD.*` and `TEST.KEYPOINT_OKS_SIGMAS` of a keypoint model."""
+    m = c.config.model
+    c.require(
+        m.roi_heads.get("name", "StandardROIHeads") == "StandardROIHeads",
+        "model.keypoint_on",
+        "the keypoint head is implemented for StandardROIHeads only",
+    )
+    kh = m.roi_keypoint_head
+    c.one_of("model.roi_keypoint_head.name", ("KRCNNConvDeconvUpsampleHead",))
+    c.pooler("model.roi_keypoint_head")
+    c.positive_ints("model.roi_keypoint_head.conv_dims")
+    c.int_at_least("model.roi_keypoint_head.num_keypoints", 1)
+    c.int_at_least("model.roi_keypoint_head.min_keypoints_per_image", 0)
+    c.number_in("model.roi_keypoint_head.loss_weight", 0, math.inf)
+    sigmas = tuple(c.config.test.get("keypoint_oks_sigmas", ()))
+    c.require(
+        not sigmas or (len(sigmas) == kh.num_keypoints and all(s > 0 for s in sigmas)),
+        "test.keypoint_oks_sigmas",
+        f"must be empty (COCO's) or {kh.num_keypoints} positive values, got {sigmas}",
+    )
 
 
 def _check_cascade(c: _Checker) -> None:
@@ -1758,6 +1825,12 @@ def _check_rest(c: _Checker, stride: int | None) -> None:
     ok = not rng or (len(rng) == 2 and all(_is_int(x) for x in rng) and 1 <= rng[0] <= rng[1])
     c.require(ok, "data.shapes.image_size_range", "must be () or (lo, hi) ints, 1 <= lo <= hi")
     c.require(isinstance(sh.long_tail, bool), "data.shapes.long_tail", "must be a bool")
+    if config.data.source == "people":
+        c.require(
+            "people" in config.data,
+            "data.source",
+            "'people' needs the config.data.people keys (configs.common.people_data(config))",
+        )
     _check_no_effect(c)
 
     # Solver.

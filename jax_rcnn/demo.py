@@ -6,7 +6,9 @@
         --input a.jpg b.jpg --output out.png --class-names person,chair,"dining table",bottle
 
 `--config` takes one of our Python configs (`path.py[:variant]`) or a Detectron2 YAML. Boxes,
-class names, scores and mask overlays of detections scoring at least `--score-thresh` are drawn;
+class names, scores, mask overlays and keypoint skeletons (keypoint models: COCO's person skeleton
+for 17 keypoints, keypoints scoring above 0.05) of detections scoring at least `--score-thresh`
+are drawn;
 several inputs are tiled into one picture. An RPN-only model (`ProposalNetwork`) draws its first
 20 proposals, scored by the sigmoid of their objectness logits. A `PanopticFPN` draws its panoptic
 segments (stuff labelled with `--stuff-names`) under the instances' boxes; a
@@ -25,11 +27,19 @@ from PIL import Image
 
 from jax_rcnn import visualize
 from jax_rcnn.config import from_detectron2, load_config, num_classes
+from jax_rcnn.data.coco import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
 from jax_rcnn.data.transforms import read_image
 from jax_rcnn.predictor import Predictor
 
 COCO_NUM_CLASSES = 80
 NUM_PROPOSALS_DRAWN = 20  # an RPN-only model (ProposalNetwork): its first proposals
+
+
+def skeleton_for(keypoints) -> tuple[tuple[int, int], ...]:
+    """0-based skeleton pairs to draw: COCO's person skeleton for 17 keypoints, else none."""
+    if keypoints is None or np.shape(keypoints)[1:2] != (len(COCO_PERSON_KEYPOINT_NAMES),):
+        return ()
+    return tuple((a - 1, b - 1) for a, b in COCO_PERSON_SKELETON)
 
 
 def class_names_for(config, override: str | None) -> tuple[str, ...]:
@@ -109,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out.get("masks"),
                 class_names=names,
                 score_thresh=args.score_thresh,
+                keypoints=out.get("keypoints"),
+                skeleton=skeleton_for(out.get("keypoints")),
             )
         )
     picture = pictures[0] if len(pictures) == 1 else visualize.grid(pictures, columns=2)

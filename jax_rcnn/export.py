@@ -26,11 +26,12 @@ mismatch is an error listing the offending names.
   `--batch`, lowered for every
   `--platforms` at once (one module runs on CPU and on CUDA). Signature:
   `f(variables {"params/backbone/...": array}, images u8[B, H, W, 3], image_sizes i32[B, 2],
-  original_sizes i32[B, 2]) -> {"boxes", "scores", "classes", "valid"[, "mask_probs"]}`
-  (without `mask_probs` for RetinaNet and Faster R-CNN; see `jax_rcnn.meta_arch.rcnn.inference`;
-  `{"proposal_boxes", "objectness_logits", "valid"}` for a `ProposalNetwork`; PanopticFPN adds
-  `sem_seg_logits f32[B, H/4, W/4, K]`, a SemanticSegmentor has only that, and the loaded
-  predictor returns what `Predictor` returns, panoptic post-processing included).
+  original_sizes i32[B, 2]) -> {"boxes", "scores", "classes", "valid"[, "mask_probs"][,
+  "keypoints"]}` (`mask_probs` for mask models, `keypoints f32[B, D, K, 3]` for keypoint models;
+  see `jax_rcnn.meta_arch.rcnn.inference`; `{"proposal_boxes", "objectness_logits", "valid"}`
+  for a `ProposalNetwork`; PanopticFPN adds `sem_seg_logits f32[B, H/4, W/4, K]`, a
+  SemanticSegmentor has only that, and the loaded predictor returns what `Predictor` returns,
+  panoptic post-processing included).
   The parameters are an argument, not constants, so each module is small and every shape shares
   one copy of them;
 * `variables.npz`: those parameters, keys `collection/path/to/leaf`;
@@ -88,7 +89,15 @@ VARIABLES = "variables.npz"
 D2_CHECKPOINT = "model_final.pkl"
 FORMAT_NAME = "jax_rcnn.export"
 FORMAT_VERSION = 1
-OUTPUT_KEYS = ("boxes", "scores", "classes", "valid", "mask_probs", "sem_seg_logits")
+OUTPUT_KEYS = (
+    "boxes",
+    "scores",
+    "classes",
+    "valid",
+    "mask_probs",
+    "sem_seg_logits",
+    "keypoints",
+)
 PROPOSAL_OUTPUT_KEYS = ("proposal_boxes", "objectness_logits", "valid")  # ProposalNetwork
 EXPORT_KERNELS = "reference"
 

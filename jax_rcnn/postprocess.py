@@ -291,13 +291,14 @@ def instances_for_image(
     Args:
       outputs: the inference dict (device or NumPy arrays): `boxes f32[B, D, 4]` original px,
         `scores f32[B, D]`, `classes i32[B, D]`, `valid bool[B, D]`, optional
-        `mask_probs f32[B, D, M, M]`.
+        `mask_probs f32[B, D, M, M]` and `keypoints f32[B, D, K, 3]`.
       index: the image's position in the batch.
       original_size: its (H0, W0).
 
     Returns:
       `{"boxes": f32[D', 4], "scores": f32[D'], "classes": i32[D']}` of the valid detections in
-      score order, plus `"masks": bool[D', H0, W0]` for mask models. Pasting runs eagerly (not
+      score order, plus `"masks": bool[D', H0, W0]` for mask models and `"keypoints":
+      f32[D', K, 3]` (x, y, score in original pixels) for keypoint models. Pasting runs eagerly (not
       jitted), so a new photo size never triggers a compile. For a `ProposalNetwork` output
       (`proposal_boxes`, `objectness_logits`, `valid`): `{"proposal_boxes": f32[P', 4],
       "objectness_logits": f32[P']}`, Detectron2's field names, by descending logit.
@@ -323,4 +324,6 @@ def instances_for_image(
             )
         else:
             result["masks"] = np.zeros((0, *original_size), bool)
+    if "keypoints" in outputs:
+        result["keypoints"] = np.asarray(outputs["keypoints"][index], np.float32)[keep]
     return result

@@ -8,7 +8,8 @@
     outs = predictor.batch([img_a, img_b])          # images of different sizes
 
 Each output is a dict of NumPy arrays in original-image pixels:
-`boxes f32[D, 4]` xyxy, `scores f32[D]`, `classes i32[D]`, and `masks bool[D, H, W]` for mask
+`boxes f32[D, 4]` xyxy, `scores f32[D]`, `classes i32[D]`, `masks bool[D, H, W]` for mask
+models and `keypoints f32[D, K, 3]` (x, y, score; Detectron2's `pred_keypoints`) for keypoint
 models, sorted by descending score. A `ProposalNetwork` (RPN-only) gives Detectron2's proposal
 fields instead: `proposal_boxes f32[P, 4]` xyxy and `objectness_logits f32[P]` (raw logits),
 sorted by descending logit. A `PanopticFPN` adds Detectron2's `sem_seg f32[K, H, W]` (semantic
@@ -73,9 +74,11 @@ class Predictor:
 
         def run(variables, images, image_sizes, original_sizes):
             self.num_traces += 1  # Python side effect: runs once per trace, not per call
-            return inference(
+            out = inference(
                 self.model, variables, images, image_sizes, original_sizes, config=config
             )
+            # ~21 MB per image of heatmap logits the Predictor does not return.
+            return {k: v for k, v in out.items() if k != "keypoint_heatmaps"}
 
         self._run = compile_jit(run)
 

@@ -1,4 +1,5 @@
-"""Drawing detections with PIL: boxes, class names, scores, mask overlays, panoptic segments.
+"""Drawing detections with PIL: boxes, class names, scores, mask overlays, keypoint skeletons,
+panoptic segments.
 
 Used by the training loop (a picture of predictions on a few validation images after each
 evaluation) and by `jax_rcnn.demo`. Host side: NumPy and PIL only.
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+KEYPOINT_THRESHOLD = 0.05  # Detectron2's `Visualizer._KEYPOINT_THRESHOLD`
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
@@ -31,6 +34,9 @@ def draw_instances(
     class_names: Sequence[str] = (),
     score_thresh: float = 0.5,
     mask_alpha: float = 0.45,
+    keypoints: np.ndarray | None = None,
+    skeleton: Sequence[tuple[int, int]] = (),
+    keypoint_thresh: float = KEYPOINT_THRESHOLD,
 ) -> Image.Image:
     """Draws one image's instances.
 
@@ -44,6 +50,10 @@ def draw_instances(
       class_names: names by class id (ids shown when empty).
       score_thresh: instances scoring below are not drawn.
       mask_alpha: opacity of mask overlays.
+      keypoints: f32[D, K, 3] (x, y, score) in `image`'s frame, or None.
+      skeleton: 0-based (i, j) keypoint pairs joined by a line when both are drawn.
+      keypoint_thresh: keypoints scoring at most this are not drawn (Detectron2's
+        `Visualizer` threshold 0.05).
 
     Returns:
       An RGB `PIL.Image`, larger instances drawn first so small ones stay visible.
@@ -81,6 +91,11 @@ def draw_instances(
         left, top, right, bottom = draw.textbbox((tx, ty), label, font=font)
         draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=color)
         draw.text((tx, ty), label, fill=(0, 0, 0), font=font)
+    if keypoints is not None:
+        radius = max(1.5, min(h, w) / 250)
+        for i in idx:
+            _draw_keypoints(draw, np.asarray(keypoints[i], np.float32), skeleton, keypoint_thresh,
+                            class_color(int(classes[i])), radius)  # fmt: skip
     return out
 
 
@@ -124,6 +139,19 @@ def draw_panoptic(
     for x, y, name in labels:
         draw.text((x, y), name, fill=(255, 255, 255), font=font, anchor="mm")
     return out
+
+
+def _draw_keypoints(draw, kps, skeleton, thresh, color, radius) -> None:
+    """One instance's skeleton lines, then its keypoints as dots (score > thresh only)."""
+    shown = kps[:, 2] > thresh
+    for a, b in skeleton:
+        if a < len(kps) and b < len(kps) and shown[a] and shown[b]:
+            draw.line(
+                [tuple(kps[a, :2]), tuple(kps[b, :2])], fill=color, width=max(1, round(radius))
+            )
+    for x, y in kps[shown, :2]:
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255),
+                     outline=color)  # fmt: skip
 
 
 def grid(images: Sequence[Image.Image], columns: int = 4, pad: int = 4) -> Image.Image:

@@ -33,7 +33,8 @@ and each array gets one layout change:
 | linear_chw | `(S*S*C, out)`, rows in NHWC order (y, x, c) | `(out, C*S*S)`, NCHW (c, y, x) |
 | vector | `[C]` | `[C]` |
 
-`linear_chw` is the first fully connected layer after the box pooler (`box_head.fc1`; the box
+`deconv` is the mask head's `deconv` and the keypoint head's `score_lowres`. `linear_chw` is
+the first fully connected layer after the box pooler (`box_head.fc1`; the box
 predictor when `num_fc == 0`). Ignored on import: `*.num_batches_tracked`, `pixel_mean`,
 `pixel_std` (config values), `*anchor_generator*` buffers.
 """
@@ -65,6 +66,8 @@ _LEAF_TO_D2 = {
 }
 _BLOCK = re.compile(r"^(res\d|box_head|box_predictor|p\d)_(\d+)$")
 _IGNORED = re.compile(r"(^|\.)(num_batches_tracked|pixel_mean|pixel_std)$|anchor_generator\.")
+# ConvTranspose2d modules (weight (in, out, kh, kw)): the mask head's and the keypoint head's.
+_DECONVS = ("deconv", "score_lowres")
 _MSRA_CLASSIFIER = re.compile(r"^(fc1000|pred)_[wb]$")
 FROZEN_BN_EPS = 1e-5
 
@@ -156,7 +159,7 @@ def _build_name_table(config) -> tuple[Entry, ...]:
             shape = tuple(leaf.shape)
             chw_i = None
             if collection == "params" and path[-1] == "kernel" and len(shape) == 4:
-                layout = "deconv" if path[-2] == "deconv" else "conv"
+                layout = "deconv" if path[-2] in _DECONVS else "conv"
                 d2_shape = (
                     (shape[2], shape[3], shape[0], shape[1])
                     if layout == "deconv"
@@ -279,8 +282,15 @@ def describe_config(config) -> str:
     if m.meta_architecture == "ProposalNetwork":
         return f"ProposalNetwork (RPN only, no roi_heads.*) {backbone.rstrip(', ')}"
     box = f", box fc_dim={m.roi_box_head.fc_dim}" if "fc_dim" in m.roi_box_head else ""
-    text = f"{backbone}num_classes={m.roi_heads.num_classes}{box}, mask_on={m.mask_on}" + (
-        f" (mask conv_dim={m.roi_mask_head.conv_dim})" if m.mask_on else ""
+    text = (
+        f"{backbone}num_classes={m.roi_heads.num_classes}{box}, mask_on={m.mask_on}"
+        + (f" (mask conv_dim={m.roi_mask_head.conv_dim})" if m.mask_on else "")
+        + (
+            f", keypoint_on=True (conv_dims={tuple(m.roi_keypoint_head.conv_dims)}, "
+            f"num_keypoints={m.roi_keypoint_head.num_keypoints})"
+            if modeling.keypoint_on(config)
+            else ""
+        )
     )
     if m.meta_architecture == "PanopticFPN":
         text = f"PanopticFPN {text}, {_describe_sem_seg_head(m)}"
@@ -336,6 +346,8 @@ def _describe_checkpoint(names: set[str], shapes: dict[str, tuple]) -> str:
     if any(n.startswith("roi_heads.") for n in names):
         has_mask = any("mask_head" in n for n in names)
         parts.append(f"mask head {'present' if has_mask else 'absent'}")
+        has_keypoint = any("keypoint_head" in n for n in names)
+        parts.append(f"keypoint head {'present' if has_keypoint else 'absent'}")
     return ", ".join(parts)
 
 

@@ -32,6 +32,11 @@ into the M x M grid, `P'.x = (P.x - g.x1) * M / g.w` (same for y); NumPy referen
 the mask thresholded instead of soft would give 0.9 %) and through mask pixels outside the gt
 box (none for COCO, whose boxes are the polygons' bounding boxes).
 
+Keypoints (`config.model.keypoint_on`): each instance's `keypoints` go through
+`transforms.transform_keypoints` (resize, flip with the record's `keypoint_hflip_indices`, points
+outside the image invisible, v = 0 -> (0, 0, 0)) into `gt_keypoints f32[G, K, 3]`; every
+non-crowd instance of a training image must have keypoints.
+
 Instance cap. At most `config.input.max_gt` instances are kept; on overflow the `max_gt` with the
 largest box area are kept (small instances are the least likely to be matched at all), in their
 original order; every overflow is logged as a warning and counted in `gt_num_overflow`.
@@ -189,6 +194,8 @@ def make_train_example(record: dict, config, rng: np.random.Generator) -> dict:
           gt_classes: i32[G] contiguous class (padding 0); gt_valid: bool[G];
           gt_masks: u8[G, M, M] soft box-relative masks, 255 = fully inside (only when
             `config.model.mask_on`; see the module docstring);
+          gt_keypoints: f32[G, K, 3] (x, y, v) in the resized image (only when
+            `config.model.keypoint_on`; K = `roi_keypoint_head.num_keypoints`);
           gt_num_dropped: i32 scalar, instances removed as empty after the transforms;
           gt_num_overflow: i32 scalar, instances beyond `max_gt` that were discarded;
           sem_seg: u8[H, W] semantic targets (resized NEAREST, flipped, padded with 255), only
@@ -282,6 +289,8 @@ def make_train_example(record: dict, config, rng: np.random.Generator) -> dict:
         example["sem_seg"] = panoptic.pad_semantic(
             panoptic.semantic_target(sem, nh, nw, flip), padded
         )
+    if config.model.get("keypoint_on", False):
+        example["gt_keypoints"] = _gt_keypoints(record, anns, idx, (h, w), (nh, nw), flip, config)
     return example
 
 
@@ -300,6 +309,33 @@ def _semantic_gt(record: dict) -> np.ndarray | None:
             )
         return panoptic.panoptic_to_semantic(ids, record["segments_info"])
     return None
+
+
+def _gt_keypoints(record, anns, idx, size, new_size, flip, config) -> np.ndarray:
+    """`f32[max_gt, K, 3]` keypoints of the kept instances `idx` (module docstring)."""
+    num_k = int(config.model.roi_keypoint_head.num_keypoints)
+    out = np.zeros((int(config.input.max_gt), num_k, 3), np.float32)
+    if not len(idx):
+        return out
+    kps = []
+    for i in idx:
+        if "keypoints" not in anns[i]:
+            raise ValueError(
+                f"{record['file_name']} (image id {record['image_id']}): an instance has no "
+                "'keypoints' but config.model.keypoint_on is True"
+            )
+        if anns[i]["keypoints"].shape != (num_k, 3):
+            raise ValueError(
+                f"{record['file_name']} (image id {record['image_id']}): an instance has "
+                f"{anns[i]['keypoints'].shape[0]} keypoints, config.model.roi_keypoint_head."
+                f"num_keypoints is {num_k}"
+            )
+        kps.append(anns[i]["keypoints"])
+    (h, w), (nh, nw) = size, new_size
+    out[: len(idx)] = T.transform_keypoints(
+        np.stack(kps), nw / w, nh / h, (nh, nw), flip, record.get("keypoint_hflip_indices")
+    )
+    return out
 
 
 def make_test_example(record_or_image: dict | np.ndarray, config) -> dict:

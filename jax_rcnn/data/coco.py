@@ -15,12 +15,25 @@ resize + flip gives the same box up to float rounding) and boxes empty after cli
 dropped here (Detectron2 drops them in the mapper). An RLE whose `size` is not the image's
 (height, width) is an error.
 
+Keypoints (`person_keypoints_*.json`): an annotation's `keypoints` (K triples x, y, v of integer
+pixel indices) gets +0.5 on x and y, as Detectron2's loader (pixel i covers [i, i + 1)); its
+length must be 3 K (K = the category's `keypoints` names) and v in {0, 1, 2}, else a ValueError
+names the file and the annotation id. Metadata: `keypoint_names` (the category's `keypoints`),
+`keypoint_flip_map` (the category's `keypoint_flip_map` pairs when given -- a jax_rcnn
+extension --, COCO's `COCO_PERSON_KEYPOINT_FLIP_MAP` for COCO's names, else every
+`left_*` / `right_*` pair), `keypoint_skeleton` (the category's 1-based `skeleton` pairs;
+COCO's for COCO's names when absent or empty) and `keypoint_hflip_indices` (from
+`keypoint_hflip_indices`); each record of a keypoint dataset carries the flip indices too, so
+the training mapper can flip without the metadata.
+
 Record layout (one dict per image)::
 
     {"file_name": str (image_root joined), "height": int, "width": int, "image_id": int,
      "annotations": [{"bbox": f32[4] xyxy abs px, "bbox_mode": BOX_MODE_XYXY_ABS,
                       "category_id": int in [0, K), "iscrowd": 0 | 1,
-                      "segmentation": list of flat polygons | RLE dict (optional)}, ...]}
+                      "segmentation": list of flat polygons | RLE dict (optional),
+                      "keypoints": f32[K, 3] (x + 0.5, y + 0.5, v) (optional)}, ...]
+     "keypoint_hflip_indices": tuple of K ints (keypoint datasets only)}
 """
 
 from __future__ import annotations
@@ -42,6 +55,132 @@ BOX_MODE_XYWH_ABS = 1
 _IMAGE_FIELDS = ("id", "file_name", "height", "width")
 _ANNOTATION_FIELDS = ("image_id", "bbox", "category_id")
 _CATEGORY_FIELDS = ("id", "name")
+
+# Detectron2's `builtin_meta.py`: COCO person keypoints, their left/right pairs and skeleton.
+COCO_PERSON_KEYPOINT_NAMES = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
+COCO_PERSON_KEYPOINT_FLIP_MAP = tuple(
+    (f"left_{part}", f"right_{part}")
+    for part in ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+)
+# `person_keypoints_*.json`'s `skeleton` (1-based keypoint indices).
+COCO_PERSON_SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
+    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)  # fmt: skip
+
+
+def keypoint_hflip_indices(
+    names: Sequence[str], flip_map: Sequence[Sequence[str]], source: str = "keypoint metadata"
+) -> tuple[int, ...]:
+    """Detectron2's `create_keypoint_hflip_indices`: index of each keypoint's mirror image.
+
+    Args:
+        names: the K keypoint names.
+        flip_map: (left, right) name pairs; unpaired names map to themselves.
+        source: named in errors (the annotation file).
+
+    Returns:
+        K ints, a permutation of range(K) that is its own inverse.
+
+    Raises:
+        ValueError: a pair names an unknown keypoint, or a name is in two pairs (the flip is
+            not a permutation).
+    """
+    names = list(names)
+    mapping: dict[str, str] = {}
+    for pair in flip_map:
+        if len(pair) != 2:
+            raise ValueError(
+                f"{source}: keypoint flip map entry {pair!r} is not a (left, right) pair"
+            )
+        a, b = pair
+        for n in (a, b):
+            if n not in names:
+                raise ValueError(
+                    f"{source}: keypoint flip map names {n!r}, not a keypoint of {names}"
+                )
+            if n in mapping:
+                raise ValueError(
+                    f"{source}: keypoint flip map is not a permutation: {n!r} is in two pairs"
+                )
+        mapping[a], mapping[b] = b, a
+    return tuple(names.index(mapping.get(n, n)) for n in names)
+
+
+def _default_flip_map(names: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    if tuple(names) == COCO_PERSON_KEYPOINT_NAMES:
+        return COCO_PERSON_KEYPOINT_FLIP_MAP
+    return tuple(
+        (n, "right_" + n[len("left_") :])
+        for n in names
+        if n.startswith("left_") and "right_" + n[len("left_") :] in names
+    )
+
+
+def _keypoint_meta(cats: list[dict], json_file: str) -> dict:
+    """Keypoint metadata of the categories that define `keypoints` (one set per dataset)."""
+    with_kps = [c for c in cats if c.get("keypoints")]
+    if not with_kps:
+        return {}
+    names = tuple(str(n) for n in with_kps[0]["keypoints"])
+    for c in with_kps[1:]:
+        if tuple(c["keypoints"]) != names:
+            raise ValueError(
+                f"{json_file}: categories {with_kps[0]['id']} and {c['id']} define different "
+                "keypoints (one keypoint set per dataset)"
+            )
+    given = with_kps[0].get("keypoint_flip_map")
+    flip_map = tuple(tuple(p) for p in given) if given is not None else _default_flip_map(names)
+    skeleton = tuple(tuple(int(i) for i in p) for p in with_kps[0].get("skeleton") or ())
+    if not skeleton and names == COCO_PERSON_KEYPOINT_NAMES:
+        skeleton = COCO_PERSON_SKELETON
+    return {
+        "keypoint_names": names,
+        "keypoint_flip_map": flip_map,
+        "keypoint_skeleton": skeleton,
+        "keypoint_hflip_indices": keypoint_hflip_indices(names, flip_map, json_file),
+    }
+
+
+def _keypoints(kps, num_keypoints: int | None, where: str, json_file: str) -> np.ndarray:
+    """An annotation's flat `keypoints` as f32[K, 3] with +0.5 on x and y (validated)."""
+    if not isinstance(kps, list | tuple) or not all(
+        isinstance(v, int | float) and math.isfinite(v) for v in kps
+    ):
+        raise ValueError(f"{json_file}: {where} field 'keypoints' must be a list of numbers")
+    if len(kps) % 3 or (num_keypoints is not None and len(kps) != 3 * num_keypoints):
+        want = "3 x the category's keypoints" if num_keypoints is None else 3 * num_keypoints
+        raise ValueError(
+            f"{json_file}: {where} has {len(kps)} keypoint values, expected {want} "
+            "(x, y, v per keypoint)"
+        )
+    out = np.asarray(kps, np.float64).reshape(-1, 3)
+    bad = ~np.isin(out[:, 2], (0, 1, 2))
+    if bad.any():
+        raise ValueError(
+            f"{json_file}: {where} keypoint {int(np.flatnonzero(bad)[0])} has visibility "
+            f"{out[bad, 2][0]:g}, not one of 0, 1, 2"
+        )
+    out[:, :2] += 0.5
+    return out.astype(np.float32)
 
 
 def _require(entry, fields: Sequence[str], where: str, json_file: str) -> None:
@@ -87,12 +226,16 @@ def load_coco_json(
     Returns:
         `(records, meta)`: records sorted by image id (layout in the module docstring) and
         `meta = {"thing_classes": [name, ...] (contiguous-id order),
-        "thing_dataset_id_to_contiguous_id": {json id: contiguous id}}`.
+        "thing_dataset_id_to_contiguous_id": {json id: contiguous id}}` plus, for keypoint
+        datasets, `keypoint_names`, `keypoint_flip_map`, `keypoint_skeleton`,
+        `keypoint_hflip_indices` (module docstring).
 
     Raises:
         FileNotFoundError: `json_file` does not exist.
         ValueError: invalid JSON, a missing required field, a malformed bbox or RLE, an
-            annotation whose image or category id is unknown, duplicate ids, or no images.
+            annotation whose image or category id is unknown, duplicate ids, no images, or
+            bad keypoints (wrong length, visibility not in {0, 1, 2}, a keypoint flip map
+            that is not a permutation).
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     return _load_dict(_read_json(json_file), json_file, image_root, dataset_name or json_file)
@@ -107,6 +250,8 @@ def _load_dict(data: dict, json_file: str, image_root: str, name: str) -> tuple[
         raise ValueError(f"{json_file}: duplicate category ids in 'categories'")
     id_map = {cid: i for i, cid in enumerate(cat_ids)}
     meta = {"thing_classes": [c["name"] for c in cats], "thing_dataset_id_to_contiguous_id": id_map}
+    meta.update(_keypoint_meta(cats, json_file))
+    num_kps_per_cat = {c["id"]: len(c["keypoints"]) for c in cats if c.get("keypoints")}
     if cat_ids and not (min(cat_ids) == 1 and max(cat_ids) == len(cat_ids)):
         logger.info(
             "%s: category ids are not 1..%d; mapped to 0..%d", name, len(cats), len(cats) - 1
@@ -187,6 +332,12 @@ def _load_dict(data: dict, json_file: str, image_root: str, name: str) -> tuple[
             else:
                 raise ValueError(f"{json_file}: {where} 'segmentation' must be polygons or RLE")
             obj["segmentation"] = segm
+        kps = ann.get("keypoints")
+        if kps:  # Detectron2: an empty list means no keypoints
+            num = num_kps_per_cat.get(ann["category_id"])
+            if num is None and "keypoint_names" in meta:
+                num = len(meta["keypoint_names"])
+            obj["keypoints"] = _keypoints(kps, num, where, json_file)
         anns_per_image[ann["image_id"]].append(obj)
 
     records = []
@@ -201,6 +352,8 @@ def _load_dict(data: dict, json_file: str, image_root: str, name: str) -> tuple[
                 "annotations": anns_per_image[image_id],
             }
         )
+        if "keypoint_hflip_indices" in meta:
+            records[-1]["keypoint_hflip_indices"] = meta["keypoint_hflip_indices"]
     num_anns = sum(len(r["annotations"]) for r in records)
     logger.info("%s: loaded %d images, %d instances", name, len(records), num_anns)
     if num_clipped:
@@ -216,6 +369,29 @@ def _load_dict(data: dict, json_file: str, image_root: str, name: str) -> tuple[
             "%s: dropped %d instances without a valid polygon (< 3 points)", name, num_bad_segm
         )
     return records, meta
+
+
+def filter_images_with_few_keypoints(records: list[dict], min_keypoints: int) -> list[dict]:
+    """Detectron2's `filter_images_with_few_keypoints` (`MIN_KEYPOINTS_PER_IMAGE`, applied when
+    `KEYPOINT_ON`): keeps the images with at least `min_keypoints` keypoints with v > 0 summed
+    over their annotations.
+
+    Raises:
+        ValueError: no image left.
+    """
+
+    def visible(r):
+        return sum(
+            int((a["keypoints"][:, 2] > 0).sum()) for a in r["annotations"] if "keypoints" in a
+        )
+
+    out = [r for r in records if visible(r) >= min_keypoints]
+    logger.info(
+        "Removed %d images with fewer than %d keypoints.", len(records) - len(out), min_keypoints
+    )
+    if not out:
+        raise ValueError(f"no training image has >= {min_keypoints} visible keypoints")
+    return out
 
 
 def filter_for_training(records: list[dict], filter_empty: bool = True) -> list[dict]:

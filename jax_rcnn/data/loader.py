@@ -68,14 +68,19 @@ import numpy as np
 
 from jax_rcnn.data import batching as B
 from jax_rcnn.data import transforms as T
-from jax_rcnn.data.coco import filter_for_training, load_coco_json, load_lvis_json
+from jax_rcnn.data.coco import (
+    filter_for_training,
+    filter_images_with_few_keypoints,
+    load_coco_json,
+    load_lvis_json,
+)
 from jax_rcnn.data.samplers import sampler_id, train_order
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2
 SPLITS = ("train", "test")
-SOURCES = ("coco", "shapes", "tfds")
+SOURCES = ("coco", "shapes", "tfds", "people")
 _NO_GROUPING = -1  # queue key when aspect-ratio grouping is off
 _ENDLESS = sys.maxsize  # length of the host-slot MapDataset: the training stream never ends
 _PLAN_WINDOW = 8  # planned global batches a reader process keeps for random access
@@ -95,7 +100,8 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
         `meta["format"]` its annotation format ("coco" or "lvis"); the panoptic shapes variant
         adds each record's `sem_seg_file_name` and `meta["panoptic_json"]`,
         `meta["panoptic_png"]`. Training records have crowd instances removed (and, if
-        `filter_empty_annotations`, images without instances).
+        `filter_empty_annotations`, images without instances; for keypoint models, images with
+        fewer than `min_keypoints_per_image` visible keypoints).
 
     Raises:
         ValueError: unknown split or source, an empty path in the config, or no records.
@@ -132,6 +138,15 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
             records = attach_sem_seg(records, paths[f"{which}_sem_seg"])
             meta["panoptic_json"] = paths[f"{which}_panoptic_json"]
             meta["panoptic_png"] = paths[f"{which}_panoptic_png"]
+    elif data.source == "people":
+        from jax_rcnn.data.people import config_paths as people_paths
+
+        paths = people_paths(config)
+        which = "train" if split == "train" else "val"
+        records, meta = load_coco_json(
+            paths[f"{which}_json"], paths[f"{which}_images"], dataset_name=f"people/{which}"
+        )
+        meta = {**meta, "json_file": paths[f"{which}_json"]}
     elif data.source == "tfds":
         from jax_rcnn.data.tfds_source import load_tfds_records
 
@@ -142,6 +157,15 @@ def dataset_records(config, split: str) -> tuple[list[dict], dict]:
     meta = {"format": "coco", **meta}
     if split == "train":
         records = filter_for_training(records, bool(config.dataloader.filter_empty_annotations))
+        if config.model.get("keypoint_on", False):
+            if "keypoint_names" not in meta:
+                raise ValueError(
+                    f"config.model.keypoint_on is True but the {data.source!r} training data "
+                    f"{meta.get('json_file', '')} has no keypoint category ('keypoints' names)"
+                )
+            min_kps = int(config.model.roi_keypoint_head.min_keypoints_per_image)
+            if min_kps > 0:
+                records = filter_images_with_few_keypoints(records, min_kps)
     if not records:
         raise ValueError(f"config.data.source={data.source!r}: the {split} split has no images")
     return records, meta

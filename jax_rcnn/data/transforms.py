@@ -19,6 +19,7 @@ follow the same distributions.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -199,6 +200,53 @@ def hflip_polygons(polygons: list, width: float) -> list[np.ndarray]:
         q[:, 0] = width - q[:, 0]
         out.append(q.reshape(-1))
     return out
+
+
+def transform_keypoints(
+    keypoints: np.ndarray,
+    scale_x: float,
+    scale_y: float,
+    new_size: tuple[int, int],
+    flip: bool = False,
+    hflip_indices: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Detectron2's `transform_keypoint_annotations` for ResizeShortestEdge (+ HFlip).
+
+    x, y are scaled by (scale_x, scale_y) in float64 (and mirrored, `x -> w - x`, when
+    `flip`); a keypoint outside `[0, w] x [0, h]` (inclusive) gets v = 0; with a flip the
+    keypoints are permuted by `hflip_indices` (left <-> right); finally every keypoint with
+    v = 0 becomes (0, 0, 0).
+
+    Args:
+        keypoints: `f32[N, K, 3]` (x, y, v) in the original image.
+        scale_x: new_w / old_w.
+        scale_y: new_h / old_h.
+        new_size: (h, w) of the resized image.
+        flip: horizontal flip after the resize.
+        hflip_indices: K ints (`coco.keypoint_hflip_indices`); required with `flip`.
+
+    Returns:
+        `f32[N, K, 3]`.
+    """
+    kps = np.asarray(keypoints, np.float64).copy()
+    h, w = new_size
+    x = kps[..., 0] * scale_x
+    y = kps[..., 1] * scale_y
+    if flip:
+        x = w - x
+    inside = (x >= 0) & (y >= 0) & (x <= w) & (y <= h)
+    kps[..., 0], kps[..., 1] = x, y
+    kps[..., 2] = np.where(inside, kps[..., 2], 0)
+    if flip:
+        if hflip_indices is None:
+            raise ValueError("cannot flip keypoints without flip indices (keypoint_flip_map)")
+        if len(hflip_indices) != kps.shape[-2]:
+            raise ValueError(
+                f"keypoints have {kps.shape[-2]} points but the flip indices {len(hflip_indices)}"
+            )
+        kps = kps[..., np.asarray(hflip_indices, np.int64), :]
+    kps[kps[..., 2] == 0] = 0
+    return kps.astype(np.float32)
 
 
 def _roi_align_samples(start: float, length: float, size: int, limit: int):

@@ -1,4 +1,4 @@
-"""COCO box and mask AP of padded batched detections, host side (NumPy + pycocotools).
+"""COCO box, mask and keypoint AP of padded batched detections, host side (NumPy + pycocotools).
 
 Parity: detectron2 ``evaluation/coco_evaluation.py`` -- ``COCOEvaluator``,
 ``instances_to_coco_json``, ``_evaluate_predictions_on_coco`` and ``_derive_coco_results``.
@@ -8,6 +8,13 @@ class ids are mapped back to dataset category ids; for ``segm`` the ``bbox`` fie
 that COCO's small/medium/large split uses the mask area; metrics are ``COCOeval.stats * 100``,
 with ``-1`` (no ground truth in that area range) reported as NaN; per-category AP is the mean of
 ``precision[:, :, k, area=all, maxDets=100]`` over entries ``> -1`` (NaN when none).
+
+Keypoints (``"keypoints"`` task, Keypoint R-CNN): each result holds its 17 (x, y, score) triples
+flattened with 0.5 subtracted from x and y (COCO keypoints are pixel indices), and its box, so
+pycocotools' ``loadRes`` takes the ``bbox`` branch (a detection's area is its box area); OKS
+uses ``kpt_oks_sigmas`` when given (``TEST.KEYPOINT_OKS_SIGMAS``), pycocotools' COCO sigmas
+otherwise; ``setKpParams``' maxDets 20 is kept, as Detectron2 keeps it; the metrics are AP, AP50,
+AP75, APm, APl (pycocotools' Python COCOeval for this task).
 
 Deliberate deviations, all in the direction of an exact evaluation over the whole split:
 
@@ -70,8 +77,9 @@ def cocoeval_class(backend: str | None = None) -> type:
     return COCOeval_faster
 
 
-SUPPORTED_TASKS = ("bbox", "segm")
+SUPPORTED_TASKS = ("bbox", "segm", "keypoints")
 _METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+_KEYPOINT_METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl")
 RESULTS_FILE_NAME = "coco_instances_results.json"
 
 
@@ -124,6 +132,7 @@ def instances_to_coco_json(
     scores: np.ndarray,
     category_ids: np.ndarray,
     rles: Sequence[Mapping[str, Any]] | None = None,
+    keypoints: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Converts the (already unpadded) detections of one image to COCO result dicts.
 
@@ -133,10 +142,13 @@ def instances_to_coco_json(
         scores: f32[N].
         category_ids: int[N] dataset category ids (not contiguous ids).
         rles: optional N COCO RLE dicts, one per detection.
+        keypoints: optional f32[N, K, 3] (x, y, score) in original pixels; written with 0.5
+            subtracted from x and y, flattened (Detectron2's convention).
 
     Returns:
         N dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` (plus
-        ``"segmentation"`` when ``rles`` is given), JSON-serialisable.
+        ``"segmentation"`` when ``rles`` is given, ``"keypoints"`` when ``keypoints`` is),
+        JSON-serialisable.
 
     Example:
         >>> instances_to_coco_json(7, np.array([[1.0, 2.0, 4.0, 8.0]]), np.array([0.5]),
@@ -153,6 +165,13 @@ def instances_to_coco_json(
         raise ValueError(f"{num} boxes but {scores.shape[0]} scores, {category_ids.shape[0]} ids")
     if rles is not None and len(rles) != num:
         raise ValueError(f"{num} boxes but {len(rles)} masks")
+    if keypoints is not None:
+        keypoints = np.array(keypoints, np.float32)
+        if keypoints.ndim != 3 or keypoints.shape[0] != num or keypoints.shape[2] != 3:
+            raise ValueError(
+                f"{num} boxes but keypoints of shape {keypoints.shape} (not [N, K, 3])"
+            )
+        keypoints[:, :, :2] -= np.float32(0.5)
     results = []
     for k in range(num):
         result = {
@@ -166,6 +185,8 @@ def instances_to_coco_json(
             if isinstance(rle["counts"], bytes):
                 rle["counts"] = rle["counts"].decode("utf-8")
             result["segmentation"] = rle
+        if keypoints is not None:
+            result["keypoints"] = keypoints[k].flatten().tolist()
         results.append(result)
     return results
 
@@ -188,14 +209,17 @@ def evaluate_predictions_on_coco(
     coco_results: Sequence[Mapping[str, Any]],
     iou_type: str,
     backend: str | None = None,
+    kpt_oks_sigmas: Sequence[float] = (),
 ) -> COCOeval:
     """Runs COCOeval (evaluate, accumulate, summarize) over every image of ``coco_gt``.
 
     Args:
         coco_gt: the ground truth.
         coco_results: COCO result dicts with dataset category ids; may be empty.
-        iou_type: ``"bbox"`` or ``"segm"``.
-        backend: ``cocoeval_class`` backend (default "auto": faster-coco-eval when installed).
+        iou_type: ``"bbox"``, ``"segm"`` or ``"keypoints"``.
+        backend: ``cocoeval_class`` backend (default "auto": faster-coco-eval when installed);
+            ``"keypoints"`` always uses pycocotools.
+        kpt_oks_sigmas: OKS sigmas per keypoint; empty: pycocotools' COCO sigmas.
 
     Returns:
         The summarized ``COCOeval`` (``stats`` and ``eval["precision"]`` filled).
@@ -211,6 +235,11 @@ def evaluate_predictions_on_coco(
         for r in results:
             # With a bbox, pycocotools would use the box area for small/medium/large.
             r.pop("bbox", None)
+    if iou_type == "keypoints":
+        missing = sum("keypoints" not in r for r in results)
+        if missing:
+            raise ValueError(f"keypoint evaluation: {missing} results lack 'keypoints'")
+        backend = "pycocotools"
     gt_image_ids = set(coco_gt.getImgIds())
     unknown = {r["image_id"] for r in results} - gt_image_ids
     if unknown:
@@ -221,10 +250,27 @@ def evaluate_predictions_on_coco(
     with _pycocotools_output_to_log():
         coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
         coco_eval = cocoeval_class(backend)(coco_gt, coco_dt, iou_type)
+        if iou_type == "keypoints":
+            _check_num_keypoints(coco_gt, results, coco_eval, kpt_oks_sigmas)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
     return coco_eval
+
+
+def _check_num_keypoints(coco_gt: COCO, results, coco_eval: COCOeval, sigmas) -> None:
+    """Sets the OKS sigmas and checks results, gt and sigmas agree on K (Detectron2's assert)."""
+    if sigmas:
+        coco_eval.params.kpt_oks_sigmas = np.asarray(sigmas, np.float64)
+    num_sigmas = len(coco_eval.params.kpt_oks_sigmas)
+    gt_kps = [a for a in coco_gt.anns.values() if "keypoints" in a]
+    counts = {"OKS sigmas": num_sigmas}
+    if results:
+        counts["results"] = len(results[0]["keypoints"]) // 3
+    if gt_kps:
+        counts["ground truth"] = len(gt_kps[0]["keypoints"]) // 3
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"keypoint evaluation: different keypoint counts {counts}")
 
 
 def _pipe_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -255,14 +301,15 @@ def derive_coco_results(coco_eval: COCOeval, iou_type: str) -> dict[str, float]:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<category name>", ...}``; category names
         come from the ground-truth json, in the order of ``coco_eval.params.catIds``.
     """
+    names = _KEYPOINT_METRIC_NAMES if iou_type == "keypoints" else _METRIC_NAMES
     results = {
         name: float(coco_eval.stats[i] * 100) if coco_eval.stats[i] >= 0 else math.nan
-        for i, name in enumerate(_METRIC_NAMES)
+        for i, name in enumerate(names)
     }
     logger.info(
         "Evaluation results for %s:\n%s",
         iou_type,
-        _pipe_table(_METRIC_NAMES, [[results[n] for n in _METRIC_NAMES]]),
+        _pipe_table(names, [[results[n] for n in names]]),
     )
     if not all(math.isfinite(v) for v in results.values()):
         logger.info("Some metrics cannot be computed (no ground truth) and are shown as NaN.")
@@ -293,7 +340,10 @@ def derive_coco_results(coco_eval: COCOeval, iou_type: str) -> dict[str, float]:
 
 
 def evaluate_coco_results(
-    coco_gt: COCO, coco_results: Sequence[Mapping[str, Any]], tasks: Sequence[str]
+    coco_gt: COCO,
+    coco_results: Sequence[Mapping[str, Any]],
+    tasks: Sequence[str],
+    kpt_oks_sigmas: Sequence[float] = (),
 ) -> dict[str, dict[str, float]]:
     """Evaluates COCO result dicts for each task over every image of ``coco_gt``.
 
@@ -306,13 +356,21 @@ def evaluate_coco_results(
     if not coco_results:
         logger.warning("No detections at all: every image counts as an image without detections.")
     return {
-        task: derive_coco_results(evaluate_predictions_on_coco(coco_gt, coco_results, task), task)
+        task: derive_coco_results(
+            evaluate_predictions_on_coco(
+                coco_gt, coco_results, task, kpt_oks_sigmas=kpt_oks_sigmas
+            ),
+            task,
+        )
         for task in sorted(set(tasks))
     }
 
 
 def evaluate_results_file(
-    gt_json: str, results_json: str, tasks: Sequence[str] = SUPPORTED_TASKS
+    gt_json: str,
+    results_json: str,
+    tasks: Sequence[str] = ("bbox", "segm"),
+    kpt_oks_sigmas: Sequence[float] = (),
 ) -> dict[str, dict[str, float]]:
     """Evaluates a ``coco_instances_results.json`` (dataset category ids) against a gt json.
 
@@ -322,7 +380,8 @@ def evaluate_results_file(
     Args:
         gt_json: path to the COCO ground-truth json.
         results_json: path to a json list of COCO result dicts (may be empty).
-        tasks: subset of ``("bbox", "segm")``.
+        tasks: subset of ``("bbox", "segm", "keypoints")``.
+        kpt_oks_sigmas: see :func:`evaluate_predictions_on_coco`.
 
     Returns:
         ``{task: {"AP", "AP50", ..., "AP-<category name>", ...}}``.
@@ -331,7 +390,7 @@ def evaluate_results_file(
         coco_results = json.load(f)
     if not isinstance(coco_results, list):
         raise ValueError(f"{results_json} must hold a json list of results")
-    return evaluate_coco_results(load_coco(gt_json), coco_results, tasks)
+    return evaluate_coco_results(load_coco(gt_json), coco_results, tasks, kpt_oks_sigmas)
 
 
 class COCOEvaluator:
@@ -358,7 +417,8 @@ class COCOEvaluator:
         *,
         output_dir: str | None,
         contiguous_to_dataset_id: Mapping[int, int] | None = None,
-        tasks: Sequence[str] = SUPPORTED_TASKS,
+        tasks: Sequence[str] = ("bbox", "segm"),
+        kpt_oks_sigmas: Sequence[float] = (),
     ):
         """Loads the ground truth.
 
@@ -369,13 +429,16 @@ class COCOEvaluator:
             contiguous_to_dataset_id: model class index -> COCO category id; default: the sorted
                 category ids of ``gt_json`` (detectron2's ``thing_dataset_id_to_contiguous_id``
                 inverted).
-            tasks: subset of ``("bbox", "segm")``; ``"segm"`` requires masks in :meth:`process`.
+            tasks: subset of ``("bbox", "segm", "keypoints")``; ``"segm"`` requires masks and
+                ``"keypoints"`` keypoints in :meth:`process`.
+            kpt_oks_sigmas: OKS sigmas (``TEST.KEYPOINT_OKS_SIGMAS``); empty: COCO's.
         """
         self._tasks = tuple(tasks)
         for task in self._tasks:
             if task not in SUPPORTED_TASKS:
                 raise ValueError(f"unsupported task {task!r}; expected one of {SUPPORTED_TASKS}")
         self._output_dir = output_dir
+        self._kpt_oks_sigmas = tuple(kpt_oks_sigmas)
         self._coco_gt = load_coco(gt_json)
         gt_cat_ids = sorted(self._coco_gt.getCatIds())
         if contiguous_to_dataset_id is None:
@@ -418,6 +481,7 @@ class COCOEvaluator:
         valid: np.ndarray,
         masks: np.ndarray | Sequence[Sequence[Mapping[str, Any] | None]] | None = None,
         example_valid: np.ndarray | None = None,
+        keypoints: np.ndarray | None = None,
     ) -> None:
         """Converts one padded batch of detections to COCO results and stores them.
 
@@ -434,6 +498,8 @@ class COCOEvaluator:
                 detection in slot order. Required when ``"segm"`` is a task.
             example_valid: optional bool[B]; False marks a padding example, skipped entirely
                 (its image id is not checked).
+            keypoints: optional f32[B, D, K, 3] (x, y, score) in original pixels; required
+                when ``"keypoints"`` is a task.
 
         Raises:
             ValueError: an image id already processed, an image id not in the ground truth,
@@ -458,6 +524,12 @@ class COCOEvaluator:
             raise ValueError(f"example_valid {example_valid.shape} != ({num_images},)")
         if masks is None and "segm" in self._tasks:
             raise ValueError("task 'segm' needs masks")
+        if keypoints is None and "keypoints" in self._tasks:
+            raise ValueError("task 'keypoints' needs keypoints")
+        if keypoints is not None:
+            keypoints = np.asarray(keypoints)
+            if keypoints.ndim != 4 or keypoints.shape[:2] != (num_images, num_dets):
+                raise ValueError(f"keypoints {keypoints.shape} must be [B, D, K, 3]")
         dense_masks = masks is not None and not isinstance(masks, list | tuple)
         if dense_masks:
             masks = np.asarray(masks)
@@ -508,7 +580,12 @@ class COCOEvaluator:
                         f"slots and {len(keep)} valid detections"
                     )
             instances = instances_to_coco_json(
-                image_id, boxes[b, keep], scores[b, keep], self._class_to_cat[image_classes], rles
+                image_id,
+                boxes[b, keep],
+                scores[b, keep],
+                self._class_to_cat[image_classes],
+                rles,
+                None if keypoints is None else keypoints[b, keep],
             )
             records.append({"image_id": image_id, "instances": instances})
         for record in records:
@@ -564,7 +641,9 @@ class COCOEvaluator:
             with open(path, "w") as f:
                 json.dump(coco_results, f)
         logger.info("Evaluating %d results on %d images ...", len(coco_results), num_images)
-        results = evaluate_coco_results(self._coco_gt, coco_results, self._tasks)
+        results = evaluate_coco_results(
+            self._coco_gt, coco_results, self._tasks, self._kpt_oks_sigmas
+        )
         for metrics in results.values():
             metrics["num_images_evaluated"] = num_processed
             metrics["num_images"] = num_images

@@ -14,8 +14,9 @@ from typing import Any
 
 import jax
 
-from jax_rcnn.meta_arch import cascade_roi_heads, res5_roi_heads, roi_heads, rpn
+from jax_rcnn.meta_arch import cascade_roi_heads, keypoint_head, res5_roi_heads, roi_heads, rpn
 from jax_rcnn.meta_arch.common import Networks, backbone_features, detection_outputs
+from jax_rcnn.meta_arch.keypoint_head import keypoint_on
 
 # `MODEL.ROI_HEADS.NAME` -> its stages (`sample_rois`, `losses`, `detect_boxes`, `mask_probs`).
 ROI_HEADS = {
@@ -24,7 +25,7 @@ ROI_HEADS = {
     "CascadeROIHeads": cascade_roi_heads,
 }
 
-GT_KEYS = ("image_size", "gt_boxes", "gt_classes", "gt_valid", "gt_masks")
+GT_KEYS = ("image_size", "gt_boxes", "gt_classes", "gt_valid", "gt_masks", "gt_keypoints")
 
 
 def inference(
@@ -55,7 +56,11 @@ def inference(
         `valid bool[B, D]`; `det_boxes f32[B, D, 4]` in resized-input pixels;
         `proposal_boxes f32[B, P, 4]`, `proposal_logits f32[B, P]`, `proposal_valid bool[B, P]`;
         and for mask models `mask_probs f32[B, D, M, M]` (sigmoid of the predicted class's
-        28x28 mask logits, to be pasted with `jax_rcnn.masks.paste_masks_in_image`).
+        28x28 mask logits, to be pasted with `jax_rcnn.masks.paste_masks_in_image`);
+        for keypoint models (`model.keypoint_on`) `keypoints f32[B, D, K, 3]` (x, y, score)
+        in original pixels, `det_keypoints f32[B, D, K, 4]` (x, y, logit, score) in
+        resized-input pixels and `keypoint_heatmaps f32[B, D, K, 56, 56]`
+        (`meta_arch.keypoint_head.keypoint_predictions`).
     """
     backend = backend or config.model.kernels
     nets = Networks(model, variables)
@@ -70,6 +75,12 @@ def inference(
     out.update(proposal_boxes=props.boxes, proposal_logits=props.logits, proposal_valid=props.valid)
     if config.model.mask_on:
         out["mask_probs"] = heads.mask_probs(config, nets, features, dets, backend)
+    if keypoint_on(config):
+        out.update(
+            keypoint_head.keypoint_predictions(
+                config, nets, features, dets, image_sizes, original_sizes, backend
+            )
+        )
     return out
 
 
@@ -92,7 +103,8 @@ def forward_train(
         f32[B, G, 4]` xyxy resized-input px, `gt_classes i32[B, G]`, `gt_valid bool[B, G]`, and
         for mask models `gt_masks`: `u8[B, G, M, M]` box-relative soft masks
         (`jax_rcnn.data.batching.make_train_example`) or `bool[B, G, Hm, Wm]` full-image
-        bitmasks (exact Detectron2 targets), told apart by dtype (`targets.mask_targets`).
+        bitmasks (exact Detectron2 targets), told apart by dtype (`targets.mask_targets`);
+        for keypoint models `gt_keypoints f32[B, G, K, 3]` (x, y, v) resized-input px.
       key: PRNG key of this step (anchor and ROI sampling).
       config: the jax_rcnn config.
       mutable: names of the variable collections to update (`("batch_stats",)` for BN); their
@@ -101,14 +113,14 @@ def forward_train(
 
     Returns:
       `(losses, aux)`: losses `{"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"[,
-      "loss_mask"]}` of `f32[]` (Cascade: `loss_cls_stage{k}`, `loss_box_reg_stage{k}` per
-      stage instead, and `aux["stage_rois"]`, `aux["stage_outputs"]`); aux `{"rpn_labels"
-      i32[B, A], "proposals" (training
+      "loss_mask"][, "loss_keypoint"]}` of `f32[]` (Cascade: `loss_cls_stage{k}`,
+      `loss_box_reg_stage{k}` per stage instead, and `aux["stage_rois"]`,
+      `aux["stage_outputs"]`); aux `{"rpn_labels" i32[B, A], "proposals" (training
       `Proposals`, before gt is appended), "rois" (`targets.ROITargets`, `[B, R]`),
       "all_finite" bool[B] (False: a proposal decoded to a non-finite box; Detectron2
       raises), "updates"[, "mask_targets" f32[B, F, M, M], "mask_logits" f32[B, F, M, M, K]
       of the foreground slots `rois[:, :F]`, or of the `F = roi_mask_head.num_sampled_masks`
-      ROIs drawn from them]}`.
+      ROIs drawn from them][, keypoint aux: `keypoint_head.keypoint_losses`]}`.
     """
     backend = backend or config.model.kernels
     gt = {k: batch[k] for k in GT_KEYS if k in batch}
@@ -125,6 +137,10 @@ def forward_train(
     )
     roi_losses, aux = heads.losses(config, nets, features, rois, gt, roi_key, backend)
     losses.update(roi_losses)
+    if keypoint_on(config):
+        kp_losses, kp_aux = keypoint_head.keypoint_losses(config, nets, features, rois, gt, backend)
+        losses.update(kp_losses)
+        aux.update(kp_aux)
     aux.update(rpn_labels=rpn_labels, proposals=props, rois=rois, all_finite=props.all_finite)
     aux["updates"] = nets.mutable_state()
     return losses, aux

@@ -14,6 +14,7 @@ through a method of the container:
     logits, deltas = model.apply(variables, feats, method=GeneralizedRCNN.rpn_head)
     cls_logits, box_deltas = model.apply(variables, box_pooled, method=GeneralizedRCNN.box_head)
     mask_logits = model.apply(variables, mask_pooled, method=GeneralizedRCNN.mask_head)
+    kp_logits = model.apply(variables, kp_pooled, method=GeneralizedRCNN.keypoint_head)
 
 Shapes (NHWC, f32 outputs):
   * `features(images f32[B, H, W, 3])` -> {"p2": [B, H/4, W/4, C], ..., "p6": [B, H/64, W/64, C]};
@@ -23,6 +24,8 @@ Shapes (NHWC, f32 outputs):
     of f32[B, Hi*Wi*A] and f32[B, Hi*Wi*A, 4], flat index (y * Wi + x) * A + a.
   * `box_head(pooled f32[..., S, S, C])` -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K]).
   * `mask_head(pooled f32[..., S', S', C])` -> mask_logits f32[..., 2S', 2S', K].
+  * `keypoint_head(pooled f32[..., 14, 14, C])` -> heatmap logits f32[..., 56, 56, K]
+    (`StandardROIHeads` with `model.keypoint_on`).
   * ProposalNetwork: `features` and `rpn_head` as above (no ROI heads); on a plain ResNet
     (`rpn_R_50_C4_1x`) `features` is {"res4": f32[B, ceil(H/16), ceil(W/16), C4]}.
   * Cascade (`CascadeROIHeads`): `box_head(pooled, stage)`, `stage` a Python int ->
@@ -58,6 +61,7 @@ from jax_rcnn.modeling.fpn import FPN, build_resnet_fpn_backbone
 from jax_rcnn.modeling.heads import (
     FastRCNNConvFCHead,
     FastRCNNOutputLayers,
+    KRCNNConvDeconvUpsampleHead,
     MaskRCNNConvUpsampleHead,
     StandardRPNHead,
 )
@@ -90,6 +94,7 @@ __all__ = [
     "frozen_module_prefixes",
     "frozen_param_mask",
     "init_variables",
+    "keypoint_on",
     "roi_heads_name",
 ]
 
@@ -111,21 +116,26 @@ class RPN(nn.Module):
 
 
 class StandardROIHeads(nn.Module):
-    """Parameter holder of Detectron2's `roi_heads` (box head, box predictor, mask head).
+    """Parameter holder of Detectron2's `roi_heads` (box head, box predictor, mask head,
+    keypoint head).
 
     Attributes:
       box_head: `FastRCNNConvFCHead`.
       box_predictor: `FastRCNNOutputLayers`.
       mask_head: `MaskRCNNConvUpsampleHead`, or None without masks.
+      keypoint_head: `KRCNNConvDeconvUpsampleHead`, or None without keypoints.
       box_pooler_resolution: S of the box pooler (used by `initialize`).
       mask_pooler_resolution: S of the mask pooler.
+      keypoint_pooler_resolution: S of the keypoint pooler.
     """
 
     box_head: FastRCNNConvFCHead
     box_predictor: FastRCNNOutputLayers
     mask_head: MaskRCNNConvUpsampleHead | None = None
+    keypoint_head: KRCNNConvDeconvUpsampleHead | None = None
     box_pooler_resolution: int = 7
     mask_pooler_resolution: int = 14
+    keypoint_pooler_resolution: int = 14
 
     def box(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
         """pooled f32[..., S, S, C] -> (cls_logits f32[..., K+1], box_deltas f32[..., 4K])."""
@@ -137,6 +147,12 @@ class StandardROIHeads(nn.Module):
             raise ValueError("this model has no mask head (config.model.mask_on=False)")
         return self.mask_head(pooled)
 
+    def keypoint(self, pooled: jax.Array) -> jax.Array:
+        """pooled f32[..., S, S, C] -> heatmap logits f32[..., 4S, 4S, K]."""
+        if self.keypoint_head is None:
+            raise ValueError("this model has no keypoint head (config.model.keypoint_on=False)")
+        return self.keypoint_head(pooled)
+
     def initialize(self, channels: int, dtype: Any) -> dict[str, jax.Array]:
         """Runs every head once on zeros of `channels` pooled channels; used by `init`."""
         s, m = self.box_pooler_resolution, self.mask_pooler_resolution
@@ -144,6 +160,9 @@ class StandardROIHeads(nn.Module):
         out = dict(cls_logits=cls_logits, box_deltas=box_deltas)
         if self.mask_head is not None:
             out["mask_logits"] = self.mask(jnp.zeros((1, m, m, channels), dtype))
+        if self.keypoint_head is not None:
+            k = self.keypoint_pooler_resolution
+            out["keypoint_logits"] = self.keypoint(jnp.zeros((1, k, k, channels), dtype))
         return out
 
 
@@ -277,6 +296,11 @@ class GeneralizedRCNN(nn.Module):
         """pooled f32[..., S, S, C] -> mask logits f32[..., 2S, 2S, K] (`Res5ROIHeads`: the
         res5 output f32[..., 7, 7, C5] -> f32[..., 14, 14, K])."""
         return self.roi_heads.mask(pooled)
+
+    def keypoint_head(self, pooled: jax.Array) -> jax.Array:
+        """`StandardROIHeads` with keypoints: pooled f32[..., 14, 14, C] -> heatmap logits
+        f32[..., 56, 56, K]."""
+        return self.roi_heads.keypoint(pooled)
 
     def res5_head(self, pooled: jax.Array) -> jax.Array:
         """`Res5ROIHeads` only: pooled f32[..., 14, 14, C4] -> f32[..., 7, 7, C5]."""
@@ -559,12 +583,21 @@ def build_generalized_rcnn(config, *, train: bool, dtype: Any) -> GeneralizedRCN
             mask_pooler_resolution=mh.pooler_resolution,
         )
     else:
+        keypoint_head, kp_resolution = None, 14
+        if keypoint_on(config):
+            kh = m.roi_keypoint_head
+            kp_resolution = kh.pooler_resolution
+            keypoint_head = KRCNNConvDeconvUpsampleHead(
+                num_keypoints=kh.num_keypoints, conv_dims=tuple(kh.conv_dims), dtype=dtype
+            )
         roi_heads = StandardROIHeads(
             box_head=build_box_head(config, train=train, dtype=dtype),
             box_predictor=box_predictor,
             mask_head=mask_head,
+            keypoint_head=keypoint_head,
             box_pooler_resolution=bh.pooler_resolution,
             mask_pooler_resolution=mh.pooler_resolution,
+            keypoint_pooler_resolution=kp_resolution,
         )
     return GeneralizedRCNN(
         backbone=build_backbone(config, train=train, dtype=dtype),
@@ -606,6 +639,11 @@ def build_semantic_segmentor(config, *, train: bool, dtype: Any) -> SemanticSegm
         backbone=build_backbone(config, train=train, dtype=dtype),
         sem_seg_head=build_sem_seg_head(config, train=train, dtype=dtype),
     )
+
+
+def keypoint_on(config) -> bool:
+    """`MODEL.KEYPOINT_ON` (`configs.common.keypoint` adds the key; absent means False)."""
+    return bool(config.model.get("keypoint_on", False))
 
 
 def roi_heads_name(config) -> str:

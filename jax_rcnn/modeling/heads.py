@@ -1,5 +1,5 @@
 """RPN, box and mask heads (Detectron2's `StandardRPNHead`, `FastRCNNConvFCHead`,
-`FastRCNNOutputLayers`, `MaskRCNNConvUpsampleHead`), NHWC.
+`FastRCNNOutputLayers`, `MaskRCNNConvUpsampleHead`, `KRCNNConvDeconvUpsampleHead`), NHWC.
 
 **Parity:**
   * `StandardRPNHead`: shared over levels; conv 3x3 (pad 1, bias) + ReLU (one per entry of
@@ -16,6 +16,10 @@
   * `MaskRCNNConvUpsampleHead`: `num_conv` x `mask_fcn{k}` (conv 3x3 + norm + ReLU,
     `c2_msra_fill`), `deconv` ConvTranspose 2x2 s2 + ReLU (`c2_msra_fill`), `predictor` 1x1 -> K
     (1 if class-agnostic), N(0, 0.001).
+  * `KRCNNConvDeconvUpsampleHead`: `conv_fcn{k}` (conv 3x3 pad 1 + bias + ReLU, no norm, one
+    per `CONV_DIMS` entry), `score_lowres` ConvTranspose 4x4 s2 p1 -> K keypoints (no ReLU),
+    then bilinear x2 (`align_corners=False`): 14 -> 28 -> 56. Every weight
+    `kaiming_normal_(fan_out, relu)`, biases 0.
 
 The ROI heads accept any number of leading batch dimensions (`[..., S, S, C]`).
 """
@@ -27,11 +31,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_rcnn.modeling.layers import (
     Conv2d,
     ConvTranspose2d,
     c2_msra_fill,
+    c2_msra_fill_deconv,
     c2_xavier_fill,
     normal_init,
     output_dtype,
@@ -257,3 +263,71 @@ class MaskRCNNConvUpsampleHead(nn.Module):
             self.num_classes, 1, kernel_init=normal_init(0.001), dtype=self.dtype, name="predictor"
         )(x)
         return output_dtype(x).reshape(*lead, *x.shape[1:])
+
+
+def bilinear_upsample_matrix(size: int, factor: int = 2) -> np.ndarray:
+    """`f32[size * factor, size]`: PyTorch's `interpolate(scale_factor=factor, mode="bilinear",
+    align_corners=False)` along one axis as a matrix (source `(i + 0.5) / factor - 0.5`,
+    clamped at 0; the right neighbour clamped at `size - 1`)."""
+    out = np.zeros((size * factor, size), np.float64)
+    for i in range(size * factor):
+        src = max((i + 0.5) / factor - 0.5, 0.0)
+        i0 = int(np.floor(src))
+        i1 = min(i0 + 1, size - 1)
+        t = src - i0
+        out[i, i0] += 1 - t
+        out[i, i1] += t
+    return out.astype(np.float32)
+
+
+class KRCNNConvDeconvUpsampleHead(nn.Module):
+    """Keypoint head: 3x3 convs, a 4x4 stride-2 transposed conv to K heatmaps, bilinear x2.
+
+    Attributes:
+      num_keypoints: K (`MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS`).
+      conv_dims: `MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS`, one 3x3 conv (`conv_fcn{k}`) each.
+      up_scale: the final bilinear upsampling factor (2).
+      dtype: computation dtype (outputs are f32).
+    """
+
+    num_keypoints: int = 17
+    conv_dims: tuple[int, ...] = (512,) * 8
+    up_scale: int = 2
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Args:
+          x: f32[..., S, S, C] pooled ROI features (S = 14 by default).
+
+        Returns:
+          f32[..., 4S, 4S, K] heatmap logits (NHWC: one channel per keypoint; 56x56 for S=14).
+        """
+        x, lead = _flatten_leading(x, 3)
+        for k, dim in enumerate(self.conv_dims):
+            # Runs inside a `lax.switch` branch in training: see `_roi_conv_stack`.
+            x = Conv2d(
+                dim,
+                3,
+                padding=1,
+                relu=True,
+                kernel_init=c2_msra_fill,
+                canonical_grads=True,
+                dtype=self.dtype,
+                name=f"conv_fcn{k + 1}",
+            )(x)
+        x = ConvTranspose2d(
+            self.num_keypoints,
+            4,
+            2,
+            1,
+            kernel_init=c2_msra_fill_deconv,
+            dtype=self.dtype,
+            name="score_lowres",
+        )(x)
+        x = output_dtype(x)
+        up = jnp.asarray(bilinear_upsample_matrix(x.shape[1], self.up_scale))
+        hp = jax.lax.Precision.HIGHEST
+        x = jnp.einsum("yh,bhwk->bywk", up, x, precision=hp)
+        x = jnp.einsum("xw,bywk->byxk", up, x, precision=hp)
+        return x.reshape(*lead, *x.shape[1:])

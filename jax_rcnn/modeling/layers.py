@@ -330,7 +330,8 @@ class Conv2d(nn.Module):
 
 
 class ConvTranspose2d(nn.Module):
-    """`torch.nn.ConvTranspose2d` (the mask head's 2x2 stride-2 upsampling).
+    """`torch.nn.ConvTranspose2d` (the mask head's 2x2 stride-2 upsampling, the keypoint head's
+    4x4 stride-2 `score_lowres`).
 
     The kernel is stored as `[kh, kw, in, out]` holding exactly PyTorch's `(in, out, kh, kw)`
     weight transposed (no spatial flip), so that
@@ -380,16 +381,39 @@ class ConvTranspose2d(nn.Module):
 
     def _dilated_conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         k, s, p = self.kernel_size, self.strides, self.padding
-        # A transposed conv is a conv over the stride-dilated input with the spatially flipped
-        # kernel and k-1-p padding on each side.
-        return lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel[::-1, ::-1].astype(self.dtype),
-            window_strides=(1, 1),
-            padding=((k - 1 - p, k - 1 - p),) * 2,
-            lhs_dilation=(s, s),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        # PyTorch's definition tap by tap, as one channel matmul for all taps and shifts on the
+        # input grid: tap (di, dj) of input pixel (i, j) lands on output (i*s - p + di, ...),
+        # i.e. on phase a = (di - p) mod s of the output grid, shifted by q = (di - p - a) / s.
+        # The phases are then interleaved (a pixel shuffle). Same sums as a conv over the
+        # stride-dilated input with the flipped kernel, whose kernel gradient XLA:CPU runs as
+        # a naive loop inside a `lax.switch` branch (the keypoint head's score_lowres: ~3 s
+        # of a 128-ROI backward pass).
+        b, h, w, _ = x.shape
+        ho, wo = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
+        z = jnp.einsum("bhwc,ijco->bhwijo", x.astype(self.dtype), kernel.astype(self.dtype))
+        hp, wp = -(-ho // s), -(-wo // s)  # phase grids; the interleaved grid is cropped
+        phases = [[None] * s for _ in range(s)]
+        for di in range(k):
+            a, qi = (di - p) % s, (di - p - (di - p) % s) // s
+            for dj in range(k):
+                c, qj = (dj - p) % s, (dj - p - (dj - p) % s) // s
+                t = _shift(z[:, :, :, di, dj], qi, qj, hp, wp)
+                phases[a][c] = t if phases[a][c] is None else phases[a][c] + t
+        empty = jnp.zeros((b, hp, wp, z.shape[-1]), z.dtype)  # a phase no tap reaches (k < s)
+        phases = [[empty if t is None else t for t in row] for row in phases]
+        rows = [jnp.stack(phases[a], axis=3) for a in range(s)]  # [B, hp, wp, s(c), O]
+        y = jnp.stack(rows, axis=2)  # [B, hp, s(a), wp, s(c), O]
+        return y.reshape(b, hp * s, wp * s, -1)[:, :ho, :wo]
+
+
+def _shift(z: jax.Array, qi: int, qj: int, hp: int, wp: int) -> jax.Array:
+    """`out[:, m, n] = z[:, m - qi, n - qj]` (0 outside z) on an `hp x wp` grid."""
+    h, w = z.shape[1:3]
+    z = jnp.pad(
+        z, ((0, 0), (max(qi, 0), max(hp - h - qi, 0)), (max(qj, 0), max(wp - w - qj, 0)), (0, 0))
+    )
+    i0, j0 = max(-qi, 0), max(-qj, 0)
+    return z[:, i0 : i0 + hp, j0 : j0 + wp]
 
 
 def max_pool(x: jax.Array, kernel_size: int, stride: int, padding: int = 0) -> jax.Array:

@@ -189,6 +189,10 @@ def _gt_json(config) -> str:
         from jax_rcnn.data.shapes import config_paths
 
         return config_paths(config)["val_json"]
+    if d.source == "people":
+        from jax_rcnn.data.people import config_paths as people_paths
+
+        return people_paths(config)["val_json"]
     raise NotImplementedError(f"COCO evaluation needs a gt json; config.data.source={d.source!r}")
 
 
@@ -196,6 +200,12 @@ def _canvas(sizes: np.ndarray, multiple: int = 128) -> tuple[int, int]:
     """Static (H, W) holding every original image of a batch (few distinct shapes compile)."""
     h, w = np.max(sizes, axis=0)
     return int(-(-h // multiple) * multiple), int(-(-w // multiple) * multiple)
+
+
+def _without_heatmaps(out: dict) -> dict:
+    """Inference outputs less the keypoint heatmap logits (`f32[B, D, K, 56, 56]`, ~21 MB per
+    image), which evaluation does not read."""
+    return {k: v for k, v in out.items() if k != "keypoint_heatmaps"}
 
 
 def evaluate(
@@ -253,7 +263,7 @@ def evaluate(
     variables = distributed.replicate(mesh, variables)
     inference = meta_arch.get(config).inference
     infer = compile_jit(
-        lambda v, im, sz, osz: inference(model, v, im, sz, osz, config=config),
+        lambda v, im, sz, osz: _without_heatmaps(inference(model, v, im, sz, osz, config=config)),
         in_shardings=(repl, data, data, data),
         out_shardings=data,
     )
@@ -310,11 +320,14 @@ def evaluate(
             )
         evaluator = SemSegEvaluator(config.model.sem_seg_head.num_classes)
     else:
+        keypoint_on = bool(config.model.get("keypoint_on", False))
+        tasks = ("bbox",) + (("segm",) if mask_on else ()) + (("keypoints",) if keypoint_on else ())
         evaluator = COCOEvaluator(
             _gt_json(config),
             output_dir=out_dir,
             contiguous_to_dataset_id=to_cat,
-            tasks=("bbox", "segm") if mask_on else ("bbox",),
+            tasks=tasks,
+            kpt_oks_sigmas=tuple(config.test.get("keypoint_oks_sigmas", ())),
         )
     panoptic_eval = None if semantic_only else _panoptic_evaluator(config, records, meta, to_cat)
     by_id = {r["image_id"]: r for r in records}
@@ -355,6 +368,7 @@ def evaluate(
             out["valid"],
             masks=masks,
             example_valid=batch["example_valid"],
+            keypoints=out.get("keypoints"),
         )
         if panoptic_eval is not None:
             _process_panoptic(panoptic_eval, config, batch, out, masks)

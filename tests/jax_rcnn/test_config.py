@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -30,6 +31,8 @@ PY_CONFIGS = (
     "configs/rpn_R_50_FPN_1x.py",
     "configs/cascade_mask_rcnn_R_50_FPN_1x.py",
     "configs/cascade_mask_rcnn_R_50_FPN_3x.py",
+    "configs/keypoint_rcnn_R_50_FPN_1x.py",
+    "configs/keypoint_rcnn_R_50_FPN_3x.py",
     "configs/rpn_R_50_C4_1x.py",
     *(
         f"configs/{kind}_rcnn_R_50_{arch}_{sched}.py"
@@ -146,6 +149,9 @@ def test_mapped_keys_exist_in_the_schema():
     cfg_lib._common().cascade(cascade.model)
     cascade = cfg_lib.to_flat_dict(cascade)
     panoptic = cfg_lib.to_flat_dict(cfg_lib._common().base_config(meta_architecture="PanopticFPN"))
+    keypoint = cfg_lib._common().base_config()
+    cfg_lib._common().keypoint(keypoint)
+    keypoint = cfg_lib.to_flat_dict(keypoint)
     for d2_key, ours in cfg_lib.D2_TO_JAX_RCNN.items():
         schema = retina if d2_key.startswith("MODEL.RETINANET.") else base
         schema = cascade if d2_key.startswith("MODEL.ROI_BOX_CASCADE_HEAD.") else schema
@@ -154,6 +160,8 @@ def test_mapped_keys_exist_in_the_schema():
             if d2_key.startswith(("MODEL.SEM_SEG_HEAD.", "MODEL.PANOPTIC_FPN."))
             else schema
         )
+        if "KEYPOINT" in d2_key:
+            schema = keypoint
         assert ours in schema, f"{d2_key} -> {ours} is not a key of configs/common.py"
 
 
@@ -467,7 +475,16 @@ def test_inert_and_no_effect_keys_are_accepted(tmp_path, text):
             "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
             "my.py:f",
         ),
-        ("MODEL:\n  KEYPOINT_ON: true\n", "MODEL.KEYPOINT_ON", "True"),
+        (
+            "MODEL:\n  META_ARCHITECTURE: RetinaNet\n  KEYPOINT_ON: true\n",
+            "MODEL.KEYPOINT_ON",
+            "True",
+        ),
+        (
+            "MODEL:\n  KEYPOINT_ON: true\n  ROI_KEYPOINT_HEAD:\n    NAME: KRCNNConvHead\n",
+            "MODEL.ROI_KEYPOINT_HEAD.NAME",
+            "KRCNNConvHead",
+        ),
         ("MODEL:\n  LOAD_PROPOSALS: true\n", "MODEL.LOAD_PROPOSALS", "True"),
         (
             "MODEL:\n  RESNETS:\n    DEFORM_ON_PER_STAGE: [False, True, True, True]\n",
@@ -914,6 +931,57 @@ def test_cascade_zoo_yamls_equal_our_config_files(sched):
         "input.mask_format": ("bitmask", "polygon"),
         "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Keypoint R-CNN
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sched", ["1x", "3x"])
+def test_keypoint_zoo_yamls_equal_our_config_files(sched):
+    """`COCO-Keypoints/keypoint_rcnn_R_50_FPN_{1x,3x}.yaml`: KEYPOINT_ON, 1 class, box beta 0.5,
+    1500 training proposals, Detectron2's default ROI_KEYPOINT_HEAD."""
+    yml = f"COCO-Keypoints/keypoint_rcnn_R_50_FPN_{sched}.yaml"
+    config = cfg_lib.from_detectron2(ZOO / yml)
+    m = config.model
+    assert m.keypoint_on and not m.mask_on and m.roi_heads.num_classes == 1
+    assert m.roi_keypoint_head.conv_dims == (512,) * 8
+    assert m.roi_keypoint_head.num_keypoints == 17
+    assert m.roi_box_head.smooth_l1_beta == 0.5 and m.rpn.post_nms_topk_train == 1500
+    assert config.test.keypoint_oks_sigmas == ()
+    assert config.solver.max_iter == (90000 if sched == "1x" else 270000)
+
+    ours = cfg_lib.to_flat_dict(cfg_lib.load_config(f"configs/{Path(yml).stem}.py"))
+    d2 = cfg_lib.to_flat_dict(config)
+    assert set(ours) == set(d2)
+    diff = {k: (ours[k], d2[k]) for k in ours if ours[k] != d2[k]}
+    assert diff == {
+        "input.pad_mode": ("buckets", "size_divisibility"),
+        "input.auto_buckets": (False, True),
+        "data.train.name": ("", "keypoints_coco_2017_train"),
+        "data.test.name": ("", "keypoints_coco_2017_val"),
+        "input.mask_format": ("bitmask", "polygon"),
+        "model.weights": ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
+    }
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("    NUM_KEYPOINTS: 0\n", "model.roi_keypoint_head.num_keypoints"),
+        ("    CONV_DIMS: []\n", "model.roi_keypoint_head.conv_dims"),
+        ("    POOLER_TYPE: ROIAlignV3\n", "model.roi_keypoint_head.pooler_type"),
+    ],
+)
+def test_bad_keypoint_head_values_are_rejected_by_name(tmp_path, text, key):
+    path = _override(tmp_path, "MODEL:\n  KEYPOINT_ON: true\n  ROI_KEYPOINT_HEAD:\n" + text)
+    with pytest.raises(ValueError, match=re.escape(key)):
+        cfg_lib.from_detectron2(path)
+
+
+def test_keypoint_oks_sigmas_need_one_per_keypoint(tmp_path):
+    path = _override(tmp_path, "MODEL:\n  KEYPOINT_ON: true\nTEST:\n  KEYPOINT_OKS_SIGMAS: [0.1]\n")
+    with pytest.raises(ValueError, match=r"test\.keypoint_oks_sigmas"):
+        cfg_lib.from_detectron2(path)
 
 
 def test_cascade_two_and_four_stages_from_yaml(tmp_path):

@@ -163,3 +163,26 @@ def test_retinanet_predictor_matches_detectron2():
     np.testing.assert_allclose(out["boxes"], want["img0_final_boxes"], atol=0.05)
     np.testing.assert_allclose(out["scores"], want["img0_final_scores"], rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(out["classes"], want["img0_final_classes"])
+
+
+KEYPOINT = pathlib.Path(__file__).parents[1] / "data" / "tiny_keypoint_rcnn"
+
+
+def test_keypoint_predictor_matches_detectron2():
+    """Keypoint R-CNN through the whole test path: `keypoints f32[D, 17, 3]` (x, y, score) in
+    original pixels, Detectron2's `pred_keypoints` after `detector_postprocess`."""
+    predictor = Predictor(
+        from_detectron2(KEYPOINT / "config.yaml"), weights=KEYPOINT / "model_final.pkl"
+    )
+    want = np.load(KEYPOINT / "inference.npz")
+    out = predictor(read_image(KEYPOINT / "image.jpg", "BGR"))
+    assert set(out) == {"boxes", "scores", "classes", "keypoints"}
+    assert out["keypoints"].shape == want["img0_final_keypoints"].shape
+    np.testing.assert_allclose(out["boxes"], want["img0_final_boxes"], atol=0.05)
+    np.testing.assert_allclose(
+        out["keypoints"][..., :2], want["img0_final_keypoints"][..., :2], atol=0.05
+    )
+    # 5e-4: float32 noise of these logits, see test_keypoint_parity.SCORE_RTOL.
+    np.testing.assert_allclose(
+        out["keypoints"][..., 2], want["img0_final_keypoints"][..., 2], rtol=5e-4
+    )

@@ -16,6 +16,7 @@ from configs import (
     faster_rcnn_R_50_C4_1x,
     faster_rcnn_R_50_DC5_1x,
     faster_rcnn_R_50_FPN_1x,
+    keypoint_rcnn_R_50_FPN_1x,
     lvis_v0_5_mask_rcnn_R_50_FPN_1x,
     mask_rcnn_R_50_C4_1x,
     mask_rcnn_R_50_DC5_1x,
@@ -56,6 +57,7 @@ ZOO = {
         lvis_v0_5_mask_rcnn_R_50_FPN_1x.get_config
     ),
     "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml": panoptic_fpn_R_50_1x.get_config,
+    "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml": keypoint_rcnn_R_50_FPN_1x.get_config,
 }
 
 

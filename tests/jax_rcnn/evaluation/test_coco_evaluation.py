@@ -417,7 +417,7 @@ def test_invalid_inputs_raise():
     with pytest.raises(ValueError, match="not in the ground-truth"):
         bbox_only.process(np.array([2]), *args[1:])
     with pytest.raises(ValueError, match="unsupported task"):
-        COCOEvaluator(TINY_GT, output_dir=None, tasks=("keypoints",))
+        COCOEvaluator(TINY_GT, output_dir=None, tasks=("panoptic",))
 
 
 def test_instances_to_coco_json_worked_example():

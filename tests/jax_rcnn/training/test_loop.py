@@ -251,6 +251,28 @@ def test_quickstart_config_runs_end_to_end(tmp_path, spec):
     assert (tmp_path / "w" / "predictions" / "iter_0000003.png").exists()
 
 
+@pytest.mark.slow
+def test_quickstart_keypoint_runs_end_to_end(tmp_path):
+    """`train.py` on `configs/quickstart_keypoint.py:smoke`: the built-in people dataset,
+    keypoint loss, keypoint and box AP, a picture."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config=configs/quickstart_keypoint.py:smoke",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = _read_metrics(tmp_path / "w")
+    losses = [m for m in metrics if "total_loss" in m]
+    assert [m["iteration"] for m in losses] == [0, 1, 2, 3]
+    assert all(math.isfinite(m["loss_keypoint"]) for m in losses)
+    assert {"bbox/AP", "keypoints/AP", "keypoints/AP50"} <= set(metrics[-1])
+    assert "segm/AP" not in metrics[-1]
+    assert (tmp_path / "w" / "predictions" / "iter_0000003.png").exists()
+
+
 def test_global_loader_states_resume_on_another_process_count():
     from jax_rcnn.data.loader import STATE_VERSION
 
