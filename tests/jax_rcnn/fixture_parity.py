@@ -48,3 +48,54 @@ def assert_detections(detections, npz, ours, theirs):
     np.testing.assert_allclose(detections[ours[1]][0][valid], want, atol=0.05)
     np.testing.assert_allclose(detections["scores"][0][valid], npz[f"{theirs}_scores"], atol=1e-4)
     np.testing.assert_array_equal(detections["classes"][0][valid], npz[f"{theirs}_classes"])
+
+
+def padded_input(npz):
+    """The fixture's `input_bgr` zero-padded to its `padded_size`: `(u8[1, H, W, 3] BGR,
+    i32[1, 2] image_sizes)`, as Detectron2's `ImageList` saw it."""
+    import jax.numpy as jnp
+
+    h, w = (int(v) for v in npz["padded_size"])
+    bgr = np.zeros((1, h, w, 3), np.uint8)
+    ih, iw = npz["input_bgr"].shape[:2]
+    bgr[0, :ih, :iw] = npz["input_bgr"]
+    return jnp.asarray(bgr), jnp.asarray(npz["image_sizes"])
+
+
+def gradient_errors(forward_train, train_setup, training_npz, zero_grads=None):
+    """Relative L2 error `|ours - ref| / |ref|` of every `grad/<detectron2 name>` of the fixture.
+
+    Args:
+        forward_train: the meta-architecture's `forward_train(model, variables, batch, key,
+            config=...) -> (losses, aux)`; the gradient is of the sum of the losses.
+        train_setup: `(config, model, variables, batch)`.
+        training_npz: the fixture's `training.npz`.
+        zero_grads: `{key: bound}` for gradients that are exactly 0 in real arithmetic: the
+            reference's norm must be under the bound, and ours is reported as its norm.
+
+    Returns:
+        `{grad key: error}` (printed for the record).
+    """
+    config, model, variables, batch = train_setup
+    frozen = {k: v for k, v in variables.items() if k != "params"}
+
+    def total(params):
+        losses, _ = forward_train(
+            model, {"params": params, **frozen}, batch, jax.random.key(0), config=config
+        )
+        return sum(losses.values())
+
+    grads = jax.device_get(jax.jit(jax.grad(total))(variables["params"]))
+    ours = d2.convert_flax_to_detectron2({**frozen, "params": grads}, config)
+    zero_grads = zero_grads or {}
+    errors = {}
+    for key in training_npz.files:
+        if key.startswith("grad/"):
+            ref = training_npz[key]
+            if key in zero_grads:
+                assert np.linalg.norm(ref) < zero_grads[key], key
+                errors[key] = float(np.linalg.norm(ours[key[5:]]))
+            else:
+                errors[key] = float(np.linalg.norm(ours[key[5:]] - ref) / np.linalg.norm(ref))
+    print({k: f"{v:.2e}" for k, v in errors.items()})
+    return errors

@@ -22,13 +22,13 @@ from pycocotools import mask as mask_util
 
 from jax_rcnn import anchors as anchor_ops
 from jax_rcnn import masks, modeling
-from jax_rcnn.checkpoint import detectron2 as d2
 from jax_rcnn.data import transforms as T
 from jax_rcnn.meta_arch import common, rcnn, roi_heads, rpn
 from tests.jax_rcnn.fixture_parity import (
     DETECTION_CASES,
     assert_close,
     assert_detections,
+    gradient_errors,
     load_fixture,
 )
 
@@ -263,22 +263,7 @@ GRAD_RTOL = {"grad/backbone.res3.0.conv1.weight": 5e-3}
 
 @pytest.mark.slow
 def test_gradients(train_setup, training_npz):
-    config, model, variables, batch = train_setup
-    frozen = {k: v for k, v in variables.items() if k != "params"}
-
-    def total(params):
-        losses, _ = rcnn.forward_train(
-            model, {"params": params, **frozen}, batch, jax.random.key(0), config=config
-        )
-        return sum(losses.values())
-
-    grads = jax.device_get(jax.jit(jax.grad(total))(variables["params"]))
-    ours = d2.convert_flax_to_detectron2({**frozen, "params": grads}, config)
-    errors = {}
-    for key in training_npz.files:
-        if key.startswith("grad/"):
-            ref = training_npz[key]
-            errors[key] = float(np.linalg.norm(ours[key[5:]] - ref) / np.linalg.norm(ref))
+    errors = gradient_errors(rcnn.forward_train, train_setup, training_npz)
     assert len(errors) == 15
     bad = {k: v for k, v in errors.items() if v > GRAD_RTOL.get(k, 1e-3)}
     assert not bad, bad

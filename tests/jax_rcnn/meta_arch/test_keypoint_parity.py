@@ -28,7 +28,9 @@ from tests.jax_rcnn.fixture_parity import (
     DETECTION_CASES,
     assert_close,
     assert_detections,
+    gradient_errors,
     load_fixture,
+    padded_input,
 )
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_keypoint_rcnn"
@@ -47,14 +49,6 @@ def training_npz():
 @pytest.fixture(scope="module")
 def setup():
     return load_fixture(DATA)
-
-
-def _input(npz):
-    h, w = (int(v) for v in npz["padded_size"])
-    bgr = np.zeros((1, h, w, 3), np.uint8)
-    ih, iw = npz["input_bgr"].shape[:2]
-    bgr[0, :ih, :iw] = npz["input_bgr"]
-    return jnp.asarray(bgr), jnp.asarray(npz["image_sizes"])
 
 
 def test_config_from_the_fixture_yaml(setup):
@@ -85,7 +79,7 @@ def test_checkpoint_round_trip_is_exact(setup):
 @pytest.fixture(scope="module")
 def detections(setup, inference_npz):
     config, model, variables = setup
-    images, sizes = _input(inference_npz)
+    images, sizes = padded_input(inference_npz)
     originals = jnp.asarray(inference_npz["original_sizes"])
     run = jax.jit(lambda v, x, s, o: rcnn.inference(model, v, x, s, o, config=config))
     return jax.device_get(run(variables, images, sizes, originals))
@@ -185,7 +179,7 @@ def test_cubic_weights_match_jax_cubic_pytorch():
 
 
 def _training_batch(npz, inference):
-    image, _ = _input(inference)
+    image, _ = padded_input(inference)
     num_gt = len(npz["img0_gt_classes"])
     return {
         "image": np.asarray(image),
@@ -294,27 +288,7 @@ ZERO_GRADS = {"grad/roi_heads.keypoint_head.score_lowres.bias": 1e-7}
 
 @pytest.mark.slow
 def test_gradients(train_setup, training_npz):
-    config, model, variables, batch = train_setup
-    frozen = {k: v for k, v in variables.items() if k != "params"}
-
-    def total(params):
-        losses, _ = rcnn.forward_train(
-            model, {"params": params, **frozen}, batch, jax.random.key(0), config=config
-        )
-        return sum(losses.values())
-
-    grads = jax.device_get(jax.jit(jax.grad(total))(variables["params"]))
-    ours = d2.convert_flax_to_detectron2({**frozen, "params": grads}, config)
-    errors = {}
-    for key in training_npz.files:
-        if key.startswith("grad/"):
-            ref = training_npz[key]
-            if key in ZERO_GRADS:
-                assert np.linalg.norm(ref) < ZERO_GRADS[key]
-                errors[key] = float(np.linalg.norm(ours[key[5:]]))
-            else:
-                errors[key] = float(np.linalg.norm(ours[key[5:]] - ref) / np.linalg.norm(ref))
-    print({k: f"{v:.2e}" for k, v in errors.items()})
+    errors = gradient_errors(rcnn.forward_train, train_setup, training_npz, ZERO_GRADS)
     assert len(errors) == 11
     bad = {k: v for k, v in errors.items() if v > ZERO_GRADS.get(k, GRAD_RTOL)}
     assert not bad, bad

@@ -26,7 +26,9 @@ from tests.jax_rcnn.fixture_parity import (
     DETECTION_CASES,
     assert_close,
     assert_detections,
+    gradient_errors,
     load_fixture,
+    padded_input,
 )
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_panoptic_fpn"
@@ -46,14 +48,6 @@ def training_npz():
 @pytest.fixture(scope="module")
 def setup():
     return load_fixture(DATA)
-
-
-def _input(npz):
-    h, w = (int(v) for v in npz["padded_size"])
-    bgr = np.zeros((1, h, w, 3), np.uint8)
-    ih, iw = npz["input_bgr"].shape[:2]
-    bgr[0, :ih, :iw] = npz["input_bgr"]
-    return jnp.asarray(bgr), jnp.asarray(npz["image_sizes"])
 
 
 def test_config_from_the_fixture_yaml(setup):
@@ -79,7 +73,7 @@ def test_checkpoint_round_trip_is_exact(setup):
 @pytest.fixture(scope="module")
 def outputs(setup, inference_npz):
     config, model, variables = setup
-    images, sizes = _input(inference_npz)
+    images, sizes = padded_input(inference_npz)
     originals = jnp.asarray(inference_npz["original_sizes"])
     run = jax.jit(lambda v, x, s, o: panoptic_fpn.inference(model, v, x, s, o, config=config))
     out = jax.device_get(run(variables, images, sizes, originals))
@@ -197,7 +191,7 @@ def _training_batch(npz, inference):
     h, w = (int(v) for v in npz["img0_image_size"])
     full = np.stack([mask_util.decode(a["segmentation"]) for a in coco["annotations"]])
     num_gt = len(npz["img0_gt_classes"])
-    image, _ = _input(inference)
+    image, _ = padded_input(inference)
     return {
         "image": np.asarray(image),
         "image_size": npz["img0_image_size"][None].astype(np.int32),
@@ -260,23 +254,7 @@ def test_instance_loss_weight_scales_box_and_mask_losses(train_setup, training):
 
 @pytest.mark.slow
 def test_gradients(train_setup, training_npz):
-    config, model, variables, batch = train_setup
-    frozen = {k: v for k, v in variables.items() if k != "params"}
-
-    def total(params):
-        losses, _ = panoptic_fpn.forward_train(
-            model, {"params": params, **frozen}, batch, jax.random.key(0), config=config
-        )
-        return sum(losses.values())
-
-    grads = jax.device_get(jax.jit(jax.grad(total))(variables["params"]))
-    ours = d2.convert_flax_to_detectron2({**frozen, "params": grads}, config)
-    errors = {}
-    for key in training_npz.files:
-        if key.startswith("grad/"):
-            ref = training_npz[key]
-            errors[key] = float(np.linalg.norm(ours[key[5:]] - ref) / np.linalg.norm(ref))
-    print({k: f"{v:.2e}" for k, v in errors.items()})
+    errors = gradient_errors(panoptic_fpn.forward_train, train_setup, training_npz)
     assert len(errors) == 13
     bad = {k: v for k, v in errors.items() if v > GRAD_RTOL.get(k, 1e-3)}
     assert not bad, bad
