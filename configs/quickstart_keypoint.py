@@ -26,7 +26,9 @@ for keypoint AP >= 50 on the people val split within 15 minutes on the 2-core CP
 average ~6): 1.9 s per iteration at the start, 3.1-3.6 s once the RPN finds the figures;
 `loss_keypoint` 8.01 (iteration 19) -> 7.31 (39) -> 6.83 (79) -> 6.09 (119), stopped at 8
 minutes, so no AP. At that speed 1500 iterations would not fit 15 minutes; the timing on a
-quiet machine decides the schedule.
+quiet machine decides the schedule. Quiet machine (2026-12-07, 4 x 32 head convs): 1.27-1.42 s
+per iteration, so ~35 minutes for the 1500 iterations (`benchmarks/RESULTS.md`); the recipe
+does not fit 15 minutes yet.
 
 Commands (from the repository root):
 
