@@ -381,39 +381,40 @@ class ConvTranspose2d(nn.Module):
 
     def _dilated_conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         k, s, p = self.kernel_size, self.strides, self.padding
-        # PyTorch's definition tap by tap, as one channel matmul for all taps and shifts on the
-        # input grid: tap (di, dj) of input pixel (i, j) lands on output (i*s - p + di, ...),
-        # i.e. on phase a = (di - p) mod s of the output grid, shifted by q = (di - p - a) / s.
-        # The phases are then interleaved (a pixel shuffle). Same sums as a conv over the
-        # stride-dilated input with the flipped kernel, whose kernel gradient XLA:CPU runs as
-        # a naive loop inside a `lax.switch` branch (the keypoint head's score_lowres: ~3 s
-        # of a 128-ROI backward pass).
-        b, h, w, _ = x.shape
+        # PyTorch's definition tap by tap: tap (di, dj) of input pixel (i, j) lands on output
+        # (i*s - p + di, ...), i.e. on phase a = (di - p) mod s of the output grid at phase-grid
+        # row m = i + q with q = (di - p - a) / s. So every phase is a small stride-1 conv of
+        # the input (taps at input rows m - q), and all s*s phases are ONE conv with s*s*O
+        # output channels over the window q in [q_min, q_max], followed by a pixel shuffle.
+        # Same sums as a conv over the stride-dilated input with the flipped kernel (whose
+        # kernel gradient XLA:CPU runs as a naive loop inside a `lax.switch` branch) and as the
+        # per-tap matmul + shifted adds (whose backward XLA:CPU runs at ~1 s for the keypoint
+        # head's score_lowres on 128 ROIs; this conv: ~0.05 s, `benchmarks/RESULTS.md`).
+        b, h, w, c = x.shape
+        o = kernel.shape[-1]
         ho, wo = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
-        z = jnp.einsum("bhwc,ijco->bhwijo", x.astype(self.dtype), kernel.astype(self.dtype))
         hp, wp = -(-ho // s), -(-wo // s)  # phase grids; the interleaved grid is cropped
-        phases = [[None] * s for _ in range(s)]
-        for di in range(k):
-            a, qi = (di - p) % s, (di - p - (di - p) % s) // s
-            for dj in range(k):
-                c, qj = (dj - p) % s, (dj - p - (dj - p) % s) // s
-                t = _shift(z[:, :, :, di, dj], qi, qj, hp, wp)
-                phases[a][c] = t if phases[a][c] is None else phases[a][c] + t
-        empty = jnp.zeros((b, hp, wp, z.shape[-1]), z.dtype)  # a phase no tap reaches (k < s)
-        phases = [[empty if t is None else t for t in row] for row in phases]
-        rows = [jnp.stack(phases[a], axis=3) for a in range(s)]  # [B, hp, wp, s(c), O]
-        y = jnp.stack(rows, axis=2)  # [B, hp, s(a), wp, s(c), O]
-        return y.reshape(b, hp * s, wp * s, -1)[:, :ho, :wo]
+        taps = [((d - p) % s, (d - p - (d - p) % s) // s) for d in range(k)]  # (phase, q)
+        q_min, q_max = min(q for _, q in taps), max(q for _, q in taps)
+        span = q_max - q_min + 1
+        # window row t reads input row m - q_max + t, i.e. t = q_max - q.
+        w3 = jnp.zeros((span, span, c, s, s, o), kernel.dtype)
+        for di, (a, qi) in enumerate(taps):
+            for dj, (cc, qj) in enumerate(taps):
+                w3 = w3.at[q_max - qi, q_max - qj, :, a, cc, :].add(kernel[di, dj])
+        w3 = w3.reshape(span, span, c, s * s * o).astype(self.dtype)
+        # Output row m reads padded rows m .. m + span - 1 = input rows m - q_max .. m - q_min.
+        xp = _pad_or_crop(x.astype(self.dtype), q_max, hp - h - q_min, q_max, wp - w - q_min)
+        y = conv2d_canonical_grads(xp, w3, 1, 0)  # [B, hp, wp, s*s*O]
+        y = y.reshape(b, hp, wp, s, s, o).transpose(0, 1, 3, 2, 4, 5)
+        return y.reshape(b, hp * s, wp * s, o)[:, :ho, :wo]
 
 
-def _shift(z: jax.Array, qi: int, qj: int, hp: int, wp: int) -> jax.Array:
-    """`out[:, m, n] = z[:, m - qi, n - qj]` (0 outside z) on an `hp x wp` grid."""
-    h, w = z.shape[1:3]
-    z = jnp.pad(
-        z, ((0, 0), (max(qi, 0), max(hp - h - qi, 0)), (max(qj, 0), max(wp - w - qj, 0)), (0, 0))
-    )
-    i0, j0 = max(-qi, 0), max(-qj, 0)
-    return z[:, i0 : i0 + hp, j0 : j0 + wp]
+def _pad_or_crop(x: jax.Array, top: int, bottom: int, left: int, right: int) -> jax.Array:
+    """`x f32[B, H, W, C]` zero-padded (positive) or cropped (negative) on each side."""
+    x = jnp.pad(x, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)), (0, 0)))
+    h, w = x.shape[1:3]
+    return x[:, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
 
 
 def max_pool(x: jax.Array, kernel_size: int, stride: int, padding: int = 0) -> jax.Array:

@@ -22,7 +22,10 @@ def _torch_conv_transpose(x, w, stride, padding):
     return full[padding : full.shape[0] - padding, padding : full.shape[1] - padding]
 
 
-@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (4, 2, 1)])
+@pytest.mark.parametrize(
+    "k,s,p",
+    [(2, 2, 0), (3, 2, 1), (4, 2, 1), (4, 2, 0), (4, 2, 2), (3, 1, 1), (5, 3, 2), (2, 3, 0)],
+)
 def test_conv_transpose_matches_pytorch_definition(k, s, p):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 4, 3)).astype(np.float32)
@@ -32,6 +35,37 @@ def test_conv_transpose_matches_pytorch_definition(k, s, p):
     params = {"params": {"kernel": w_torch.transpose(2, 3, 0, 1)}}
     y = np.asarray(mod.apply(params, x[None]))[0]
     np.testing.assert_allclose(y, _torch_conv_transpose(x, w_torch, s, p), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,s,p", [(4, 2, 1), (3, 2, 1), (5, 3, 2)])
+def test_conv_transpose_gradients_match_dilated_conv(k, s, p):
+    """The phase-conv formulation has the gradients of the textbook form: a conv over the
+    stride-dilated input with the spatially flipped kernel (`lax.conv_general_dilated`)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 5, 4, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((k, k, 3, 6)), jnp.float32)
+    mod = layers.ConvTranspose2d(6, k, s, p, use_bias=False)
+
+    def ours(x, kernel):
+        return mod.apply({"params": {"kernel": kernel}}, x)
+
+    def textbook(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel[::-1, ::-1],
+            window_strides=(1, 1),
+            padding=((k - 1 - p, k - 1 - p),) * 2,
+            lhs_dilation=(s, s),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+    y = ours(x, kernel)
+    np.testing.assert_allclose(y, textbook(x, kernel), rtol=1e-5, atol=1e-5)
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    got = jax.vjp(ours, x, kernel)[1](dy)
+    want = jax.vjp(textbook, x, kernel)[1](dy)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
 def test_frozen_bn_folds_statistics():
