@@ -7,15 +7,16 @@ keys with jax_rcnn names (`--config.solver.max_iter=8`):
     python train.py --config recipe.yaml --workdir work_dirs/recipe
     python train.py --config configs/detectron2_yaml.py:recipe.yaml --workdir ...  # the same
 
-The translation is `jax_rcnn.config.from_detectron2` (Detectron2's defaults + the YAML; every
-key mapped, accepted as inert, or refused by name). Builtin dataset names in `DATASETS.TRAIN` /
-`TEST` (`coco_2017_train`, ...) find their files under `$DETECTRON2_DATASETS`; other names need
-`--config.data.train.json=... --config.data.train.images=...` (and `test`).
+The translation is `jax_rcnn.config_from_detectron2.from_detectron2` (Detectron2's defaults +
+the YAML; every key mapped, accepted as inert, or refused by name). Builtin dataset names in
+`DATASETS.TRAIN` / `TEST` (`coco_2017_train`, ...) find their files under
+`$DETECTRON2_DATASETS`; other names need `--config.data.train.json=...
+--config.data.train.images=...` (and `test`).
 """
 
 import ml_collections
 
-from jax_rcnn.config import from_detectron2
+from jax_rcnn.config_from_detectron2 import from_detectron2
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

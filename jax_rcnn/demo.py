@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from jax_rcnn import visualize
-from jax_rcnn.config import from_detectron2, load_config, num_classes
+from jax_rcnn.config import load_config, num_classes
+from jax_rcnn.config_from_detectron2 import from_detectron2
 from jax_rcnn.data.coco import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
 from jax_rcnn.data.transforms import read_image
 from jax_rcnn.predictor import Predictor

@@ -139,12 +139,13 @@ def unflatten_variables(flat: dict[str, Any]) -> dict[str, Any]:
 
 def load_config_spec(spec: str):
     """A config from `configs/x.py[:variant]` or a Detectron2 YAML (`--config`)."""
-    from jax_rcnn import config as config_lib
+    from jax_rcnn.config import load_config
+    from jax_rcnn.config_from_detectron2 import from_detectron2
 
     path = spec.split(":")[0]
     if path.endswith((".yaml", ".yml")):
-        return config_lib.from_detectron2(path)
-    return config_lib.load_config(spec)
+        return from_detectron2(path)
+    return load_config(spec)
 
 
 def is_orbax_checkpoint(path: str | os.PathLike) -> bool:

@@ -10,7 +10,8 @@
 * `meta_arch/` (the wiring of stages) imports no Flax (covered above), no host side and no
   training code;
 * the geometry modules (`jax_rcnn/*.py` pure functions) import neither networks nor wiring;
-* `data/` and `evaluation/` (host side) never import Flax or `modeling/`.
+* `data/` and `evaluation/` (host side) never import Flax or `modeling/`;
+* `config_from_detectron2` builds on `config`, which does not import it at import time.
 """
 
 import ast
@@ -124,6 +125,19 @@ def test_host_side_imports_no_model_code(path):
     names = _imports(path)
     bad = _hits(names, "flax") + _hits(names, "jax_rcnn.modeling")
     assert not bad, f"{_rel(path)} (host side) imports {bad}"
+
+
+def test_config_does_not_import_the_detectron2_translation_at_import_time():
+    """`config_from_detectron2` imports `config`; `config` reaches back only inside its module
+    `__getattr__` (the re-export of `from_detectron2`), never at import time."""
+    tree = ast.parse((ROOT / "jax_rcnn" / "config.py").read_text())
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+    names |= {f"{n.module}.{a.name}" for n in top if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert "ml_collections" in names  # the parse sees config.py's imports
+    assert not _hits(names, "jax_rcnn.config_from_detectron2")
+    assert "jax_rcnn.config" in _imports(ROOT / "jax_rcnn" / "config_from_detectron2.py")
 
 
 def test_the_checker_sees_violations(tmp_path, monkeypatch):

@@ -15,8 +15,8 @@ keypoint's pixel shows the figure, 1 where another figure hides it (labelled, no
 (COCO's convention; the loader adds 0.5).
 
 Written on first use as COCO JSON + PNG files under
-`cache_dir/people_v{version}_{hash of the parameters}/` (temporary directory renamed into
-place, like `shapes`); identical parameters give identical files.
+`cache_dir/people_v{version}_{hash of the parameters}/` (`cache.generate_once`, like `shapes`);
+identical parameters give identical files.
 
 Usage::
 
@@ -26,21 +26,16 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw
 
+from jax_rcnn.data.cache import generate_once
 from jax_rcnn.data.coco import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
-from jax_rcnn.data.shapes import _background, default_cache_dir
-
-logger = logging.getLogger(__name__)
+from jax_rcnn.data.shapes import _background
 
 GENERATOR_VERSION = 1
 _MIN_HEIGHT = 40.0
@@ -239,20 +234,6 @@ def _paths(root: str) -> dict:
     }
 
 
-def _is_complete(root: str, params: dict) -> bool:
-    try:
-        with open(os.path.join(root, "stamp.json")) as f:
-            if json.load(f) != params:
-                return False
-    except (OSError, ValueError):
-        return False
-    p = _paths(root)
-    return all(os.path.exists(v) for v in p.values()) and (
-        len(os.listdir(p["train_images"])) == params["num_train"]
-        and len(os.listdir(p["val_images"])) == params["num_val"]
-    )
-
-
 def ensure_people_dataset(
     cache_dir: str | os.PathLike | None = None,
     *,
@@ -265,7 +246,7 @@ def ensure_people_dataset(
     """Returns the paths of the people dataset, generating it on first use.
 
     Args:
-        cache_dir: parent directory (None or "": `shapes.default_cache_dir()`).
+        cache_dir: parent directory (None or "": `cache.default_cache_dir()`).
         num_train: training images.
         num_val: validation images.
         image_size: (height, width) of every image.
@@ -288,31 +269,19 @@ def ensure_people_dataset(
             f"people: image height must be >= {2 * _MIN_HEIGHT:g} and max_people >= 1, got "
             f"{params['image_size']}, {params['max_people']}"
         )
-    cache_dir = os.path.abspath(os.fspath(cache_dir or default_cache_dir()))
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    root = os.path.join(cache_dir, f"people_v{GENERATOR_VERSION}_{digest}")
-    if _is_complete(root, params):
-        return _paths(root)
-    if os.path.exists(root):
-        logger.warning("people dataset at %s is incomplete or stale; regenerating", root)
-        shutil.rmtree(root)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".people-tmp-", dir=cache_dir)
-    try:
-        logger.info("generating people dataset (%d train, %d val) in %s", num_train, num_val, root)
-        _write_split(tmp, "train", 0, params["num_train"], params)
-        _write_split(tmp, "val", 1, params["num_val"], params)
-        with open(os.path.join(tmp, "stamp.json"), "w") as f:
-            json.dump(params, f)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root, params):
-                raise
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-    return _paths(root)
+
+    def write(out_dir: str) -> None:
+        _write_split(out_dir, "train", 0, params["num_train"], params)
+        _write_split(out_dir, "val", 1, params["num_val"], params)
+
+    return generate_once(
+        cache_dir,
+        "people",
+        params,
+        layout=_paths,
+        file_counts={"train_images": params["num_train"], "val_images": params["num_val"]},
+        write=write,
+    )
 
 
 def config_paths(config) -> dict:

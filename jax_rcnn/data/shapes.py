@@ -9,9 +9,10 @@ overlap, later ones occluding earlier ones, and each annotation is the *visible*
 of the images are empty. Train and val come from different seeds.
 
 The dataset is written on first use as COCO JSON + PNG files under
-`cache_dir/shapes_v{version}_{hash of the parameters}/` (written to a temporary directory and
-renamed, so an interrupted run leaves nothing half-made); a changed generator version or
-parameter set lands in a new directory. Files are identical for identical parameters.
+`cache_dir/shapes_v{version}_{hash of the parameters}/` (`cache.generate_once`: written to a
+temporary directory and renamed, so an interrupted run leaves nothing half-made); a changed
+generator version or parameter set lands in a new directory. Files are identical for identical
+parameters.
 
 `long_tail=True` makes the long-tailed variant (LVIS json; training classes each a third as
 frequent as the one before; see `ensure_shapes_dataset`).
@@ -24,18 +25,15 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-logger = logging.getLogger(__name__)
+from jax_rcnn.data.cache import default_cache_dir as default_cache_dir  # re-exported
+from jax_rcnn.data.cache import generate_once
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "ring", "cross", "ellipse", "hexagon")
 # The panoptic variant's stuff classes (semantic labels 1..S; 0 = "things"), each a texture.
@@ -46,13 +44,6 @@ _EMPTY_IMAGE_PROB = 0.06
 _MIN_SIZE = 8.0
 _MIN_VISIBLE_FRACTION = 0.3
 _MIN_VISIBLE_PIXELS = 12
-
-
-def default_cache_dir() -> str:
-    """`$JAX_RCNN_CACHE` or `~/.cache/jax_rcnn` (what `config.data.cache_dir = ""` means)."""
-    return os.environ.get("JAX_RCNN_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "jax_rcnn"
-    )
 
 
 def _polygon_vertices(cls: str, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
@@ -400,20 +391,6 @@ def _paths(root: str, panoptic: bool = False) -> dict:
     return paths
 
 
-def _is_complete(root: str, params: dict) -> bool:
-    try:
-        with open(os.path.join(root, "stamp.json")) as f:
-            if json.load(f) != params:
-                return False
-    except (OSError, ValueError):
-        return False
-    p = _paths(root, bool(params.get("num_stuff_classes")))
-    return all(os.path.exists(v) for v in p.values()) and (
-        len(os.listdir(p["train_images"])) == params["num_train"]
-        and len(os.listdir(p["val_images"])) == params["num_val"]
-    )
-
-
 def ensure_shapes_dataset(
     cache_dir: str | os.PathLike | None = None,
     *,
@@ -489,42 +466,29 @@ def ensure_shapes_dataset(
         params["num_stuff_classes"] = int(num_stuff_classes)
     if long_tail and int(num_stuff_classes):
         raise ValueError("the shapes long_tail and num_stuff_classes variants do not combine")
-    cache_dir = os.path.abspath(os.fspath(cache_dir or default_cache_dir()))
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    root = os.path.join(cache_dir, f"shapes_v{GENERATOR_VERSION}_{digest}")
     panoptic = bool(params.get("num_stuff_classes"))
-    if _is_complete(root, params):
-        return _paths(root, panoptic)
-    if os.path.exists(root):
-        logger.warning("shapes dataset at %s is incomplete or stale; regenerating", root)
-        shutil.rmtree(root)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=cache_dir)
-    try:
-        logger.info("generating shapes dataset (%d train, %d val) in %s", num_train, num_val, root)
+
+    def write(out_dir: str) -> None:
         splits = {
-            "train": _write_split(tmp, "train", 0, params["num_train"], params),
-            "val": _write_split(tmp, "val", 1, params["num_val"], params),
+            "train": _write_split(out_dir, "train", 0, params["num_train"], params),
+            "val": _write_split(out_dir, "val", 1, params["num_val"], params),
         }
         if params.get("long_tail"):
             categories = _lvis_categories(splits["train"], params.get("num_classes", 8))
             for coco in splits.values():
                 coco["categories"] = categories
         for split, coco in splits.items():
-            with open(os.path.join(tmp, f"{split}.json"), "w") as f:
+            with open(os.path.join(out_dir, f"{split}.json"), "w") as f:
                 json.dump(coco, f)
-        with open(os.path.join(tmp, "stamp.json"), "w") as f:
-            json.dump(params, f)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            # Another process finished first; keep its copy if it is complete.
-            if not _is_complete(root, params):
-                raise
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-    return _paths(root, panoptic)
+
+    return generate_once(
+        cache_dir,
+        "shapes",
+        params,
+        layout=lambda root: _paths(root, panoptic),
+        file_counts={"train_images": params["num_train"], "val_images": params["num_val"]},
+        write=write,
+    )
 
 
 def config_paths(config) -> dict:

@@ -36,8 +36,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from jax_rcnn.data.cache import default_cache_dir
 from jax_rcnn.data.coco import load_coco_json
-from jax_rcnn.data.shapes import default_cache_dir
 
 # The 80 category ids of COCO's instances JSON, in id order (= TFDS label order).
 COCO_CATEGORY_IDS = tuple(

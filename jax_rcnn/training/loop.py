@@ -179,23 +179,6 @@ class Progress:
             self._bar.close()
 
 
-def _gt_json(config) -> str:
-    d = config.data
-    if d.source == "coco":
-        from jax_rcnn.data.loader import coco_paths
-
-        return coco_paths(config, "test")["json"]
-    if d.source == "shapes":
-        from jax_rcnn.data.shapes import config_paths
-
-        return config_paths(config)["val_json"]
-    if d.source == "people":
-        from jax_rcnn.data.people import config_paths as people_paths
-
-        return people_paths(config)["val_json"]
-    raise NotImplementedError(f"COCO evaluation needs a gt json; config.data.source={d.source!r}")
-
-
 def _canvas(sizes: np.ndarray, multiple: int = 128) -> tuple[int, int]:
     """Static (H, W) holding every original image of a batch (few distinct shapes compile)."""
     h, w = np.max(sizes, axis=0)
@@ -244,7 +227,7 @@ def evaluate(
     """
     from jax_rcnn.data.buckets import eval_buckets
     from jax_rcnn.data.loader import dataset_records, eval_batches, eval_plan
-    from jax_rcnn.evaluation import COCOEvaluator, ProposalEvaluator
+    from jax_rcnn.evaluation.build import build_evaluators
 
     mesh = mesh if mesh is not None else distributed.make_mesh()
     num_devices = mesh.devices.size
@@ -293,43 +276,13 @@ def evaluate(
         ]
     )
     mask_on = bool(config.model.mask_on)
-    to_cat = {v: int(k) for k, v in meta["thing_dataset_id_to_contiguous_id"].items()}
     main_process = jax.process_index() == 0
     out_dir = None if workdir is None or not main_process else os.path.join(workdir, "inference")
     proposals_only = config.model.meta_architecture == "ProposalNetwork"
     semantic_only = config.model.meta_architecture == "SemanticSegmentor"
-    if proposals_only:  # Detectron2's COCOEvaluator sees "proposals": box-proposal AR
-        evaluator = ProposalEvaluator(_gt_json(config), output_dir=out_dir)
-    elif meta.get("format") == "lvis":  # Detectron2's LVISEvaluator (federated LVIS AP)
-        from jax_rcnn.evaluation.lvis_evaluation import LVISEvaluator
-
-        evaluator = LVISEvaluator(
-            _gt_json(config),
-            output_dir=out_dir,
-            contiguous_to_dataset_id=to_cat,
-            tasks=("bbox", "segm") if mask_on else ("bbox",),
-        )
-    elif semantic_only:  # Detectron2's SemSegEvaluator alone
-        from jax_rcnn.evaluation.panoptic_evaluation import SemSegEvaluator
-
-        if any("sem_seg_file_name" not in r for r in records):
-            raise ValueError(
-                "a SemanticSegmentor needs semantic ground truth (sem_seg_file_name) for every "
-                "test image: the panoptic shapes (data.shapes.num_stuff_classes) or a "
-                "*_panoptic_separated dataset"
-            )
-        evaluator = SemSegEvaluator(config.model.sem_seg_head.num_classes)
-    else:
-        keypoint_on = bool(config.model.get("keypoint_on", False))
-        tasks = ("bbox",) + (("segm",) if mask_on else ()) + (("keypoints",) if keypoint_on else ())
-        evaluator = COCOEvaluator(
-            _gt_json(config),
-            output_dir=out_dir,
-            contiguous_to_dataset_id=to_cat,
-            tasks=tasks,
-            kpt_oks_sigmas=tuple(config.test.get("keypoint_oks_sigmas", ())),
-        )
-    panoptic_eval = None if semantic_only else _panoptic_evaluator(config, records, meta, to_cat)
+    evaluator, panoptic_eval = build_evaluators(
+        config, records, meta, output_dir=out_dir, process_count=jax.process_count()
+    )
     by_id = {r["image_id"]: r for r in records}
     names = tuple(config.data.class_names) or tuple(meta["thing_classes"])
     drawn = []
@@ -421,30 +374,6 @@ def evaluate(
     for task, metrics in results.items():
         logger.info("%s: %s", task, {k: round(v, 3) for k, v in metrics.items() if "-" not in k})
     return results
-
-
-def _panoptic_evaluator(config, records, meta, to_cat):
-    """PQ and semantic metrics for a PanopticFPN whose test split has panoptic ground truth
-    (`meta["panoptic_json"]`); None otherwise or with several processes (not gathered)."""
-    if config.model.meta_architecture != "PanopticFPN" or "panoptic_json" not in meta:
-        return None
-    if jax.process_count() > 1:
-        logger.warning("PQ evaluation runs in single-process runs only; skipped")
-        return None
-    from jax_rcnn.data.panoptic import panoptic_meta
-    from jax_rcnn.evaluation.panoptic_evaluation import PanopticEvaluator
-
-    with open(meta["panoptic_json"]) as f:
-        pan = panoptic_meta(json.load(f)["categories"], meta["panoptic_json"])
-    return PanopticEvaluator(
-        meta["panoptic_json"],
-        meta["panoptic_png"],
-        thing_contiguous_to_id=to_cat,
-        stuff_contiguous_to_id={v: k for k, v in pan["stuff_dataset_id_to_contiguous_id"].items()},
-        num_sem_classes=config.model.sem_seg_head.num_classes,
-        sem_seg_files={r["image_id"]: r["sem_seg_file_name"] for r in records},
-        sem_class_names=pan["stuff_classes"],
-    )
 
 
 def _process_panoptic(evaluator, config, batch, out, masks) -> None:

@@ -1,11 +1,13 @@
 """Helpers shared by the parity tests against Detectron2's small fixtures (`tests/data/tiny_*`):
-loading a fixture's config and weights, the relative tolerance measure, and the detection check
-every detector's parity test makes (same count and classes, boxes within 0.05 px, scores 1e-4)."""
+the module fixtures every parity module defines (`parity_fixtures`), loading a fixture's config
+and weights, the relative tolerance measure, and the detection check every detector's parity
+test makes (same count and classes, boxes within 0.05 px, scores 1e-4)."""
 
 import pathlib
 
 import jax
 import numpy as np
+import pytest
 
 from jax_rcnn import modeling
 from jax_rcnn.checkpoint import detectron2 as d2
@@ -38,6 +40,51 @@ def load_fixture(data: pathlib.Path, *, reference_kernels: bool = True):
             config.model.kernels = "reference"
     variables = d2.load_weights(data / "model_final.pkl", config, None)
     return config, modeling.build_model(config), jax.device_put(variables)
+
+
+def npz_fixtures(data: pathlib.Path):
+    """Module-scoped pytest fixtures `(inference_npz, training_npz)`: the fixture folder's
+    `inference.npz` and `training.npz`. Bind them to those names in the test module (pytest
+    finds fixtures by name)::
+
+        inference_npz, training_npz = npz_fixtures(DATA)
+    """
+
+    @pytest.fixture(scope="module")
+    def inference_npz():
+        return np.load(data / "inference.npz")
+
+    @pytest.fixture(scope="module")
+    def training_npz():
+        return np.load(data / "training.npz")
+
+    return inference_npz, training_npz
+
+
+def parity_fixtures(data: pathlib.Path, *, reference_kernels: bool = True):
+    """`npz_fixtures(data)` plus a module-scoped `setup` fixture, `load_fixture(data,
+    reference_kernels=...)`::
+
+        inference_npz, training_npz, setup = parity_fixtures(DATA)
+    """
+
+    @pytest.fixture(scope="module")
+    def setup():
+        return load_fixture(data, reference_kernels=reference_kernels)
+
+    return *npz_fixtures(data), setup
+
+
+def sample_everything(setup, batch):
+    """`(config, training model, variables, batch)` for a training-parity test: the fixture's
+    config with the RPN's and ROI heads' `batch_size_per_image` at 1e6, so every anchor and
+    proposal is sampled and the losses do not depend on the random subsampling."""
+    config, _, variables = setup
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.rpn.batch_size_per_image = 1_000_000
+        config.model.roi_heads.batch_size_per_image = 1_000_000
+    return config, modeling.build_model(config, train=True), variables, batch
 
 
 def assert_detections(detections, npz, ours, theirs):

@@ -1,10 +1,12 @@
-"""Tests of `jax_rcnn.config`: loading, Detectron2 translation, validation."""
+"""Tests of `jax_rcnn.config` (loading, validation) and `jax_rcnn.config_from_detectron2`
+(Detectron2 translation, also reached as `jax_rcnn.config.from_detectron2`)."""
 
 from __future__ import annotations
 
 import json
 import random
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 import yaml
 
 from jax_rcnn import config as cfg_lib
+from jax_rcnn import config_from_detectron2 as d2_lib
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -117,17 +120,34 @@ def test_load_config_errors(tmp_path):
         cfg_lib.load_config("configs/mask_rcnn_R_50_FPN_1x.py:huge")
 
 
+@pytest.mark.parametrize("first", ["jax_rcnn.config", "jax_rcnn.config_from_detectron2"])
+def test_from_detectron2_reachable_from_both_modules_in_any_import_order(first):
+    """`config_from_detectron2` imports `config`; `config` re-exports its public names on first
+    access, so either module may be imported first (no import cycle)."""
+    code = (
+        f"import {first}\n"
+        "from jax_rcnn.config import D2_TO_JAX_RCNN, detectron2_config, from_detectron2\n"
+        "from jax_rcnn import config_from_detectron2 as d2\n"
+        "assert from_detectron2 is d2.from_detectron2\n"
+        "assert detectron2_config is d2.detectron2_config and D2_TO_JAX_RCNN is d2.D2_TO_JAX_RCNN\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    assert cfg_lib.from_detectron2 is d2_lib.from_detectron2
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cfg_lib.nope  # noqa: B018
+
+
 # ---------------------------------------------------------------------------------------------
 # The Detectron2 key tables
 # ---------------------------------------------------------------------------------------------
 def test_every_detectron2_key_has_exactly_one_rule():
     tables = {
-        "mapped": cfg_lib._MAPPED,
-        "no_effect": cfg_lib._NO_EFFECT,
-        "restricted": cfg_lib._RESTRICTED,
-        "inert": cfg_lib._INERT,
+        "mapped": d2_lib._MAPPED,
+        "no_effect": d2_lib._NO_EFFECT,
+        "restricted": d2_lib._RESTRICTED,
+        "inert": d2_lib._INERT,
     }
-    keys = cfg_lib._flatten(cfg_lib._D2_DEFAULTS)
+    keys = cfg_lib._flatten(d2_lib._D2_DEFAULTS)
     for key in keys:
         hits = [
             name
@@ -152,7 +172,7 @@ def test_mapped_keys_exist_in_the_schema():
     keypoint = cfg_lib._common().base_config()
     cfg_lib._common().keypoint(keypoint)
     keypoint = cfg_lib.to_flat_dict(keypoint)
-    for d2_key, ours in cfg_lib.D2_TO_JAX_RCNN.items():
+    for d2_key, ours in d2_lib.D2_TO_JAX_RCNN.items():
         schema = retina if d2_key.startswith("MODEL.RETINANET.") else base
         schema = cascade if d2_key.startswith("MODEL.ROI_BOX_CASCADE_HEAD.") else schema
         schema = (
@@ -168,11 +188,11 @@ def test_mapped_keys_exist_in_the_schema():
 def test_detectron2_defaults_have_the_fixture_dump_keys():
     """The fixture is a real `cfg.dump()`: our defaults table has exactly its keys."""
     dump = cfg_lib._flatten(yaml.safe_load((FIXTURE / "config.yaml").read_text()))
-    assert set(dump) == set(cfg_lib._flatten(cfg_lib._D2_DEFAULTS))
+    assert set(dump) == set(cfg_lib._flatten(d2_lib._D2_DEFAULTS))
 
 
 def test_detectron2_config_merges_like_yacs():
-    d2 = cfg_lib.detectron2_config(ZOO / ZOO_YAMLS[2])
+    d2 = d2_lib.detectron2_config(ZOO / ZOO_YAMLS[2])
     assert d2["SOLVER.STEPS"] == (210000, 250000)  # "(210000, 250000)" literal-evaluated
     assert d2["MODEL.RPN.PRE_NMS_TOPK_TRAIN"] == 2000  # from the base
     assert d2["MODEL.RPN.POST_NMS_TOPK_TRAIN"] == 1000
@@ -206,7 +226,7 @@ def test_fixture_dump_matches_config_json():
     for key, value in expected.items():
         if key in _FIXTURE_JSON_SPECIAL:
             continue
-        ours = cfg_lib.D2_TO_JAX_RCNN[key]  # KeyError = a json entry nobody checks
+        ours = d2_lib.D2_TO_JAX_RCNN[key]  # KeyError = a json entry nobody checks
         got = cfg_lib.to_flat_dict(config)[ours]
         assert got == _as_tuples(value), f"{key} -> {ours}: {got!r} != {value!r}"
         compared += 1
@@ -586,10 +606,10 @@ def test_conversions(tmp_path):
 
 
 def test_dataset_name():
-    assert cfg_lib._dataset_name(("coco_2017_train",), ("coco_2017_val",)) == "coco_2017"
-    assert cfg_lib._dataset_name(["fixture_voc_tiny"], ["fixture_voc_tiny"]) == "fixture_voc_tiny"
-    assert cfg_lib._dataset_name(("a_train",), ("b_val",)) == "a_train+b_val"
-    assert cfg_lib._dataset_name((), ()) == ""
+    assert d2_lib._dataset_name(("coco_2017_train",), ("coco_2017_val",)) == "coco_2017"
+    assert d2_lib._dataset_name(["fixture_voc_tiny"], ["fixture_voc_tiny"]) == "fixture_voc_tiny"
+    assert d2_lib._dataset_name(("a_train",), ("b_val",)) == "a_train+b_val"
+    assert d2_lib._dataset_name((), ()) == ""
 
 
 def test_yaml_without_fpn_base_is_detectron2_c4(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 from pycocotools import mask as mask_util
 
 from jax_rcnn import anchors as anchor_ops
-from jax_rcnn import masks, modeling
+from jax_rcnn import masks
 from jax_rcnn.data import transforms as T
 from jax_rcnn.meta_arch import common, rcnn, roi_heads, rpn
 from tests.jax_rcnn.fixture_parity import (
@@ -29,26 +29,15 @@ from tests.jax_rcnn.fixture_parity import (
     assert_close,
     assert_detections,
     gradient_errors,
-    load_fixture,
+    parity_fixtures,
+    sample_everything,
 )
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_c4_maskrcnn"
 K = 4
 
 
-@pytest.fixture(scope="module")
-def inference_npz():
-    return np.load(DATA / "inference.npz")
-
-
-@pytest.fixture(scope="module")
-def training_npz():
-    return np.load(DATA / "training.npz")
-
-
-@pytest.fixture(scope="module")
-def setup():
-    return load_fixture(DATA)
+inference_npz, training_npz, setup = parity_fixtures(DATA)
 
 
 def _input(npz):
@@ -209,13 +198,7 @@ def _training_batch(npz, inference):
 
 @pytest.fixture(scope="module")
 def train_setup(setup, training_npz, inference_npz):
-    config, _, variables = setup
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.model.rpn.batch_size_per_image = 1_000_000
-        config.model.roi_heads.batch_size_per_image = 1_000_000
-    model = modeling.build_model(config, train=True)
-    return config, model, variables, _training_batch(training_npz, inference_npz)
+    return sample_everything(setup, _training_batch(training_npz, inference_npz))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from jax_rcnn import masks, modeling
+from jax_rcnn import masks
 from jax_rcnn.checkpoint import detectron2 as d2
 from jax_rcnn.data import transforms as T
 from jax_rcnn.meta_arch import cascade_roi_heads, common, rcnn
@@ -29,8 +29,9 @@ from tests.jax_rcnn.fixture_parity import (
     assert_close,
     assert_detections,
     gradient_errors,
-    load_fixture,
     padded_input,
+    parity_fixtures,
+    sample_everything,
 )
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_cascade_maskrcnn"
@@ -39,19 +40,7 @@ K = 4
 STAGES = 3
 
 
-@pytest.fixture(scope="module")
-def inference_npz():
-    return np.load(DATA / "inference.npz")
-
-
-@pytest.fixture(scope="module")
-def training_npz():
-    return np.load(DATA / "training.npz")
-
-
-@pytest.fixture(scope="module")
-def setup():
-    return load_fixture(DATA)
+inference_npz, training_npz, setup = parity_fixtures(DATA)
 
 
 def test_config_from_the_fixture_yaml(setup):
@@ -178,13 +167,7 @@ def _training_batch(npz, inference):
 
 @pytest.fixture(scope="module")
 def train_setup(setup, training_npz, inference_npz):
-    config, _, variables = setup
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.model.rpn.batch_size_per_image = 1_000_000
-        config.model.roi_heads.batch_size_per_image = 1_000_000
-    model = modeling.build_model(config, train=True)
-    return config, model, variables, _training_batch(training_npz, inference_npz)
+    return sample_everything(setup, _training_batch(training_npz, inference_npz))
 
 
 @pytest.fixture(scope="module")

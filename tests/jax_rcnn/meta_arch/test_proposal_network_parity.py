@@ -26,20 +26,14 @@ from jax_rcnn.config import from_detectron2
 from jax_rcnn.evaluation import ProposalEvaluator
 from jax_rcnn.evaluation.proposal_evaluation import evaluate_box_proposals, load_proposal_gt
 from jax_rcnn.meta_arch import get, proposal_network
+from tests.jax_rcnn.fixture_parity import npz_fixtures
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data"
 RPN = DATA / "tiny_rpn"
 SHARED = DATA / "tiny_maskrcnn"  # same photo, annotations and weights
 
 
-@pytest.fixture(scope="module")
-def inference_npz():
-    return np.load(RPN / "inference.npz")
-
-
-@pytest.fixture(scope="module")
-def training_npz():
-    return np.load(RPN / "training.npz")
+inference_npz, training_npz = npz_fixtures(RPN)
 
 
 @pytest.fixture(scope="module")

@@ -25,40 +25,21 @@ from tests.jax_rcnn.fixture_parity import (
     DETECTION_CASES,
     assert_close,
     assert_detections,
-    load_fixture,
+    padded_input,
+    parity_fixtures,
 )
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "tiny_retinanet"
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
 
-@pytest.fixture(scope="module")
-def inference_npz():
-    return np.load(DATA / "inference.npz")
-
-
-@pytest.fixture(scope="module")
-def training_npz():
-    return np.load(DATA / "training.npz")
-
-
-@pytest.fixture(scope="module")
-def setup():
-    return load_fixture(DATA, reference_kernels=False)
-
-
-def _padded_input(npz):
-    h, w = (int(v) for v in npz["padded_size"])
-    bgr = npz["input_bgr"]
-    images = np.zeros((1, h, w, 3), np.uint8)
-    images[0, : bgr.shape[0], : bgr.shape[1]] = bgr
-    return jnp.asarray(images), jnp.asarray(npz["image_sizes"])
+inference_npz, training_npz, setup = parity_fixtures(DATA, reference_kernels=False)
 
 
 @pytest.fixture(scope="module")
 def head_outputs(setup, inference_npz):
     config, model, variables = setup
-    images, sizes = _padded_input(inference_npz)
+    images, sizes = padded_input(inference_npz)
 
     @jax.jit
     def run(variables, images, sizes):
@@ -105,7 +86,7 @@ def test_anchors(head_outputs, inference_npz, i, level, setup):
 @pytest.fixture(scope="module")
 def detections(setup, inference_npz):
     config, model, variables = setup
-    images, sizes = _padded_input(inference_npz)
+    images, sizes = padded_input(inference_npz)
     originals = jnp.asarray(inference_npz["original_sizes"])
     run = jax.jit(lambda v, x, s, o: retinanet.inference(model, v, x, s, o, config=config))
     return jax.device_get(run(variables, images, sizes, originals))
@@ -118,7 +99,7 @@ def test_detections(detections, inference_npz, ours, theirs):
 
 
 def _training_batch(npz, inference):
-    images, _ = _padded_input(inference)
+    images, _ = padded_input(inference)
     g = 24  # padded gt slots
     boxes = np.zeros((1, g, 4), np.float32)
     classes = np.zeros((1, g), np.int32)
