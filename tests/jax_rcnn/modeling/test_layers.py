@@ -167,7 +167,9 @@ def _reference_conv(x, kernel, stride, padding):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (7, 2, 3), (3, 1, 0)])
+@pytest.mark.parametrize(
+    "k,s,p", [(3, 1, 1), (3, 2, 1), (7, 2, 3), (3, 1, 0), (2, 2, 0), (4, 3, 1)]
+)
 def test_canonical_grads_conv_matches_lax_conv_and_its_gradients(k, s, p):
     x = jax.random.normal(jax.random.key(0), (2, 15, 13, 5))
     w = jax.random.normal(jax.random.key(1), (k, k, 5, 6))
