@@ -57,9 +57,55 @@ def resize_bilinear(x, out_h: int, out_w: int, *, scale: tuple[float, float] | N
 
 def upsample_bilinear(x, factor: int):
     """`nn.Upsample(scale_factor=factor, mode="bilinear", align_corners=False)` on
-    `f32[..., H, W, C]` -> `f32[..., factor*H, factor*W, C]` (JAX or NumPy)."""
+    `f32[..., H, W, C]` -> `f32[..., factor*H, factor*W, C]` (JAX or NumPy).
+
+    For JAX arrays each output phase `r` (rows `factor * i + r`) is `x[i + c0] * (1 - lam) +
+    x[i + c1] * lam` with PyTorch's taps: static shifted slices of the edge-padded input,
+    interleaved. Same products and sums as `resize_bilinear`, whose gathers XLA:CPU
+    differentiates as scatter-adds (the semantic head's towers and loss in training)."""
     h, w = x.shape[-3], x.shape[-2]
-    return resize_bilinear(x, factor * h, factor * w, scale=(1 / factor, 1 / factor))
+    if isinstance(x, np.ndarray):
+        return resize_bilinear(x, factor * h, factor * w, scale=(1 / factor, 1 / factor))
+    for axis, n in ((-3, h), (-2, w)):
+        x = _upsample_axis(x, axis, n, factor)
+    return x
+
+
+def _upsample_axis(x: jax.Array, axis: int, n: int, factor: int) -> jax.Array:
+    """x upsampled `factor` times along `axis` (length n) by phases, as `upsample_bilinear`."""
+    i0, i1, lam = _axis_taps(n, factor * n, 1 / factor)
+    rows = np.arange(n)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (1, 1)
+    xp = jnp.pad(x, pad, mode="edge")  # xp[i + 1] = x[clip(i, 0, n - 1)]
+    shape = [1] * x.ndim
+    shape[axis] = n
+    phases = []
+    for r in range(factor):
+        taps = []
+        lam_np = lam[r::factor]
+        for idx, used in ((i0[r::factor], lam_np < 1), (i1[r::factor], lam_np > 0)):
+            off = idx - rows  # -1, 0 or 1 except where PyTorch clamps
+            c = int(np.round(np.median(off)))
+            # A tap with weight exactly 0 may read another (finite) pixel: same sum.
+            if not np.array_equal(np.clip(rows + c, 0, n - 1)[used], idx[used]):
+                return resize_bilinear(x, *_out_hw(x, axis, factor), scale=_scale(axis, factor))
+            taps.append(jax.lax.slice_in_dim(xp, c + 1, c + 1 + n, axis=axis % x.ndim))
+        lam_r = jnp.asarray(lam_np.reshape(shape))
+        phases.append(taps[0] * (1 - lam_r) + taps[1] * lam_r)
+    y = jnp.stack(phases, axis=axis % x.ndim + 1)  # [..., n, factor, ...]
+    out = list(x.shape)
+    out[axis] = n * factor
+    return y.reshape(out)
+
+
+def _out_hw(x, axis: int, factor: int) -> tuple[int, int]:
+    h, w = x.shape[-3], x.shape[-2]
+    return (h * factor, w) if axis == -3 else (h, w * factor)
+
+
+def _scale(axis: int, factor: int) -> tuple[float, float]:
+    return (1 / factor, 1.0) if axis == -3 else (1.0, 1 / factor)
 
 
 def sem_seg_loss(
