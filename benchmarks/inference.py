@@ -1,5 +1,5 @@
-"""Inference speed of full-size R50-FPN Faster / Mask R-CNN, Cascade Mask R-CNN and RetinaNet,
-and of R50-C4 / R50-DC5 Faster / Mask R-CNN, at 800x1333 (s/image).
+"""Inference speed of full-size R50-FPN Faster / Mask R-CNN, Cascade Mask R-CNN, RetinaNet,
+Keypoint R-CNN and Panoptic FPN, and of R50-C4 / R50-DC5 Faster / Mask R-CNN, at 800x1333 (s/image).
 
     python benchmarks/inference.py                       # the FPN models, 15 timed runs each
     python benchmarks/inference.py --models faster retinanet --runs 5
@@ -8,8 +8,11 @@ and of R50-C4 / R50-DC5 Faster / Mask R-CNN, at 800x1333 (s/image).
 Prints, per model: compile time (first call minus a steady call), the median and spread of
 steady-state seconds per image, the time of each stage jitted on its own, and the ratio to
 Detectron2's eager PyTorch time on the same 2-core machine (2.85 s Faster, 2.98 s Mask R-CNN,
-3.48 s RetinaNet, 2.19 s C4 Mask R-CNN, 3.12 s Cascade Mask R-CNN: medians of 5 on a quiet
-machine, Detectron2's initialisation; see the issues "The detector family, part 1" to "part 3").
+3.48 s RetinaNet, 2.19 s C4 Mask R-CNN, 3.12 s Cascade Mask R-CNN, 3.32 s Keypoint R-CNN, 3.94 s
+Panoptic FPN: medians of 5 on a quiet machine, Detectron2's initialisation; see the issues "The
+detector family, part 1" to "part 5"). Panoptic FPN's end-to-end time includes the host-side
+steps Detectron2 runs inside its forward: the semantic logits resized to the image and the
+panoptic combine (`panoptic.panoptic_for_image`).
 
 Weights are Detectron2's initialisation (no checkpoint is downloaded). Stage costs are static
 except the NMS loops, whose trip count follows the number of kept boxes; the input is a real
@@ -30,7 +33,7 @@ import jax.numpy as jnp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jax_rcnn import meta_arch, modeling  # noqa: E402
+from jax_rcnn import meta_arch, modeling, panoptic  # noqa: E402
 from jax_rcnn.compile import jit as compile_jit  # noqa: E402
 from jax_rcnn.config import load_config  # noqa: E402
 from jax_rcnn.data import batching, transforms  # noqa: E402
@@ -42,6 +45,8 @@ DETECTRON2_S = {
     "retinanet": 3.48,
     "mask_c4": 2.19,
     "cascade_mask": 3.12,
+    "keypoint": 3.32,
+    "panoptic": 3.94,
 }
 CONFIGS = {
     "faster": "configs/faster_rcnn_R_50_FPN_1x.py",
@@ -52,6 +57,8 @@ CONFIGS = {
     "faster_dc5": "configs/faster_rcnn_R_50_DC5_1x.py",
     "mask_dc5": "configs/mask_rcnn_R_50_DC5_1x.py",
     "cascade_mask": "configs/cascade_mask_rcnn_R_50_FPN_1x.py",
+    "keypoint": "configs/keypoint_rcnn_R_50_FPN_1x.py",
+    "panoptic": "configs/panoptic_fpn_R_50_1x.py",
 }
 DEFAULT_MODELS = ("faster", "mask", "retinanet")
 
@@ -128,6 +135,14 @@ def run(name: str, runs: int, *, stages: bool = True, config: str | None = None)
     originals = jnp.asarray(ex["original_size"][None])
     inference = meta_arch.get(cfg).inference
     full = compile_jit(lambda v, x, s, o: inference(model, v, x, s, o, config=cfg))
+    if cfg.model.meta_architecture in ("PanopticFPN", "SemanticSegmentor"):
+        jitted = full
+        size, original = tuple(ex["image_size"]), tuple(ex["original_size"])
+
+        def full(*args):  # + the host-side post-processing Detectron2 runs in its forward
+            out = jax.device_get(jitted(*args))
+            return panoptic.panoptic_for_image(out, 0, size, original, cfg)["sem_seg_labels"]
+
     first, times = _time(full, variables, images, sizes, originals, runs=runs)
     med = statistics.median(times)
     ref = DETECTRON2_S.get(name)

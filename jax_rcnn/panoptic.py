@@ -120,8 +120,8 @@ def panoptic_for_image(
     sem = semantic.sem_seg_postprocess(
         logits, image_size, original_size, m.sem_seg_head.common_stride
     )
-    labels = np.argmax(sem, axis=-1).astype(np.int32)
-    result = {"sem_seg": np.ascontiguousarray(sem.transpose(2, 0, 1)), "sem_seg_labels": labels}
+    labels = np.argmax(sem, axis=0).astype(np.int32)
+    result = {"sem_seg": sem, "sem_seg_labels": labels}
     if m.meta_architecture != "PanopticFPN":
         return result
     result.update(postprocess.instances_for_image(outputs, index, tuple(original_size)))

@@ -407,7 +407,7 @@ def _sem_labels(config, batch, out, b: int) -> np.ndarray:
         batch["original_size"][b],
         config.model.sem_seg_head.common_stride,
     )
-    return np.argmax(sem, axis=-1).astype(np.int32)
+    return np.argmax(sem, axis=0).astype(np.int32)
 
 
 def _compile_scalars() -> dict[str, float]:
