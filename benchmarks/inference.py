@@ -14,9 +14,12 @@ detector family, part 1" to "part 5"). Panoptic FPN's end-to-end time includes t
 steps Detectron2 runs inside its forward: the semantic logits resized to the image and the
 panoptic combine (`panoptic.panoptic_for_image`).
 
-Weights are Detectron2's initialisation (no checkpoint is downloaded). Stage costs are static
-except the NMS loops, whose trip count follows the number of kept boxes; the input is a real
-photo (the parity fixture) upscaled to 800x1333 so proposals overlap as in real images.
+Weights are Detectron2's initialisation (no checkpoint is downloaded), as in the issues'
+Detectron2 timings. The input is a real photo (the parity fixture) upscaled to 800x1333. With
+these weights the RPN's deltas are huge and every proposal is clipped to an empty box, in
+Detectron2 as in ours, so the ROI heads see no valid proposal: heads that run on padded slots
+(FPN box heads) cost what they cost on padding, heads under `run_on_first_slots` (C4's res5,
+mask, keypoint) run on the smallest slot bucket (`benchmarks/RESULTS.md`).
 """
 
 from __future__ import annotations

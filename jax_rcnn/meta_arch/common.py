@@ -112,9 +112,9 @@ def backbone_features(config, nets: Networks, images, image_sizes) -> dict[str, 
     return nets.features(preprocess(images, image_sizes, m.pixel_mean, m.pixel_std))
 
 
-def run_on_first_slots(valid: jax.Array, make_branch, *operands):
-    """`make_branch(n)(*operands)` for the smallest n of `FIRST_SLOT_SIZES` (or S) that holds
-    every valid slot of every image: one `lax.switch` branch per size.
+def run_on_first_slots(valid: jax.Array, make_branch, *operands, sizes=FIRST_SLOT_SIZES):
+    """`make_branch(n)(*operands)` for the smallest n of `sizes` (or S) that holds every valid
+    slot of every image: one `lax.switch` branch per size.
 
     Padded arrays of S slots (detections, foreground ROIs, gt) mostly hold padding; work that
     ignores invalid slots gives the same result on the first n slots when no valid slot lies
@@ -124,9 +124,10 @@ def run_on_first_slots(valid: jax.Array, make_branch, *operands):
       valid: `bool[B, S]` valid slots.
       make_branch: `n -> fn(*operands)`, n a static int.
       *operands: passed to the chosen branch.
+      sizes: the candidate n (S is always one).
     """
     num_slots = valid.shape[1]
-    sizes = sorted({min(n, num_slots) for n in (*FIRST_SLOT_SIZES, num_slots)})
+    sizes = sorted({min(n, num_slots) for n in (*sizes, num_slots)})
     needed = jnp.max(jnp.where(valid, jnp.arange(1, num_slots + 1), 0))
     index = jnp.searchsorted(jnp.asarray(sizes), needed)
     return jax.lax.switch(index, [make_branch(n) for n in sizes], *operands)
