@@ -20,7 +20,7 @@ Commands (from the repository root):
     python train.py --config configs/quickstart_panoptic.py:smoke --workdir /tmp/qsp_smoke
 
 Result (2026-12-07 20:59-21:10 UTC, quiet 2-core dev CPU, the dataset already cached; generating
-it takes 13 s; `benchmarks/RESULTS.md`): the whole command took **10 min 20 s** (0.29-0.32 s per
+it takes 13 s; `benchmarks/RESULTS.md`): the whole command took **10 min 20 s** (0.28-0.36 s per
 iteration, 1800 iterations; evaluation 15 s). Panoptic shapes val, 200 images, seed 0: **PQ 48.3**
 (SQ 75.2, RQ 52.3; things 24.1, stuff 96.7), sem_seg mIoU 95.8, bbox AP 29.8, segm AP 27.4.
 (The first run, before two gradient fixes in `modeling/layers.py` and `semantic.py`, took
