@@ -19,7 +19,8 @@ Changes from `Base-RetinaNet.yaml`, all for small images and training from scrat
 * 4 images per batch, base LR 0.04 (BN everywhere), 2700 iterations (1.5x the two-stage
   quickstarts'), 100 warm-up, LR x0.1 at 2160 and 2500; at most 12 instances, 50 detections
   per image. Measured on the quiet 2-core CPU: bbox AP 45.9 (AP50 64.6, AP75 54.0), whole
-  command 14 min 33 s (benchmarks/RESULTS.md).
+  command 13 min 39 s from an empty cache (dataset generation and every compile included;
+  benchmarks/RESULTS.md).
 
 Commands (from the repository root):
 
