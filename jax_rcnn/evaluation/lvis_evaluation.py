@@ -131,6 +131,14 @@ def evaluate_predictions_on_lvis(
         for r in results:  # mask area for small / medium / large (Detectron2 does the same)
             r.pop("bbox", None)
     results = limit_dets_per_image(results, max_dets_per_image)
+    # LVIS ignores a detection whose category is neither annotated in its image nor one of the
+    # image's `neg_category_ids` (not verified there). Dropping those after the per-image limit
+    # changes no number, and faster-coco-eval's segm path fails on them (`IndexError:
+    # unordered_map::at`) when the image has no annotation at all.
+    verified = {im["id"]: set(im.get("neg_category_ids", ())) for im in gt["images"]}
+    for a in gt["annotations"]:
+        verified.setdefault(a["image_id"], set()).add(a["category_id"])
+    results = [r for r in results if r["category_id"] in verified.get(r["image_id"], ())]
 
     coco_gt = COCO(gt)
     coco_dt = coco_gt.loadRes(results)

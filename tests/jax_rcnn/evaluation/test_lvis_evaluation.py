@@ -39,6 +39,23 @@ def test_equals_the_lvis_package(fixture, iou_type):
     assert more["AP"] != got["AP"]  # image 10 has 320 detections
 
 
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_unverified_category_on_an_image_without_annotations_is_ignored(fixture, iou_type):
+    """LVIS ignores detections of categories neither annotated nor negative in their image; on
+    an image with no annotation such a detection crashed faster-coco-eval's segm path."""
+    gt, results, _ = fixture
+    annotated = {a["image_id"] for a in gt["annotations"]}
+    empty = {"id": 999, "file_name": "empty.png", "height": 32, "width": 32}
+    empty.update(neg_category_ids=[], not_exhaustive_category_ids=[])
+    gt = {**gt, "images": [*gt["images"], empty]}
+    assert 999 not in annotated
+    stray = {**results[0], "image_id": 999, "score": 0.99}
+    stray["category_id"] = gt["categories"][0]["id"]
+    want = LV.evaluate_predictions_on_lvis(gt, results, iou_type)
+    got = LV.evaluate_predictions_on_lvis(gt, [*results, stray], iou_type)
+    assert got == want
+
+
 def test_inputs_are_not_modified_and_no_results_give_nan(fixture):
     gt, results, _ = fixture
     before = json.dumps([gt, results])
