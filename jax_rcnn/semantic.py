@@ -43,16 +43,21 @@ def resize_bilinear(x, out_h: int, out_w: int, *, scale: tuple[float, float] | N
     Returns:
       `f32[..., out_h, out_w, C]`.
     """
-    xp = np if isinstance(x, np.ndarray) else jnp
     in_h, in_w = x.shape[-3], x.shape[-2]
     sy, sx = scale if scale is not None else (in_h / out_h, in_w / out_w)
     for axis, (in_n, out_n, s) in ((-3, (in_h, out_h, sy)), (-2, (in_w, out_w, sx))):
-        i0, i1, lam = _axis_taps(in_n, out_n, s)
-        shape = [1] * x.ndim
-        shape[axis] = out_n
-        lam = lam.reshape(shape)
-        x = xp.take(x, i0, axis=axis) * (1 - lam) + xp.take(x, i1, axis=axis) * lam
+        x = _resize_axis(x, axis, _axis_taps(in_n, out_n, s))
     return x
+
+
+def _resize_axis(x, axis: int, taps):
+    """`x[i0] * (1 - lam) + x[i1] * lam` along `axis` (`_axis_taps` output; JAX or NumPy)."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    i0, i1, lam = taps
+    shape = [1] * x.ndim
+    shape[axis] = len(lam)
+    lam = lam.reshape(shape)
+    return xp.take(x, i0, axis=axis) * (1 - lam) + xp.take(x, i1, axis=axis) * lam
 
 
 def upsample_bilinear(x, factor: int):
@@ -89,7 +94,7 @@ def _upsample_axis(x: jax.Array, axis: int, n: int, factor: int) -> jax.Array:
             c = int(np.round(np.median(off)))
             # A tap with weight exactly 0 may read another (finite) pixel: same sum.
             if not np.array_equal(np.clip(rows + c, 0, n - 1)[used], idx[used]):
-                return resize_bilinear(x, *_out_hw(x, axis, factor), scale=_scale(axis, factor))
+                return _resize_axis(x, axis, (i0, i1, lam))
             taps.append(jax.lax.slice_in_dim(xp, c + 1, c + 1 + n, axis=axis % x.ndim))
         lam_r = jnp.asarray(lam_np.reshape(shape))
         phases.append(taps[0] * (1 - lam_r) + taps[1] * lam_r)
@@ -97,15 +102,6 @@ def _upsample_axis(x: jax.Array, axis: int, n: int, factor: int) -> jax.Array:
     out = list(x.shape)
     out[axis] = n * factor
     return y.reshape(out)
-
-
-def _out_hw(x, axis: int, factor: int) -> tuple[int, int]:
-    h, w = x.shape[-3], x.shape[-2]
-    return (h * factor, w) if axis == -3 else (h, w * factor)
-
-
-def _scale(axis: int, factor: int) -> tuple[float, float]:
-    return (1 / factor, 1.0) if axis == -3 else (1.0, 1 / factor)
 
 
 def sem_seg_loss(
@@ -169,18 +165,9 @@ def sem_seg_postprocess(
     x = np.ascontiguousarray(np.moveaxis(np.asarray(logits, np.float32), -1, 0))  # [K, h/s, w/s]
     for axis in (1, 2):
         n, s = x.shape[axis], common_stride
-        x = _resize_axis_np(x, axis, _axis_taps(n, s * n, 1 / s))
+        x = _resize_axis(x, axis, _axis_taps(n, s * n, 1 / s))
     x = x[:, :h, :w]
     if (out_h, out_w) == (h, w):
         return np.ascontiguousarray(x)  # PyTorch's taps at scale 1: x * 1 + x * 0, the same
-    x = _resize_axis_np(x, 1, _axis_taps(h, out_h, h / out_h))
-    return _resize_axis_np(x, 2, _axis_taps(w, out_w, w / out_w))
-
-
-def _resize_axis_np(x: np.ndarray, axis: int, taps) -> np.ndarray:
-    """`x[i0] * (1 - lam) + x[i1] * lam` along `axis` (`_axis_taps` output)."""
-    i0, i1, lam = taps
-    shape = [1] * x.ndim
-    shape[axis] = len(lam)
-    lam = lam.reshape(shape)
-    return np.take(x, i0, axis=axis) * (1 - lam) + np.take(x, i1, axis=axis) * lam
+    x = _resize_axis(x, 1, _axis_taps(h, out_h, h / out_h))
+    return _resize_axis(x, 2, _axis_taps(w, out_w, w / out_w))
