@@ -112,6 +112,35 @@ def backbone_features(config, nets: Networks, images, image_sizes) -> dict[str, 
     return nets.features(preprocess(images, image_sizes, m.pixel_mean, m.pixel_std))
 
 
+def edge_pad_features(
+    features: dict[str, jax.Array], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, jax.Array]:
+    """Pads each feature map bottom/right to `shapes[name]` by repeating its last row/column.
+
+    Lets one ROI-head program serve every padded image shape (`rcnn.inference_heads`): boxes
+    are clipped to the image, so ROIAlign samples at most half a pixel (aligned) or one pixel
+    (legacy) past the last row/column of the unpadded map, where Detectron2's ROIAlign clamps
+    to that row/column; with the row/column repeated, the bilinear weights of the clamped and
+    the repeated cell add up to the same value (equal up to float32 rounding, ~1 ulp).
+
+    Args:
+      features: `{name: f32[B, H_l, W_l, C]}`.
+      shapes: `{name: (B, H'_l, W'_l, C)}` with `H'_l >= H_l`, `W'_l >= W_l` (names of
+        `features` only).
+
+    Returns:
+      `{name: f32[B, H'_l, W'_l, C]}`.
+    """
+    out = {}
+    for name, f in features.items():
+        target = tuple(shapes[name])
+        if len(target) != f.ndim or any(t < s for s, t in zip(f.shape, target, strict=False)):
+            raise ValueError(f"feature {name!r} of shape {f.shape} does not fit in {target}")
+        widths = [(0, t - s) for s, t in zip(f.shape, target, strict=True)]
+        out[name] = jnp.pad(f, widths, mode="edge")
+    return out
+
+
 def run_on_first_slots(valid: jax.Array, make_branch, *operands, sizes=FIRST_SLOT_SIZES):
     """`make_branch(n)(*operands)` for the smallest n of `sizes` (or S) that holds every valid
     slot of every image: one `lax.switch` branch per size.

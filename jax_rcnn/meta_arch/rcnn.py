@@ -17,6 +17,7 @@ import jax
 from jax_rcnn.meta_arch import cascade_roi_heads, keypoint_head, res5_roi_heads, roi_heads, rpn
 from jax_rcnn.meta_arch.common import Networks, backbone_features, detection_outputs
 from jax_rcnn.meta_arch.keypoint_head import keypoint_on
+from jax_rcnn.proposals import Proposals
 
 # `MODEL.ROI_HEADS.NAME` -> its stages (`sample_rois`, `losses`, `detect_boxes`, `mask_probs`).
 ROI_HEADS = {
@@ -62,13 +63,79 @@ def inference(
         resized-input pixels and `keypoint_heatmaps f32[B, D, K, 56, 56]`
         (`meta_arch.keypoint_head.keypoint_predictions`).
     """
+    features, props = inference_front(
+        model, variables, images, image_sizes, config=config, backend=backend
+    )
+    return inference_heads(
+        model,
+        variables,
+        features,
+        props,
+        image_sizes,
+        original_sizes,
+        config=config,
+        backend=backend,
+    )
+
+
+def inference_front(
+    model: Any,
+    variables: dict[str, Any],
+    images: jax.Array,
+    image_sizes: jax.Array,
+    *,
+    config,
+    backend: str | None = None,
+) -> tuple[dict[str, jax.Array], Proposals]:
+    """The first half of `inference`, the one whose shapes follow the padded image: backbone
+    features and the RPN's proposals.
+
+    Evaluation compiles it once per padded shape and `inference_heads` once for all of them,
+    on features edge-padded to one canvas (`common.edge_pad_features`; see there why that gives
+    the same detections).
+
+    Args:
+      model, variables, images, image_sizes, config, backend: as `inference`.
+
+    Returns:
+      `(features, proposals)`: the feature dict (`{"p2": f32[B, H/4, W/4, C], ...}`) and
+      `Proposals` (`boxes f32[B, P, 4]`, `logits f32[B, P]`, `valid bool[B, P]`, ...).
+    """
     backend = backend or config.model.kernels
     nets = Networks(model, variables)
-    heads = roi_heads_stages(config)
-
     features = backbone_features(config, nets, images, image_sizes)
     rpn_out = rpn.rpn_head(config, nets, features)
     props = rpn.select_proposals(config, rpn_out, image_sizes, training=False, backend=backend)
+    return features, props
+
+
+def inference_heads(
+    model: Any,
+    variables: dict[str, Any],
+    features: dict[str, jax.Array],
+    props: Proposals,
+    image_sizes: jax.Array,
+    original_sizes: jax.Array,
+    *,
+    config,
+    backend: str | None = None,
+) -> dict[str, jax.Array]:
+    """The second half of `inference`: ROI heads on `inference_front`'s features and proposals.
+
+    Nothing here depends on the spatial size of `features` except ROIAlign's border clamp, so
+    features edge-padded to a larger canvas give the same outputs (`common.edge_pad_features`).
+
+    Args:
+      model, variables, image_sizes, original_sizes, config, backend: as `inference`.
+      features: `inference_front`'s features, possibly edge-padded bottom/right.
+      props: `inference_front`'s proposals.
+
+    Returns:
+      As `inference`.
+    """
+    backend = backend or config.model.kernels
+    nets = Networks(model, variables)
+    heads = roi_heads_stages(config)
     dets = heads.detect_boxes(config, nets, features, props, image_sizes, backend)
 
     out = detection_outputs(dets, image_sizes, original_sizes)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from concurrent.futures import Future
 from typing import Any
 
 import jax
@@ -284,6 +285,39 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
     jax_distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
 
 
+def precompile_all(
+    work: list[tuple[SyncCompiled, list[tuple]]], *, threads: int | None = None
+) -> int:
+    """`SyncCompiled.precompile` of several functions in one pool of compile threads.
+
+    Args:
+      work: `(function, signatures)` pairs (see `SyncCompiled.precompile`).
+      threads: parallel compiles (default: one per program, at most the CPU count).
+
+    Returns:
+      The number of programs compiled.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = []  # (function, key, lowered)
+    for fn, signatures in work:
+        keys = set()
+        for args in signatures:
+            _, key = fn._key(args)
+            if key not in fn._compiled and key not in keys:
+                keys.add(key)
+                todo.append((fn, key, fn.jitted.lower(*args)))  # tracing holds the GIL
+    if todo:
+        n = threads or min(len(todo), os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=max(n, 1)) as pool:
+            done = list(pool.map(lambda item: item[2].compile(), todo))
+        for (fn, key, _), compiled in zip(todo, done, strict=True):
+            fn._compiled[key] = compiled
+    for fn, _ in work:
+        barrier(f"jax_rcnn/{fn.name}/precompiled/{len(fn._compiled)}")
+    return len(todo)
+
+
 class SyncCompiled:
     """A jitted function whose every new input signature is compiled ahead, then all processes
     meet at a barrier before it first runs (single process: the jitted function itself).
@@ -320,25 +354,33 @@ class SyncCompiled:
         Returns:
           The number of programs compiled.
         """
-        from concurrent.futures import ThreadPoolExecutor
+        return precompile_all([(self, signatures)], threads=threads)
 
-        todo = {}
+    def compile_in_background(self, signatures: list[tuple], executor) -> None:
+        """Single process: lowers and compiles each new signature as a task of `executor` (a
+        `concurrent.futures.Executor`); a call with that signature waits for its program. Lets
+        a run start on its first program while the others compile.
+
+        Raises:
+          RuntimeError: with several processes (they must compile ahead and meet at a barrier:
+            use `precompile`).
+        """
+        if jax.process_count() > 1:
+            raise RuntimeError("compile_in_background is for a single process; use precompile")
         for args in signatures:
             _, key = self._key(args)
-            if key not in self._compiled and key not in todo:
-                todo[key] = self.jitted.lower(*args)  # tracing holds the GIL: one at a time
-        if todo:
-            n = threads or min(len(todo), os.cpu_count() or 1)
-            with ThreadPoolExecutor(max_workers=max(n, 1)) as pool:
-                done = list(pool.map(lambda lowered: lowered.compile(), todo.values()))
-            self._compiled.update(zip(todo, done, strict=True))
-        barrier(f"jax_rcnn/{self.name}/precompiled/{len(self._compiled)}")
-        return len(todo)
+            if key not in self._compiled:
+                self._compiled[key] = executor.submit(
+                    lambda a=args: self.jitted.lower(*a).compile()
+                )
 
     def __call__(self, *args):
         dynamic, key = self._key(args)
         if key in self._compiled:
-            return self._compiled[key](*dynamic)
+            compiled = self._compiled[key]
+            if isinstance(compiled, Future):
+                compiled = self._compiled[key] = compiled.result()
+            return compiled(*dynamic)
         if jax.process_count() == 1:
             if self._compiled and key not in self._seen:
                 logger.warning("%s: compiling a signature that was not precompiled", self.name)

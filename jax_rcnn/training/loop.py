@@ -57,7 +57,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from jax_rcnn import masks as mask_ops
 from jax_rcnn import meta_arch, modeling, visualize
 from jax_rcnn.compile import compile_stats, setup_compilation_cache
 from jax_rcnn.compile import jit as compile_jit
@@ -185,12 +184,6 @@ def _canvas(sizes: np.ndarray, multiple: int = 128) -> tuple[int, int]:
     return int(-(-h // multiple) * multiple), int(-(-w // multiple) * multiple)
 
 
-def _without_heatmaps(out: dict) -> dict:
-    """Inference outputs less the keypoint heatmap logits (`f32[B, D, K, 56, 56]`, ~21 MB per
-    image), which evaluation does not read."""
-    return {k: v for k, v in out.items() if k != "keypoint_heatmaps"}
-
-
 def evaluate(
     config,
     variables: dict[str, Any],
@@ -227,6 +220,7 @@ def evaluate(
     """
     from jax_rcnn.data.buckets import eval_buckets
     from jax_rcnn.data.loader import dataset_records, eval_batches, eval_plan
+    from jax_rcnn.evaluation import programs
     from jax_rcnn.evaluation.build import build_evaluators
 
     mesh = mesh if mesh is not None else distributed.make_mesh()
@@ -242,39 +236,16 @@ def evaluate(
     if config.input.auto_buckets and config.input.pad_mode == "buckets":
         config = _with_buckets(config, eval_buckets(config, _sizes(records)), "evaluation")
     model = modeling.build_model(config)
-    repl, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
     variables = distributed.replicate(mesh, variables)
-    inference = meta_arch.get(config).inference
-    infer = compile_jit(
-        lambda v, im, sz, osz: _without_heatmaps(inference(model, v, im, sz, osz, config=config)),
-        in_shardings=(repl, data, data, data),
-        out_shardings=data,
-    )
-    paste = compile_jit(
-        lambda probs, boxes, canvas: jax.vmap(
-            lambda p, b: mask_ops.paste_masks_in_image(p, b, canvas)
-        )(probs, boxes),
-        static_argnums=2,
-        out_shardings=data,
-    )
-    infer = distributed.SyncCompiled(infer, "infer")
-    paste = distributed.SyncCompiled(paste, "paste", static_argnums=(2,))
-    # Every padded shape of the split is known from the records: compile them all up front, in
-    # parallel (the plan's shapes are the same for any number of hosts).
+    # Every padded shape of the split is known from the records: compile them all from the
+    # start, in parallel, in the order the batches use them (the plan's shapes are the same for
+    # any number of hosts).
     t0, stats0 = time.perf_counter(), compile_stats()
-    planned = sorted({(h, w) for (_, h, w), _ in eval_plan(config, records, 0, 1)})
-    b = int(config.test.ims_per_batch)
-    infer.precompile(
-        [
-            (
-                variables,
-                jax.ShapeDtypeStruct((b, h, w, 3), np.uint8, sharding=data),
-                jax.ShapeDtypeStruct((b, 2), np.int32, sharding=data),
-                jax.ShapeDtypeStruct((b, 2), np.int32, sharding=data),
-            )
-            for h, w in planned
-        ]
+    planned = list(dict.fromkeys((h, w) for (_, h, w), _ in eval_plan(config, records, 0, 1)))
+    infer, num_programs = programs.inference_programs(
+        config, model, variables, planned, int(config.test.ims_per_batch), mesh
     )
+    paste = programs.paste_program(mesh)
     mask_on = bool(config.model.mask_on)
     main_process = jax.process_index() == 0
     out_dir = None if workdir is None or not main_process else os.path.join(workdir, "inference")
@@ -297,8 +268,11 @@ def evaluate(
         if mask_on:
             # One static canvas for all hosts: every host must run the same program.
             canvas = _canvas(distributed.host_max(np.max(batch["original_size"], axis=0))[None])
-            masks = paste(out["mask_probs"], out["boxes"], canvas)
+            valid = distributed.to_host_local(mesh, out["valid"])
+            masks = paste(out["mask_probs"], out["boxes"], valid, canvas)
         out, masks = distributed.to_host_local(mesh, (out, masks))
+        if masks is not None:
+            masks = programs.pad_slots(masks, out["valid"].shape[1])
         if semantic_only:
             for b in np.flatnonzero(batch["example_valid"]):
                 record = by_id[int(batch["image_id"][b])]
@@ -359,13 +333,15 @@ def evaluate(
         results.update(panoptic_eval.evaluate())
     stats = compile_stats()
     logger.info(
-        "evaluation of %d images: %.1f s (inference %.1f s over %d padded shapes, %s padding; "
-        "%d XLA compiles in %.1f s, %d programs from the persistent cache; COCO eval %.1f s)",
+        "evaluation of %d images: %.1f s (inference %.1f s over %d padded shapes, %s padding, "
+        "%d inference programs; %d XLA compiles in %.1f s, %d programs from the persistent "
+        "cache; COCO eval %.1f s)",
         len(records),
         time.perf_counter() - t0,
         t1 - t0,
         len(shapes),
         config.input.pad_mode,
+        num_programs,
         stats["compiles"] - stats0["compiles"],
         stats["compile_seconds"] - stats0["compile_seconds"],
         stats["cache_hits"] - stats0["cache_hits"],
