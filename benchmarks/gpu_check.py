@@ -58,6 +58,7 @@ ROWS = (
     ("device", "env"),
     ("self-check roi_align: compiled kernel vs reference", "self_check"),
     ("self-check nms: compiled kernel vs reference", "self_check"),
+    ("self-check soft_nms: compiled kernel vs reference", "self_check"),
     ("roi_align vs torchvision.ops.roi_align", "torch_parity"),
     ("nms vs torchvision.ops.nms", "torch_parity"),
     *((f"time {op} (ms): pallas / reference / torchvision", "kernel_timings") for op in KERNEL_OPS),
@@ -125,7 +126,7 @@ def _self_check(dry: bool) -> dict:
     from jax_rcnn import kernels
 
     rows = {}
-    for op, row in zip(("roi_align", "nms"), _rows_of("self_check"), strict=True):
+    for op, row in zip(("roi_align", "nms", "soft_nms"), _rows_of("self_check"), strict=True):
         verdict = kernels.self_check(op, check_mode="rerun")
         result = "pass" if verdict.ok else "FAIL"
         rows[row] = (result + (" (interpreted)" if dry else ""), verdict.detail)

@@ -226,7 +226,45 @@ def _check_nms(kernel: Kernel, interpret: bool) -> str:
     return f"{int(want_valid.sum())} kept boxes in {len(want)} groups identical"
 
 
-CHECKS = {"roi_align": _check_roi_align, "nms": _check_nms}
+def _check_soft_nms(kernel: Kernel, interpret: bool) -> str:
+    boxes, scores, valid = nms_case()
+    details = []
+    for method in ("linear", "gaussian"):
+
+        def run(impl, method=method, **kw):
+            fn = jax.jit(
+                lambda b, s, v: impl(
+                    b,
+                    s,
+                    v,
+                    iou_threshold=NMS_IOU_THRESHOLD,
+                    max_output=NMS_MAX_OUTPUT,
+                    method=method,
+                    sigma=0.5,
+                    min_score=1e-3,
+                    **kw,
+                )
+            )
+            return tuple(np.asarray(x) for x in fn(boxes, scores, valid))
+
+        (keep, keep_s, keep_v), (want, want_s, want_v) = (
+            run(kernel.pallas, interpret=interpret),
+            run(kernel.reference),
+        )
+        if not np.array_equal(keep_v, want_v) or not np.array_equal(keep[keep_v], want[want_v]):
+            raise _Mismatch(
+                f"{method}: kept {keep_v.sum(-1).tolist()} per group, reference "
+                f"{want_v.sum(-1).tolist()}; first difference in group "
+                f"{int(np.argmax(np.any((keep != want) | (keep_v != want_v), axis=1)))}"
+            )
+        err = float(np.max(np.abs(keep_s - want_s), initial=0.0))
+        if err > 1e-5:
+            raise _Mismatch(f"{method}: kept scores differ by {err:.2e}")
+        details.append(f"{method} {int(want_v.sum())} picks identical, scores within {err:.1e}")
+    return "; ".join(details)
+
+
+CHECKS = {"roi_align": _check_roi_align, "nms": _check_nms, "soft_nms": _check_soft_nms}
 
 
 def check_kernel(op: str, kernel: Kernel, *, interpret: bool) -> Verdict:
@@ -237,7 +275,7 @@ def check_kernel(op: str, kernel: Kernel, *, interpret: bool) -> Verdict:
     is not enough: it also evaluates the Pallas kernel bodies eagerly, which fails.)
 
     Args:
-      op: a key of `CHECKS` ("roi_align" or "nms").
+      op: a key of `CHECKS` ("roi_align", "nms" or "soft_nms").
       kernel: the implementations to compare.
       interpret: passed to `kernel.pallas` (True off GPU).
 

@@ -1,7 +1,7 @@
 """The one dispatch point between jax_rcnn and `pallas_kernels`.
 
-Model code calls `roi_align` and `nms` here with `backend=config.model.kernels`; this module
-picks the Pallas kernel or the pure-JAX reference. Nothing else in jax_rcnn imports
+Model code calls `roi_align`, `nms` and `soft_nms` here with `backend=config.model.kernels`;
+this module picks the Pallas kernel or the pure-JAX reference. Nothing else in jax_rcnn imports
 `pallas_kernels`.
 
 `backend`:
@@ -29,6 +29,7 @@ from jax_rcnn import kernel_check
 from jax_rcnn.kernel_check import Kernel, KernelCheckError, Verdict
 from pallas_kernels import nms as _nms
 from pallas_kernels import roi_align as _roi_align
+from pallas_kernels import soft_nms as _soft_nms
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ KERNELS = {
         _roi_align.roi_align, _roi_align.roi_align_reference, _roi_align.KERNEL_VERSION
     ),
     "nms": Kernel(_nms.nms, _nms.nms_reference, _nms.KERNEL_VERSION),
+    "soft_nms": Kernel(_soft_nms.soft_nms, _soft_nms.soft_nms_reference, _soft_nms.KERNEL_VERSION),
 }
 """op -> its implementations; tests swap in faulty kernels here."""
 
@@ -57,7 +59,7 @@ def self_check(op: str, *, check_mode: str | None = None) -> Verdict:
     """The (cached) self-check verdict of `op`'s Pallas kernel on the default device.
 
     Args:
-      op: "roi_align" or "nms".
+      op: a key of `KERNELS` ("roi_align", "nms", "soft_nms").
       check_mode: "on", "off" or "rerun"; None reads `$JAX_RCNN_KERNEL_CHECK`.
     """
     return kernel_check.verdict(
@@ -77,7 +79,7 @@ def resolve_backend(backend: str, op: str | None = None) -> str:
 
     Args:
       backend: one of `BACKENDS`.
-      op: "roi_align" or "nms"; None resolves for both (Pallas only if both pass).
+      op: a key of `KERNELS`; None resolves for all (Pallas only if all pass).
 
     Raises:
       ValueError: `backend` is not one of `BACKENDS`.
@@ -184,3 +186,46 @@ def nms(
     kernel = KERNELS["nms"]
     impl = kernel.pallas if resolve_backend(backend, "nms") == "pallas" else kernel.reference
     return impl(boxes, scores, valid, iou_threshold=iou_threshold, max_output=max_output)
+
+
+def soft_nms(
+    boxes: jax.Array,
+    scores: jax.Array,
+    valid: jax.Array,
+    *,
+    iou_threshold: float,
+    max_output: int,
+    method: str,
+    sigma: float,
+    min_score: float,
+    backend: str = "auto",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Soft-NMS over independent groups (`pallas_kernels.soft_nms`: Bodla et al., Detectron v1).
+
+    Args:
+      boxes: `f32[G, N, 4]` xyxy.
+      scores: `f32[G, N]`.
+      valid: `bool[G, N]` candidates taking part.
+      iou_threshold: the linear method's overlap threshold (Gaussian: unused).
+      max_output: K picks per group (static).
+      method: "linear" or "gaussian".
+      sigma: the Gaussian's sigma.
+      min_score: boxes whose decayed score falls below this are dropped.
+      backend: see module docstring.
+
+    Returns:
+      `(keep i32[G, K], keep_scores f32[G, K], keep_valid bool[G, K])` in pick order; padding
+      slots hold 0.
+    """
+    kernel = KERNELS["soft_nms"]
+    impl = kernel.pallas if resolve_backend(backend, "soft_nms") == "pallas" else kernel.reference
+    return impl(
+        boxes,
+        scores,
+        valid,
+        iou_threshold=iou_threshold,
+        max_output=max_output,
+        method=method,
+        sigma=sigma,
+        min_score=min_score,
+    )

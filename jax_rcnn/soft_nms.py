@@ -6,9 +6,11 @@ Pallas on GPU). Detectron2 has no Soft-NMS (its issue #980); "soft_nms_linear" a
 (`utils/cython_nms.pyx:soft_nms`): repeatedly keep the highest current score, then decay every
 remaining score by `1 - IoU` where IoU > the NMS threshold (linear) or by `exp(-IoU^2 / sigma)`
 (Gaussian, sigma 0.5), dropping boxes whose score falls below `SOFT_NMS_MIN_SCORE` (0.001).
-Kept boxes report their decayed score. Static shapes: `max_output` picks in a `fori_loop`,
-each an argmax and one row of IoUs over the N candidates (O(max_output x N) per group). It is
-pure JAX on every backend (XLA fuses it on GPU; no Pallas kernel), so `backend` is not read.
+Kept boxes report their decayed score. Static shapes: `max_output` picks, each an argmax and
+one row of IoUs over the N candidates (O(max_output x N) per group, no N x N matrix), through
+`jax_rcnn.kernels.soft_nms`: the pure-JAX reference (a `fori_loop` per group) on CPU, a Pallas
+kernel with one program per group on GPU (`pallas_kernels/soft_nms.py`, self-checked against
+the reference on the device like the other kernels).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jax_rcnn import boxes as box_ops
 from jax_rcnn import kernels
 
 SOFT_NMS_SIGMA = 0.5
@@ -61,8 +62,9 @@ def soft_nms(
     method: str,
     sigma: float = SOFT_NMS_SIGMA,
     min_score: float = SOFT_NMS_MIN_SCORE,
+    backend: str = "auto",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Soft-NMS per group (see the module docstring).
+    """Soft-NMS per group (see the module docstring), `jax_rcnn.kernels.soft_nms`.
 
     Args:
       boxes: `f32[G, N, 4]` xyxy.
@@ -73,6 +75,7 @@ def soft_nms(
       method: "linear" or "gaussian".
       sigma: the Gaussian's sigma.
       min_score: boxes whose (decayed) score is below this are dropped.
+      backend: `jax_rcnn.kernels` backend (the Pallas kernel on GPU with "auto").
 
     Returns:
       `(keep i32[G, K], keep_scores f32[G, K], keep_valid bool[G, K])` in pick order (each
@@ -84,58 +87,40 @@ def soft_nms(
     """
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}")
-    num = boxes.shape[1]
-    k = min(max_output, num)
-
-    def one_group(b, s, v):
-        iou = box_ops.pairwise_iou(b, b)  # [N, N]
-
-        def pick(i, carry):
-            cur, alive, keep, keep_s, keep_v = carry
-            masked = jnp.where(alive, cur, -jnp.inf)
-            j = jnp.argmax(masked)
-            ok = alive[j]
-            ov = iou[j]
-            if method == "linear":
-                weight = jnp.where(ov > iou_threshold, 1.0 - ov, 1.0)
-            else:
-                weight = jnp.exp(-(ov * ov) / sigma)
-            new = jnp.where(ok, cur * weight, cur)
-            alive = alive & (jnp.arange(num) != j) & (new >= min_score)
-            keep = keep.at[i].set(jnp.where(ok, j, 0))
-            keep_s = keep_s.at[i].set(jnp.where(ok, cur[j], 0.0))
-            keep_v = keep_v.at[i].set(ok)
-            return new, alive, keep, keep_s, keep_v
-
-        alive = v & (s >= min_score) & jnp.isfinite(s)
-        init = (
-            jnp.where(alive, s, 0.0),
-            alive,
-            jnp.zeros((k,), jnp.int32),
-            jnp.zeros((k,), s.dtype),
-            jnp.zeros((k,), bool),
-        )
-        _, _, keep, keep_s, keep_v = jax.lax.fori_loop(0, k, pick, init)
-        return keep, keep_s, keep_v
-
-    keep, keep_s, keep_v = jax.vmap(one_group)(boxes, scores, valid)
-    if k < max_output:
-        pad = ((0, 0), (0, max_output - k))
-        keep, keep_s, keep_v = jnp.pad(keep, pad), jnp.pad(keep_s, pad), jnp.pad(keep_v, pad)
-    return keep, keep_s, keep_v
+    return kernels.soft_nms(
+        boxes,
+        scores,
+        valid,
+        iou_threshold=iou_threshold,
+        max_output=max_output,
+        method=method,
+        sigma=sigma,
+        min_score=min_score,
+        backend=backend,
+    )
 
 
 def soft_nms_linear(boxes, scores, valid, *, iou_threshold, max_output, backend="auto"):
-    """Test NMS "soft_nms_linear": `soft_nms(method="linear")`; `backend` not read."""
-    del backend
+    """Test NMS "soft_nms_linear": `soft_nms(method="linear")`."""
     return soft_nms(
-        boxes, scores, valid, iou_threshold=iou_threshold, max_output=max_output, method="linear"
+        boxes,
+        scores,
+        valid,
+        iou_threshold=iou_threshold,
+        max_output=max_output,
+        method="linear",
+        backend=backend,
     )
 
 
 def soft_nms_gaussian(boxes, scores, valid, *, iou_threshold, max_output, backend="auto"):
     """Test NMS "soft_nms_gaussian": `soft_nms(method="gaussian")`, sigma `SOFT_NMS_SIGMA`."""
-    del backend
     return soft_nms(
-        boxes, scores, valid, iou_threshold=iou_threshold, max_output=max_output, method="gaussian"
+        boxes,
+        scores,
+        valid,
+        iou_threshold=iou_threshold,
+        max_output=max_output,
+        method="gaussian",
+        backend=backend,
     )

@@ -47,4 +47,5 @@ def test_dry_run_prints_every_row(tmp_path):
     for line in text.splitlines()[1:]:
         assert "FAIL" not in line and "not run" not in line, line
     assert "| self-check nms: compiled kernel vs reference | pass (interpreted) |" in text
+    assert "| self-check soft_nms: compiled kernel vs reference | pass (interpreted) |" in text
     assert "| tiny Mask R-CNN vs Detectron2, kernels=pallas | pass (interpreted) |" in text

@@ -142,7 +142,7 @@ def test_real_kernels_pass_in_interpret_mode(fake_gpu, monkeypatch):
     assert kernels.resolve_backend("pallas") == "pallas"
     data = json.loads((fake_gpu / kernel_check.CACHE_FILE).read_text())
     assert {e["state"] for e in data.values()} == {"done"}
-    assert all(e["ok"] for e in data.values()) and len(data) == 2
+    assert all(e["ok"] for e in data.values()) and len(data) == len(REAL) == 3
 
 
 def test_cached_verdict_is_reused(fake_gpu, monkeypatch):
