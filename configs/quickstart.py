@@ -193,5 +193,5 @@ def shapes_schedule(config: ml_collections.ConfigDict, *, base_lr: float, arg: s
         raise ValueError(
             f"unknown config variant {arg!r} (known: 'smoke'; quickstart.py also 'cascade', "
             f"'cascade_smoke' and the recipes {tuple(RECIPES)} (+ '_smoke'); "
-            "quickstart_retinanet.py also 'atss', 'atss_smoke')"
+            "quickstart_retinanet.py also 'atss', 'atss_smoke', 'atss_a1')"
         )

@@ -35,8 +35,11 @@ from configs import common, quickstart
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the config; `arg="smoke"` gives a few-iteration variant for tests; `"atss"`
-    (`"atss_smoke"`) the research recipe with ATSS anchor assignment (`docs/research.md`)."""
-    atss = arg in ("atss", "atss_smoke")
+    (`"atss_smoke"`) the research recipe with ATSS anchor assignment (`docs/research.md`);
+    `"atss_a1"` ATSS with one square anchor per position (the ATSS paper's setting: with 9
+    anchors per position the 9 closest anchors of a level all sit at one position)."""
+    atss = arg in ("atss", "atss_smoke", "atss_a1")
+    one_anchor = arg == "atss_a1"
     if atss:
         arg = "smoke" if arg == "atss_smoke" else None
     config = common.base_config(meta_architecture="RetinaNet", depth=18)
@@ -67,6 +70,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # ATSS (`jax_rcnn.matching.atss_assigner`) instead of IoU thresholds 0.4 / 0.5; nothing
         # else changes (same anchors, losses, seed and schedule).
         r.matcher = "atss"
+    if one_anchor:
+        # One anchor per position, the middle scale x * 2^(1/3), ratio 1 (ATSS paper, #A = 1).
+        m.anchor_generator.sizes = tuple((x * 2 ** (1 / 3),) for x in (8, 16, 32, 64))
+        m.anchor_generator.aspect_ratios = ((1.0,),)
 
     quickstart.shapes_schedule(config, base_lr=0.04, arg=arg)
     if arg != "smoke":

@@ -302,6 +302,14 @@ def test_atss_matches_a_loop_over_levels(seed):
         ("quickstart:ohem", {"model.roi_heads.sampler"}),
         ("quickstart:libra", {"model.roi_heads.sampler"}),
         ("quickstart_retinanet:atss", {"model.retinanet.matcher"}),
+        (
+            "quickstart_retinanet:atss_a1",
+            {
+                "model.retinanet.matcher",
+                "model.anchor_generator.sizes",
+                "model.anchor_generator.aspect_ratios",
+            },
+        ),
     ],
 )
 def test_recipes_validate_and_change_only_their_piece(spec, changed):
