@@ -81,13 +81,15 @@ def main():
         key = jax.random.key(0)
         jb = jax.device_put(batch)
         # The step donates its state: time it by threading the state through.
-        holder = {"s": create_train_state(config, variables)}
+        # (on a copy: the donated buffers must not be the ones the stage rows use below).
+        holder = {"s": create_train_state(config, jax.tree.map(jnp.copy, variables))}
 
         def once():
             holder["s"], metrics = step(holder["s"], jb, key)
             return metrics
 
         rows.append(("train step (all)", _time(once, runs=a.runs)))
+        del holder
 
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}

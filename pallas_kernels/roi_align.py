@@ -18,8 +18,11 @@ dependent, so the samples are visited by a loop over the flat sample index
 `t < max_r(gh_r * gw_r)`; each step gathers `(R, S*S, C)` per corner and accumulates in f32,
 which keeps memory at `O(R * S^2 * C)` whatever the grid. Reverse mode through that loop is not
 available, so a `jax.custom_vjp` runs the same loop backwards with a scatter-add into the table.
-Cost note: the trip count is the largest grid among the ROIs, so padded ROI slots should hold
-the canonical box `[0, 0, 0, 0]` (grid 0), not garbage.
+Cost note: a loop's trip count is the largest grid among the ROIs it visits, so the ROIs are
+sorted by sample count and cut into up to `NUM_SEGMENTS` groups, each with its own loop
+(`_segments`; per ROI the same samples in the same order, so the same values): a few thin
+proposals needing 20 samples per bin no longer make all 2048 ROIs of a training step run 20
+steps. Padded ROI slots should still hold the canonical box `[0, 0, 0, 0]` (grid 0).
 """
 
 from __future__ import annotations
@@ -182,7 +185,45 @@ def _num_steps(iparams: jax.Array) -> jax.Array:
     return jnp.max(iparams[:, 3] * iparams[:, 4], initial=0)
 
 
-def _pool_forward(table: jax.Array, fparams: jax.Array, iparams: jax.Array, output_size: int):
+NUM_SEGMENTS = 16
+"""The reference visits the ROIs in up to this many groups of similar sample counts."""
+
+MIN_SEGMENT = 64
+"""Fewest ROIs per group: smaller inputs run as one group."""
+
+
+def _segments(fparams: jax.Array, iparams: jax.Array, *extra: jax.Array):
+    """ROIs sorted by sample count (largest first) and cut into static groups.
+
+    The sample loop runs to the largest `grid_h * grid_w` of the ROIs it visits; a few long or
+    large ROIs (early in training: thin proposals on P2 with 20 samples per bin, where most
+    need 1-4) would make every ROI run that many steps. Each group runs its own loop to its own
+    largest count, so the work follows the sorted counts instead. Per ROI, the samples are
+    still added in the same order `t = 0, 1, ...`, so the pooled values are unchanged.
+
+    Args:
+      fparams: `f32[R, 4]`, iparams: `i32[R, 5]` from `_roi_params`.
+      *extra: arrays with leading dim R permuted along (the output cotangent in the VJP).
+
+    Returns:
+      `(order i32[R], groups)`: `groups` is a list of `(fparams, iparams, *extra)` slices of the
+      sorted ROIs, padded at the end with zero-sample rows to equal sizes.
+    """
+    r = fparams.shape[0]
+    k = min(NUM_SEGMENTS, max(r // MIN_SEGMENT, 1))
+    count = iparams[:, 3] * iparams[:, 4]
+    order = jnp.argsort(-count, stable=True)
+    pad = (-r) % k
+    arrays = [
+        jnp.pad(jnp.take(a, order, axis=0), [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        for a in (fparams, iparams, *extra)
+    ]
+    size = (r + pad) // k
+    groups = [tuple(a[i * size : (i + 1) * size] for a in arrays) for i in range(k)]
+    return order, groups
+
+
+def _pool_group(table: jax.Array, fparams: jax.Array, iparams: jax.Array, output_size: int):
     r, c, s = fparams.shape[0], table.shape[1], output_size
 
     def body(t, acc):
@@ -195,7 +236,15 @@ def _pool_forward(table: jax.Array, fparams: jax.Array, iparams: jax.Array, outp
 
     acc = lax.fori_loop(0, _num_steps(iparams), body, jnp.zeros((r, s * s, c), jnp.float32))
     count = jnp.maximum(iparams[:, 3] * iparams[:, 4], 1).astype(jnp.float32)
-    return (acc / count[:, None, None]).reshape(r, s, s, c)
+    return acc / count[:, None, None]
+
+
+def _pool_forward(table: jax.Array, fparams: jax.Array, iparams: jax.Array, output_size: int):
+    r, c, s = fparams.shape[0], table.shape[1], output_size
+    order, groups = _segments(fparams, iparams)
+    pooled = jnp.concatenate([_pool_group(table, fp, ip, s) for fp, ip in groups], axis=0)[:r]
+    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(r, dtype=order.dtype))
+    return jnp.take(pooled, inverse, axis=0).reshape(r, s, s, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -219,13 +268,16 @@ def _pool_bwd(output_size, num_rows, residuals, g):
     r, c, s = fparams.shape[0], table_like.shape[1], output_size
     count = jnp.maximum(iparams[:, 3] * iparams[:, 4], 1).astype(jnp.float32)
     g = g.astype(jnp.float32).reshape(r, s * s, 1, c) / count[:, None, None, None]
+    _, groups = _segments(fparams, iparams, g)
+    dtable = jnp.zeros((num_rows, c), jnp.float32)
+    for fp, ip, gg in groups:
 
-    def body(t, dtable):
-        rows, weights = _sample_step(t, fparams, iparams, s)
-        updates = weights.reshape(r, s * s, 4, 1) * g
-        return dtable.at[rows.reshape(-1)].add(updates.reshape(-1, c), mode="drop")
+        def body(t, dtable, fp=fp, ip=ip, gg=gg):
+            rows, weights = _sample_step(t, fp, ip, s)
+            updates = weights.reshape(fp.shape[0], s * s, 4, 1) * gg
+            return dtable.at[rows.reshape(-1)].add(updates.reshape(-1, c), mode="drop")
 
-    dtable = lax.fori_loop(0, _num_steps(iparams), body, jnp.zeros((num_rows, c), jnp.float32))
+        dtable = lax.fori_loop(0, _num_steps(ip), body, dtable)
     return dtable.astype(table_like.dtype), jnp.zeros_like(fparams), None
 
 
