@@ -85,8 +85,6 @@ def soft_nms(
       Two boxes with IoU 0.8, scores 0.9 and 0.6, linear, Nt 0.5: keep 0 (0.9), then 1 with
       0.6 x (1 - 0.8) = 0.12. Greedy NMS would drop box 1.
     """
-    if method not in ("linear", "gaussian"):
-        raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}")
     return kernels.soft_nms(
         boxes,
         scores,

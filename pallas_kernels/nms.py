@@ -29,6 +29,8 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels._triton import require_triton
+
 try:
     from jax.experimental.pallas import triton as pltriton
 except ImportError:  # a JAX without Pallas-Triton (docs/kernels.md): the reference still works
@@ -338,11 +340,7 @@ def nms(
     Returns:
       `(keep i32[G, K], keep_valid bool[G, K])` as `nms_reference`.
     """
-    if pltriton is None:
-        raise NotImplementedError(
-            f"jax {jax.__version__} has no Pallas Triton backend; use the reference "
-            "(config.model.kernels='auto' or 'reference'; see docs/kernels.md)"
-        )
+    require_triton(pltriton)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     num_groups, n = scores.shape

@@ -37,6 +37,8 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels._triton import require_triton
+
 try:
     from jax.experimental.pallas import triton as pltriton
 except ImportError:  # a JAX without Pallas-Triton (docs/kernels.md): the reference still works
@@ -598,11 +600,7 @@ def roi_align(
     Returns:
       `f32[R, S, S, C]`.
     """
-    if pltriton is None:
-        raise NotImplementedError(
-            f"jax {jax.__version__} has no Pallas Triton backend; use the reference "
-            "(config.model.kernels='auto' or 'reference'; see docs/kernels.md)"
-        )
+    require_triton(pltriton)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     table, fparams, iparams = _table_and_params(

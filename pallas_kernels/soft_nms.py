@@ -23,6 +23,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels._triton import require_triton
+
 try:
     from jax.experimental.pallas import triton as pltriton
 except ImportError:  # a JAX without Pallas-Triton (docs/kernels.md): the reference still works
@@ -215,11 +217,7 @@ def soft_nms(
       As `soft_nms_reference`.
     """
     _check(method, max_output)
-    if pltriton is None:
-        raise NotImplementedError(
-            f"jax {jax.__version__} has no Pallas Triton backend; use the reference "
-            "(config.model.kernels='auto' or 'reference'; see docs/kernels.md)"
-        )
+    require_triton(pltriton)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     num_groups, num = scores.shape

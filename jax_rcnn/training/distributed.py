@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -297,7 +297,6 @@ def precompile_all(
     Returns:
       The number of programs compiled.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     todo = []  # (function, key, lowered)
     for fn, signatures in work:

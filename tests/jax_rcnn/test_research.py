@@ -230,6 +230,22 @@ def test_soft_nms_worked_example_keeps_what_greedy_drops():
     assert g_ok[0].sum() == 2 and list(g_keep[0, :2]) == [0, 2]
 
 
+def test_soft_nms_unknown_method_is_a_clear_error():
+    boxes = jnp.zeros((1, 2, 4), jnp.float32)
+    scores, valid = jnp.ones((1, 2)), jnp.ones((1, 2), bool)
+    with pytest.raises(ValueError, match=r"soft_nms method must be one of .*'linear'.*'box'"):
+        soft_nms.soft_nms(
+            boxes,
+            scores,
+            valid,
+            iou_threshold=0.3,
+            max_output=2,
+            method="box",
+            sigma=0.5,
+            min_score=0.001,
+        )
+
+
 # --------------------------------------------------------------------------- ATSS
 
 
