@@ -1,7 +1,7 @@
 """Where the recipe's train step spends its time: each stage jitted alone, forward + backward.
 
     python benchmarks/recipe_profile.py [--yaml tests/data/recipes/d2_scratch_gn_mask_rcnn.yaml]
-        [--size 320 512] [--runs 3]
+        [--size 320 512] [--runs 3] [--trace N]
 
 The recipe (GN Mask R-CNN R50-FPN, narrow, batch 4) on a synthetic batch at one bucket. Rows:
 the whole train step; backbone+FPN (fwd+bwd of a linear function of the features); the RPN head
@@ -38,6 +38,36 @@ def _time(fn, *args, runs):
     return statistics.median(ts)
 
 
+def _print_trace(fn, steps: int, top: int = 25):
+    """Traces `steps` calls of `fn` and prints the ops with the most thread time per step.
+
+    Reads the trace back with `jax.profiler.ProfileData` (no xprof needed). XLA:CPU runs
+    convolutions and dots asynchronously, so their events cover the dispatch only: the table
+    ranks the elementwise, gather / scatter and loop work, not the convolutions.
+    """
+    import collections
+    import glob
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            for _ in range(steps):
+                jax.block_until_ready(fn())
+        path = glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0]
+        data = jax.profiler.ProfileData.from_file(path)
+        per_op = collections.Counter()
+        for plane in data.planes:
+            for line in plane.lines:
+                if "Eigen" not in line.name:  # XLA:CPU's intra-op worker threads
+                    continue
+                for event in line.events:
+                    if "ThunkExecutor" not in event.name:
+                        per_op[event.name] += event.duration_ns
+    print("| XLA op | thread ms per step |\n|---|---|")
+    for name, ns in per_op.most_common(top):
+        print(f"| {name} | {ns / 1e6 / steps:.1f} |")
+
+
 def _batch(config, h, w, b, rng):
     g, m = config.input.max_gt, config.input.gt_mask_size
     boxes = np.zeros((b, g, 4), np.float32)
@@ -66,6 +96,13 @@ def main():
     p.add_argument(
         "--no_step", action="store_true", help="skip the whole-step row (a long compile)"
     )
+    p.add_argument(
+        "--trace",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also trace N whole steps (jax.profiler) and print the 25 costliest XLA ops",
+    )
     a = p.parse_args()
     config = config_lib.from_detectron2(a.yaml)
     h, w = a.size
@@ -89,6 +126,8 @@ def main():
             return metrics
 
         rows.append(("train step (all)", _time(once, runs=a.runs)))
+        if a.trace:
+            _print_trace(once, a.trace)
         del holder
 
     params = variables["params"]
