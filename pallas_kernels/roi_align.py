@@ -19,8 +19,9 @@ dependent, so the samples are visited by a loop over the flat sample index
 which keeps memory at `O(R * S^2 * C)` whatever the grid. Reverse mode through that loop is not
 available, so a `jax.custom_vjp` runs the same loop backwards with a scatter-add into the table.
 Cost note: a loop's trip count is the largest grid among the ROIs it visits, so the ROIs are
-sorted by sample count and cut into up to `NUM_SEGMENTS` groups, each with its own loop
-(`_segments`; per ROI the same samples in the same order, so the same values): a few thin
+sorted by sample count and cut into up to `NUM_SEGMENTS` groups, an outer loop visiting each
+group with its own trip count (`_segments`; per ROI the same samples in the same order, so the
+same values; one compiled loop body whatever the number of groups): a few thin
 proposals needing 20 samples per bin no longer make all 2048 ROIs of a training step run 20
 steps. Padded ROI slots should still hold the canonical box `[0, 0, 0, 0]` (grid 0).
 """
@@ -183,10 +184,6 @@ def _sample_step(
     return rows.reshape(r, s * s * 4), weights.reshape(r, s * s * 4)
 
 
-def _num_steps(iparams: jax.Array) -> jax.Array:
-    return jnp.max(iparams[:, 3] * iparams[:, 4], initial=0)
-
-
 NUM_SEGMENTS = 16
 """The reference visits the ROIs in up to this many groups of similar sample counts."""
 
@@ -195,37 +192,41 @@ MIN_SEGMENT = 64
 
 
 def _segments(fparams: jax.Array, iparams: jax.Array, *extra: jax.Array):
-    """ROIs sorted by sample count (largest first) and cut into static groups.
+    """ROIs sorted by sample count (largest first) and cut into equal groups.
 
     The sample loop runs to the largest `grid_h * grid_w` of the ROIs it visits; a few long or
     large ROIs (early in training: thin proposals on P2 with 20 samples per bin, where most
-    need 1-4) would make every ROI run that many steps. Each group runs its own loop to its own
+    need 1-4) would make every ROI run that many steps. Each group runs the loop to its own
     largest count, so the work follows the sorted counts instead. Per ROI, the samples are
-    still added in the same order `t = 0, 1, ...`, so the pooled values are unchanged.
+    still added in the same order `t = 0, 1, ...`, so the pooled values are unchanged. The
+    groups are visited by an outer loop (one compiled body, whatever the number of groups).
 
     Args:
       fparams: `f32[R, 4]`, iparams: `i32[R, 5]` from `_roi_params`.
       *extra: arrays with leading dim R permuted along (the output cotangent in the VJP).
 
     Returns:
-      `(order i32[R], groups)`: `groups` is a list of `(fparams, iparams, *extra)` slices of the
-      sorted ROIs, padded at the end with zero-sample rows to equal sizes.
+      `(order i32[R], size, steps i32[k], sorted)`: `sorted` holds `(fparams, iparams, *extra)`
+      in sorted order, padded at the end with zero-sample rows to `k * size` rows; group `g` is
+      rows `[g * size, (g + 1) * size)` and needs `steps[g]` loop steps.
     """
     r = fparams.shape[0]
     k = min(NUM_SEGMENTS, max(r // MIN_SEGMENT, 1))
     count = iparams[:, 3] * iparams[:, 4]
     order = jnp.argsort(-count, stable=True)
     pad = (-r) % k
-    arrays = [
+    arrays = tuple(
         jnp.pad(jnp.take(a, order, axis=0), [(0, pad)] + [(0, 0)] * (a.ndim - 1))
         for a in (fparams, iparams, *extra)
-    ]
+    )
     size = (r + pad) // k
-    groups = [tuple(a[i * size : (i + 1) * size] for a in arrays) for i in range(k)]
-    return order, groups
+    steps = jnp.max(jnp.pad(count[order], (0, pad)).reshape(k, size), axis=1)
+    return order, size, steps, arrays
 
 
-def _pool_group(table: jax.Array, fparams: jax.Array, iparams: jax.Array, output_size: int):
+def _pool_group(
+    table: jax.Array, fparams: jax.Array, iparams: jax.Array, output_size: int, steps: jax.Array
+):
     r, c, s = fparams.shape[0], table.shape[1], output_size
 
     def body(t, acc):
@@ -236,17 +237,26 @@ def _pool_group(table: jax.Array, fparams: jax.Array, iparams: jax.Array, output
         sample = ((contrib[:, :, 0] + contrib[:, :, 1]) + contrib[:, :, 2]) + contrib[:, :, 3]
         return acc + sample
 
-    acc = lax.fori_loop(0, _num_steps(iparams), body, jnp.zeros((r, s * s, c), jnp.float32))
+    acc = lax.fori_loop(0, steps, body, jnp.zeros((r, s * s, c), jnp.float32))
     count = jnp.maximum(iparams[:, 3] * iparams[:, 4], 1).astype(jnp.float32)
     return acc / count[:, None, None]
 
 
 def _pool_forward(table: jax.Array, fparams: jax.Array, iparams: jax.Array, output_size: int):
     r, c, s = fparams.shape[0], table.shape[1], output_size
-    order, groups = _segments(fparams, iparams)
-    pooled = jnp.concatenate([_pool_group(table, fp, ip, s) for fp, ip in groups], axis=0)[:r]
+    if r == 0:
+        return jnp.zeros((0, s, s, c), jnp.float32)
+    order, size, steps, (fp, ip) = _segments(fparams, iparams)
+
+    def group(g, out):
+        rows = (lax.dynamic_slice_in_dim(a, g * size, size) for a in (fp, ip))
+        pooled = _pool_group(table, *rows, s, steps[g])
+        return lax.dynamic_update_slice_in_dim(out, pooled, g * size, axis=0)
+
+    num = fp.shape[0]
+    pooled = lax.fori_loop(0, num // size, group, jnp.zeros((num, s * s, c), jnp.float32))
     inverse = jnp.zeros_like(order).at[order].set(jnp.arange(r, dtype=order.dtype))
-    return jnp.take(pooled, inverse, axis=0).reshape(r, s, s, c)
+    return jnp.take(pooled[:r], inverse, axis=0).reshape(r, s, s, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -268,18 +278,24 @@ def _pool_fwd(table, fparams, iparams, output_size, num_rows):
 def _pool_bwd(output_size, num_rows, residuals, g):
     table_like, fparams, iparams = residuals
     r, c, s = fparams.shape[0], table_like.shape[1], output_size
+    if r == 0:
+        return jnp.zeros((num_rows, c), table_like.dtype), jnp.zeros_like(fparams), None
     count = jnp.maximum(iparams[:, 3] * iparams[:, 4], 1).astype(jnp.float32)
     g = g.astype(jnp.float32).reshape(r, s * s, 1, c) / count[:, None, None, None]
-    _, groups = _segments(fparams, iparams, g)
-    dtable = jnp.zeros((num_rows, c), jnp.float32)
-    for fp, ip, gg in groups:
+    _, size, steps, sorted_ = _segments(fparams, iparams, g)
 
-        def body(t, dtable, fp=fp, ip=ip, gg=gg):
+    def group(k, dtable):
+        fp, ip, gg = (lax.dynamic_slice_in_dim(a, k * size, size) for a in sorted_)
+
+        def body(t, dtable):
             rows, weights = _sample_step(t, fp, ip, s)
-            updates = weights.reshape(fp.shape[0], s * s, 4, 1) * gg
+            updates = weights.reshape(size, s * s, 4, 1) * gg
             return dtable.at[rows.reshape(-1)].add(updates.reshape(-1, c), mode="drop")
 
-        dtable = lax.fori_loop(0, _num_steps(ip), body, dtable)
+        return lax.fori_loop(0, steps[k], body, dtable)
+
+    num_groups = sorted_[0].shape[0] // size
+    dtable = lax.fori_loop(0, num_groups, group, jnp.zeros((num_rows, c), jnp.float32))
     return dtable.astype(table_like.dtype), jnp.zeros_like(fparams), None
 
 
